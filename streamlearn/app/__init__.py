@@ -1,0 +1,1 @@
+"""Assembly: settings, the Faust app, HTTP views, Prometheus metrics, the CLI."""

@@ -1,0 +1,140 @@
+"""The ``streamlearn`` command.
+
+    streamlearn worker [--web-port N] [--broker URL]   run one worker
+    streamlearn replay DATASET [options]               publish a dataset as events and labels
+    streamlearn watch [--seconds S]                    live predictions and online accuracy
+    streamlearn topics                                 create the topics (workers also do at start)
+    streamlearn settings                               every setting, its env var and value
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+import time
+from typing import Sequence
+
+from .settings import Settings, SettingsError
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        broker=getattr(args, "broker", None),
+        web_port=getattr(args, "web_port", None),
+        web_host=getattr(args, "web_host", None),
+        data_dir=getattr(args, "data_dir", None),
+        log_level=getattr(args, "loglevel", None),
+    )
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .worker import create_worker, run
+
+    settings = _settings(args)
+    run(create_worker(settings), loglevel=settings.log_level)
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from streamlearn.streams.topics import TopicNames, ensure_topics
+
+    s = _settings(args)
+    names = TopicNames.with_prefix(s.topic_prefix)
+    created = asyncio.run(ensure_topics(s.bootstrap_servers, names, s.partitions, s.replication_factor))
+    for name in names.all().values():
+        print(f"{name}\t{'created' if name in created else 'exists'}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from streamlearn.streams.topics import TopicNames
+
+    from .replay import ReplayError, iter_dataset, replay
+
+    s = _settings(args)
+    names = TopicNames.with_prefix(s.topic_prefix)
+    try:
+        sent = asyncio.run(replay(
+            iter_dataset(args.dataset, args.target), bootstrap_servers=s.bootstrap_servers,
+            features_topic=names.features, feedback_topic=names.feedback, keys=args.keys,
+            key_prefix=args.key_prefix, label_delay=args.label_delay, rate=args.rate, limit=args.limit,
+            keyed=not args.unkeyed, progress=not args.no_progress, run_id=args.run_id))
+    except ReplayError as exc:
+        print(f"streamlearn replay: {exc}", file=sys.stderr)
+        return 2
+    print(f"published {sent} events and {sent} labels")
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from .watch import watch
+
+    s = _settings(args)
+    return asyncio.run(watch(s, seconds=args.seconds, every=args.every))
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    docs = Settings.env_names()
+    for f in dataclasses.fields(s):
+        env = "STREAMLEARN_" + f.name.upper()
+        print(f"{env}={getattr(s, f.name)!s}\n    {docs[env]}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamlearn", description="Online machine learning on Kafka.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--broker", help="Kafka URL (STREAMLEARN_BROKER)")
+        return sp
+
+    w = common(sub.add_parser("worker", help="run one worker"))
+    w.add_argument("--web-port", type=int, help="HTTP port (STREAMLEARN_WEB_PORT)")
+    w.add_argument("--web-host", help="HTTP host (STREAMLEARN_WEB_HOST)")
+    w.add_argument("--data-dir", help="data directory (STREAMLEARN_DATA_DIR)")
+    w.add_argument("-l", "--loglevel", help="log level (STREAMLEARN_LOG_LEVEL)")
+    w.set_defaults(func=cmd_worker)
+
+    r = common(sub.add_parser("replay", help="publish a dataset as feature events and labels"))
+    r.add_argument("dataset", help="bundled River dataset (phishing, bananas, ...) or a .jsonl/.csv file")
+    r.add_argument("--target", help="label field of a CSV or flat JSONL file")
+    r.add_argument("--keys", type=int, default=1, help="spread events over this many model keys")
+    r.add_argument("--key-prefix", default="replay", help="model keys are PREFIX or PREFIX-i")
+    r.add_argument("--label-delay", type=int, default=0, help="send each label this many events later")
+    r.add_argument("--rate", type=float, default=0.0, help="events per second (0: as fast as possible)")
+    r.add_argument("--limit", type=int, help="stop after this many events")
+    r.add_argument("--unkeyed", action="store_true", help="no Kafka key; the model key goes in the message")
+    r.add_argument("--run-id", help="event ids are RUN_ID-i (default: random)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_replay)
+
+    wa = common(sub.add_parser("watch", help="show live predictions and online accuracy"))
+    wa.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: until Ctrl-C)")
+    wa.add_argument("--every", type=float, default=1.0, help="seconds between status lines")
+    wa.set_defaults(func=cmd_watch)
+
+    t = common(sub.add_parser("topics", help="create missing topics and check partition counts"))
+    t.set_defaults(func=cmd_topics)
+
+    st = common(sub.add_parser("settings", help="print every setting with its env var"))
+    st.set_defaults(func=cmd_settings)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SettingsError as exc:
+        print(f"streamlearn: bad setting: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

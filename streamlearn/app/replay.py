@@ -1,0 +1,144 @@
+"""Publish a dataset as feature events and labels, like a producing service would.
+
+Sources: River's bundled datasets (by name, e.g. ``phishing``), a JSONL file
+(one object per line: ``{"features": {...}, "label": ...}``, or flat with a
+``--target`` field) or a CSV file (``--target`` names the label column).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sys
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from river import datasets, stream
+
+BUNDLED = {
+    "phishing": datasets.Phishing,
+    "bananas": datasets.Bananas,
+    "trump_approval": datasets.TrumpApproval,
+    "chick_weights": datasets.ChickWeights,
+}
+
+
+class ReplayError(ValueError):
+    pass
+
+
+def iter_dataset(name: str, target: str | None = None) -> Iterator[tuple[dict[str, Any], Any]]:
+    """``(features, label)`` pairs of a bundled dataset or a JSONL/CSV file."""
+    if name.lower() in BUNDLED:
+        yield from BUNDLED[name.lower()]()
+        return
+    path = Path(name)
+    if not path.exists():
+        raise ReplayError(f"{name!r} is neither a bundled dataset ({', '.join(BUNDLED)}) nor a file")
+    if path.suffix == ".csv":
+        if not target:
+            raise ReplayError("a CSV file needs --target, the label column")
+        yield from stream.iter_csv(path, target=target, converters=None, drop_nones=True)
+        return
+    with path.open("rb") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            row = orjson.loads(line)
+            if "features" in row:
+                yield row["features"], row.get("label")
+            elif target:
+                y = row.pop(target)
+                yield row, y
+            else:
+                raise ReplayError(f"{path}:{n}: no 'features' field and no --target given")
+
+
+def _numeric(features: dict[str, Any]) -> dict[str, Any]:
+    """CSV values arrive as strings: turn the numeric-looking ones into numbers."""
+    out = {}
+    for k, v in features.items():
+        if isinstance(v, str):
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        out[k] = v
+    return out
+
+
+def _label(y: Any) -> Any:
+    if isinstance(y, str):
+        low = y.strip().lower()
+        if low in ("true", "false"):
+            return low == "true"
+        try:
+            return float(y)
+        except ValueError:
+            return y
+    return y
+
+
+async def replay(pairs: Iterable[tuple[dict[str, Any], Any]], *, bootstrap_servers: str,
+                 features_topic: str, feedback_topic: str, keys: int = 1, key_prefix: str = "replay",
+                 label_delay: int = 0, rate: float = 0.0, limit: int | None = None,
+                 keyed: bool = True, run_id: str | None = None, progress: bool = True) -> int:
+    """Publish events and their labels; returns how many events were sent.
+
+    ``label_delay`` is counted in events: the label of event *i* is sent right
+    after event *i + label_delay*. ``rate`` is events per second (0: as fast as
+    the producer goes).
+    """
+    run_id = run_id or uuid.uuid4().hex[:8]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5, acks="all")
+    await producer.start()
+    waiting: deque[tuple[bytes | None, bytes]] = deque()
+    sent = 0
+    started = time.monotonic()
+    try:
+        for i, (x, y) in enumerate(itertools.islice(pairs, limit)):
+            model = f"{key_prefix}-{i % keys}" if keys > 1 else key_prefix
+            eid = f"{run_id}-{i}"
+            key = model.encode() if keyed else None
+            event = {"event_id": eid, "features": _numeric(x), "ts": time.time()}
+            label = {"event_id": eid, "label": _label(y)}
+            if not keyed:
+                event["model"] = label["model"] = model
+            await producer.send(features_topic, orjson.dumps(event), key=key)
+            waiting.append((key, orjson.dumps(label)))
+            while len(waiting) > label_delay:
+                k, v = waiting.popleft()
+                await producer.send(feedback_topic, v, key=k)
+            sent += 1
+            if rate > 0:
+                ahead = sent / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            if progress and sent % 100 == 0:
+                _progress(sent, limit, started)
+        while waiting:
+            k, v = waiting.popleft()
+            await producer.send(feedback_topic, v, key=k)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    if progress:
+        _progress(sent, limit, started, done=True)
+    return sent
+
+
+def _progress(sent: int, total: int | None, started: float, done: bool = False) -> None:
+    elapsed = max(time.monotonic() - started, 1e-9)
+    if total:
+        width = 30
+        filled = int(width * min(sent / total, 1.0))
+        bar = f"[{'#' * filled}{'.' * (width - filled)}] {sent}/{total}"
+    else:
+        bar = f"{sent} events"
+    sys.stderr.write(f"\r{bar}  {sent / elapsed:,.0f} events/s" + ("\n" if done else ""))
+    sys.stderr.flush()

@@ -1,0 +1,139 @@
+"""The one settings object: every knob, its type, default, docs and env var.
+
+Settings are read from the environment in one place only, ``Settings.from_env``;
+nothing reads ``os.environ`` at import time. Each field's env var is
+``STREAMLEARN_`` + the field name in upper case.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import orjson
+
+ENV_PREFIX = "STREAMLEARN_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value we cannot use."""
+
+
+def _setting(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """streamlearn's configuration. See the README's "Configuration" table."""
+
+    broker: str = _setting("kafka://127.0.0.1:9092", "Kafka bootstrap servers, `kafka://host:port[;host:port]`.")
+    app_id: str = _setting("streamlearn", "Faust app id: the consumer group and the prefix of table changelog topics.")
+    topic_prefix: str = _setting("streamlearn.", "Prefix of every topic name.")
+    partitions: int = _setting(8, "Partition count of every model-keyed topic (internal topics, tables, and input topics we create).")
+    replication_factor: int = _setting(1, "Replication factor of topics streamlearn creates.")
+    web_host: str = _setting("127.0.0.1", "Interface the worker's HTTP server binds to.")
+    web_port: int = _setting(6066, "Port of the worker's HTTP server (`/metrics`, `/models`).")
+    data_dir: str = _setting("streamlearn-data", "Faust data directory of this worker.")
+    default_model_key: str = _setting("default", "Model key used when an event names none (no `model` field, no Kafka key).")
+    default_spec: str = _setting("logreg", "Model spec for keys that no rule matches.")
+    spec_rules: str = _setting("", "Rules choosing a spec per model key: `pattern=spec,...`, fnmatch patterns, first match wins.")
+    spec_params: str = _setting("", "Hyperparameters per spec as JSON, e.g. `{\"hoeffding_tree\": {\"grace_period\": 100}}`.")
+    pending_ttl_seconds: float = _setting(3600.0, "How long an event's features wait for their label.")
+    label_wait_seconds: float = _setting(60.0, "How long a label that arrived before its event's features waits for them.")
+    pending_max_per_partition: int = _setting(100_000, "Most events waiting for a label (and labels waiting for an event), per partition; the oldest go first.")
+    max_message_bytes: int = _setting(1_000_000, "Input messages larger than this are dead-lettered as oversized.")
+    session_timeout_seconds: float = _setting(10.0, "Kafka consumer session timeout: how soon a dead worker's partitions move.")
+    heartbeat_interval_seconds: float = _setting(1.0, "Kafka consumer heartbeat interval.")
+    commit_interval_seconds: float = _setting(1.0, "How often consumed offsets are committed.")
+    producer_linger_ms: int = _setting(1, "Producer linger: how long a batch waits to fill.")
+    offset_reset: str = _setting("earliest", "Where a new consumer group starts reading: `earliest` or `latest`.")
+    log_level: str = _setting("info", "Log level of the worker.")
+
+    # ---- construction -------------------------------------------------
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Settings from ``STREAMLEARN_*`` variables, then explicit overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = ENV_PREFIX + f.name.upper()
+            if name in env:
+                values[f.name] = _parse(f, env[name], name)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise SettingsError(f"unknown settings: {sorted(unknown)}")
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    @classmethod
+    def env_names(cls) -> dict[str, str]:
+        """Every setting's environment variable, with its doc."""
+        return {ENV_PREFIX + f.name.upper(): f.metadata["doc"] for f in dataclasses.fields(cls)}
+
+    def validate(self) -> None:
+        from streamlearn.models.specs import SPECS
+
+        if self.partitions < 1:
+            raise SettingsError("partitions must be at least 1")
+        if self.offset_reset not in ("earliest", "latest"):
+            raise SettingsError("offset_reset must be 'earliest' or 'latest'")
+        for spec in [self.default_spec, *(s for _, s in self.rules)]:
+            if spec not in SPECS:
+                raise SettingsError(f"unknown model spec {spec!r}; known: {', '.join(sorted(SPECS))}")
+        for spec, params in self.params.items():
+            if spec not in SPECS:
+                raise SettingsError(f"spec_params names unknown spec {spec!r}")
+            if not isinstance(params, dict):
+                raise SettingsError(f"spec_params[{spec!r}] must be an object")
+
+    # ---- derived ------------------------------------------------------
+    @property
+    def rules(self) -> list[tuple[str, str]]:
+        out = []
+        for part in filter(None, (p.strip() for p in self.spec_rules.split(","))):
+            pattern, sep, spec = part.partition("=")
+            if not sep or not pattern.strip() or not spec.strip():
+                raise SettingsError(f"spec rule {part!r} is not `pattern=spec`")
+            out.append((pattern.strip(), spec.strip()))
+        return out
+
+    @property
+    def params(self) -> dict[str, dict[str, Any]]:
+        if not self.spec_params.strip():
+            return {}
+        try:
+            value = orjson.loads(self.spec_params)
+        except orjson.JSONDecodeError as exc:
+            raise SettingsError(f"spec_params is not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise SettingsError("spec_params must be a JSON object")
+        return value
+
+    def spec_for(self, model_key: str) -> str:
+        """The spec name the rules choose for a model key."""
+        for pattern, spec in self.rules:
+            if fnmatch.fnmatchcase(model_key, pattern):
+                return spec
+        return self.default_spec
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The broker URL as a plain `host:port,...` list for Kafka clients."""
+        hosts = self.broker.replace("kafka://", "").replace(";", ",")
+        return ",".join(h.strip() for h in hosts.split(",") if h.strip())
+
+
+def _parse(f: dataclasses.Field, raw: str, name: str) -> Any:
+    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool}[f.type]
+    try:
+        if kind is bool:
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        return kind(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from None

@@ -1,0 +1,178 @@
+"""Assembly: the Faust app of one worker, wired from settings.
+
+Nothing here decides anything about models or messages: it builds the Faust
+app, declares topics and tables, binds the agents of ``streamlearn.streams``
+and exposes HTTP views and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.web import Request, Response, View
+
+from streamlearn import models
+from streamlearn.models import LiveModel, ModelRegistry, Spec
+from streamlearn.streams.agents import Agents, Options
+from streamlearn.streams.deadletter import DeadLetters
+from streamlearn.streams.pending import BoundedTable
+from streamlearn.streams.topics import TopicNames, Topics, ensure_topics
+
+from .metrics import Metrics
+from .settings import Settings
+
+log = logging.getLogger("streamlearn")
+
+
+@dataclass
+class Worker:
+    """One streamlearn worker: its Faust app and the state it owns."""
+
+    settings: Settings
+    app: faust.App
+    topics: Topics
+    registry: ModelRegistry
+    pending: BoundedTable
+    early: BoundedTable
+    metrics: Metrics
+    agents: Agents
+
+    async def ensure_topics(self) -> list[str]:
+        s = self.settings
+        return await ensure_topics(s.bootstrap_servers, self.topics.names, s.partitions, s.replication_factor)
+
+
+def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
+    s = settings
+    app = faust.App(
+        s.app_id,
+        broker=s.broker,
+        store="memory://",
+        datadir=s.data_dir,
+        autodiscover=False,
+        topic_partitions=s.partitions,
+        topic_replication_factor=s.replication_factor,
+        web_host=s.web_host,
+        web_port=s.web_port,
+        web_bind=s.web_host,
+        canonical_url=f"http://{s.web_host}:{s.web_port}",
+        broker_session_timeout=s.session_timeout_seconds,
+        broker_heartbeat_interval=s.heartbeat_interval_seconds,
+        broker_commit_interval=s.commit_interval_seconds,
+        producer_linger=s.producer_linger_ms / 1000.0,
+        consumer_auto_offset_reset=s.offset_reset,
+        logging_config=None,
+        **faust_overrides,
+    )
+    names = TopicNames.with_prefix(s.topic_prefix)
+    topics = Topics.declare(app, names, s.partitions)
+    metrics = Metrics()
+    params = s.params
+
+    def spec_for(key: str) -> Spec:
+        return models.get_spec(s.spec_for(key))
+
+    def factory(key: str, spec: Spec) -> LiveModel:
+        return models.new_model(key, spec, params.get(spec.name))
+
+    registry = ModelRegistry(factory)
+    def table(name: str, help: str) -> faust.Table:
+        return app.Table(name, default=None, partitions=s.partitions, help=help,
+                         schema=faust.Schema(key_type=bytes, value_type=bytes,
+                                             key_serializer="raw", value_serializer="raw"))
+
+    pending = BoundedTable(table("pending", "Features of predicted events waiting for their label."),
+                           s.partitions, s.pending_ttl_seconds, s.pending_max_per_partition)
+    early = BoundedTable(table("early-labels", "Labels that arrived before their event's features."),
+                         s.partitions, s.label_wait_seconds, s.pending_max_per_partition)
+    agents = Agents(
+        topics=topics, registry=registry, pending=pending, early=early,
+        deadletters=DeadLetters(topics.deadletter, metrics), metrics=metrics,
+        options=Options(s.partitions, s.default_model_key, s.max_message_bytes),
+        spec_for=spec_for,
+    )
+    app.agent(topics.features, name="route-features")(agents.route_features)
+    app.agent(topics.feedback, name="route-feedback")(agents.route_feedback)
+    app.agent(topics.events, name="predict")(agents.predict)
+    app.agent(topics.labels, name="join")(agents.join)
+    app.agent(topics.training, name="learn")(agents.learn)
+
+    worker = Worker(s, app, topics, registry, pending, early, metrics, agents)
+    _bind_rebalance(worker)
+    _bind_timers(worker)
+    _bind_views(worker)
+    return worker
+
+
+def _bind_rebalance(w: Worker) -> None:
+    owned_topics = {w.topics.names.events, w.topics.names.labels, w.topics.names.training}
+
+    @w.app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, assigned: set, **kwargs: Any) -> None:
+        partitions = {tp.partition for tp in assigned if tp.topic in owned_topics}
+        dropped = w.registry.keep_partitions(partitions)
+        w.pending.forget_partitions(partitions)
+        w.early.forget_partitions(partitions)
+        w.metrics.live_models.set(len(w.registry))
+        log.info("assigned partitions %s; dropped %d live models of partitions moved away",
+                 sorted(partitions), len(dropped))
+
+
+def _bind_timers(w: Worker) -> None:
+    labels = w.topics.names.labels
+
+    @w.app.timer(max(1.0, min(w.settings.label_wait_seconds, w.settings.pending_ttl_seconds) / 4))
+    async def expire_join_state() -> None:
+        """Tables are written only in an event's context: tick our partitions to evict."""
+        owned = {tp.partition for tp in w.app.assignor.assigned_actives() if tp.topic == labels}
+        await w.agents.tick(owned)
+
+
+def _bind_views(w: Worker) -> None:
+    app, metrics, registry = w.app, w.metrics, w.registry
+
+    @app.page("/metrics")
+    async def metrics_view(web: Any, request: Request) -> Response:
+        metrics.live_models.set(len(registry))
+        metrics.pending_events.set(w.pending.size())
+        return web.bytes(metrics.exposition(), content_type="text/plain")
+
+    @app.page("/health")
+    async def health(web: Any, request: Request) -> Response:
+        return web.json({"status": "ok"})
+
+    @app.page("/models")
+    class ModelsView(View):
+        async def get(self, request: Request) -> Response:
+            """The live models of this worker."""
+            return self.json({"models": sorted((live.describe() for _, live in registry),
+                                               key=lambda d: d["model"])})
+
+    @app.page("/models/{key}")
+    class ModelView(View):
+        @app.topic_route(topic=w.topics.events, match_info="key")
+        async def get(self, request: Request, key: str) -> Response:
+            """One model's status, answered by the worker owning the key."""
+            live = registry.find(key)
+            if live is None:
+                return self.json({"error": f"no live model {key!r}", "model": key}, status=404)
+            return self.json(live.describe())
+
+
+async def prepare(worker: Worker) -> None:
+    """What must exist before the worker consumes: its topics."""
+    created = await worker.ensure_topics()
+    if created:
+        log.info("created %d topics", len(created))
+
+
+def run(worker: Worker, loglevel: str = "info") -> None:
+    """Create the topics, then run the Faust worker until a signal stops it."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(prepare(worker))
+    faust.Worker(worker.app, loglevel=loglevel, loop=loop).execute_from_commandline()

@@ -1,0 +1,144 @@
+"""Live model state and the two steps that touch it: predict, and learn.
+
+Pure River: no Kafka here. A :class:`LiveModel` is one model key's current
+model with its bookkeeping; :class:`ModelRegistry` holds the live models a
+worker owns, one dict per assigned partition, so that a revoked partition's
+models are dropped in one step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from river import base, metrics
+
+from .specs import Spec
+
+
+@dataclass(slots=True)
+class Prediction:
+    """What a model answered for one event."""
+
+    label: Any
+    proba: dict[Any, float] | None
+    version: int
+    learned: int
+
+
+@dataclass(slots=True)
+class Scored:
+    """Progressive validation of one example: the prediction made before learning it."""
+
+    y_pred: Any
+    y_true: Any
+    correct: bool | None
+
+
+@dataclass
+class LiveModel:
+    """One model key's live model and what we know about it."""
+
+    key: str
+    spec: Spec
+    model: base.Estimator
+    version: int = 1
+    parent_version: int | None = None
+    learned: int = 0
+    metric: metrics.base.Metric = field(default=None)  # type: ignore[assignment]
+    created_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if self.metric is None:
+            self.metric = new_metric(self.spec)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready summary for operators."""
+        return {
+            "model": self.key,
+            "spec": self.spec.name,
+            "task": self.spec.task,
+            "version": self.version,
+            "parent_version": self.parent_version,
+            "learned": self.learned,
+            "metric": {"name": type(self.metric).__name__, "value": self.metric.get()},
+            "created_at": self.created_at,
+        }
+
+
+def new_metric(spec: Spec) -> metrics.base.Metric:
+    """The online metric of progressive validation for a spec's task."""
+    return metrics.Accuracy() if spec.is_classifier else metrics.MAE()
+
+
+def new_model(key: str, spec: Spec, params: dict[str, Any] | None = None) -> LiveModel:
+    return LiveModel(key=key, spec=spec, model=spec.build(params))
+
+
+def predict(live: LiveModel, x: dict[str, Any]) -> Prediction:
+    """Answer one event with the live model (the model does not change)."""
+    if live.spec.is_classifier:
+        proba = live.model.predict_proba_one(x)
+        # River's Classifier.predict_one is exactly this argmax (ties: first).
+        label = max(proba, key=proba.get) if proba else None
+        return Prediction(label, proba, live.version, live.learned)
+    return Prediction(live.model.predict_one(x), None, live.version, live.learned)
+
+
+def learn(live: LiveModel, x: dict[str, Any], y: Any) -> Scored:
+    """Progressive validation: score what the model predicts for ``x``, then learn ``(x, y)``."""
+    y_pred = live.model.predict_one(x)
+    if y_pred is not None:
+        live.metric.update(y, y_pred)
+    live.model.learn_one(x, y)
+    live.learned += 1
+    correct = (y_pred == y) if live.spec.is_classifier and y_pred is not None else None
+    return Scored(y_pred, y, correct)
+
+
+class ModelRegistry:
+    """The live models of the partitions a worker owns: ``{partition: {key: LiveModel}}``."""
+
+    def __init__(self, factory: Callable[[str, Spec], LiveModel]) -> None:
+        self._factory = factory
+        self._partitions: dict[int, dict[str, LiveModel]] = {}
+
+    def get(self, partition: int, key: str) -> LiveModel | None:
+        return self._partitions.get(partition, {}).get(key)
+
+    def get_or_create(self, partition: int, key: str, spec: Spec) -> LiveModel:
+        """The live model of ``key``; a fresh one of ``spec`` if it has none yet."""
+        models = self._partitions.setdefault(partition, {})
+        live = models.get(key)
+        if live is None:
+            live = models[key] = self._factory(key, spec)
+        return live
+
+    def put(self, partition: int, live: LiveModel) -> None:
+        self._partitions.setdefault(partition, {})[live.key] = live
+
+    def keep_partitions(self, assigned: set[int]) -> list[LiveModel]:
+        """Forget the models of partitions no longer assigned; return them.
+
+        Called with the new assignment after a rebalance: a partition that
+        stayed with this worker keeps its live models.
+        """
+        dropped: list[LiveModel] = []
+        for p in [p for p in self._partitions if p not in assigned]:
+            dropped.extend(self._partitions.pop(p).values())
+        return dropped
+
+    def find(self, key: str) -> LiveModel | None:
+        for models in self._partitions.values():
+            if key in models:
+                return models[key]
+        return None
+
+    def __iter__(self) -> Iterator[tuple[int, LiveModel]]:
+        for p, models in self._partitions.items():
+            for live in models.values():
+                yield p, live
+
+    def __len__(self) -> int:
+        return sum(len(m) for m in self._partitions.values())

@@ -1,0 +1,1 @@
+"""The Kafka side: topics, codec and validation, routing, the agents."""

@@ -1,0 +1,248 @@
+"""The agents: thin ``async for`` loops from topic to topic.
+
+    features --route_features--> internal.events   --predict--> predictions  (+ pending features)
+    feedback --route_feedback--> internal.labels   --join-----> internal.training (or parked as early)
+                                 internal.training --learn----> the live model
+
+Routers decode and validate raw bytes, then re-publish the original bytes to
+the partition that owns the model key (see routing.py), with a header
+recording where the message came from. Everything after a router runs in the
+worker owning the key. Decisions about models are the pure functions of
+``streamlearn.models``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import faust
+
+from streamlearn import models
+from streamlearn.models import LiveModel, ModelRegistry, Spec
+
+from . import codec
+from .codec import (BAD_LABEL, EXPIRED_EVENT, MODEL_ERROR, SPEC_MISMATCH, UNKNOWN_EVENT, UNKNOWN_SPEC,
+                    Example, Rejected)
+from .deadletter import Counters, DeadLetters
+from .pending import BoundedTable, join_key
+from .routing import TICK_HEADER, is_tick, origin_header, origin_of, partition_for
+from .topics import Topics
+
+log = logging.getLogger("streamlearn.agents")
+
+
+class Duplicate(Exception):
+    """The event already got its label."""
+
+
+@dataclass(frozen=True)
+class Options:
+    partitions: int
+    default_model: str
+    max_message_bytes: int
+
+
+class Agents:
+    """The agent bodies of one app, with their dependencies passed in."""
+
+    def __init__(self, *, topics: Topics, registry: ModelRegistry, pending: BoundedTable, early: BoundedTable,
+                 deadletters: DeadLetters, metrics: Counters, options: Options,
+                 spec_for: Callable[[str], Spec]) -> None:
+        self.topics = topics
+        self.registry = registry
+        self.pending = pending
+        self.early = early
+        self.dead = deadletters
+        self.metrics = metrics
+        self.options = options
+        self.spec_for = spec_for
+
+    # ---- routers: any partition in, the owner's partition out ----------
+    async def route_features(self, stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            msg = event.message
+            self.metrics.consumed(msg.topic)
+            try:
+                ev = self._decode_event(msg.value, msg.key)
+                if ev.spec is not None and ev.spec not in models.SPECS:
+                    raise Rejected(UNKNOWN_SPEC, str(models.UnknownSpec(ev.spec)), ev.event_id)
+            except Rejected as rejected:
+                await self.dead.send(rejected, msg)
+                continue
+            await self._route(self.topics.events, ev.model, msg)
+
+    async def route_feedback(self, stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            msg = event.message
+            self.metrics.consumed(msg.topic)
+            try:
+                label = self._decode_label(msg.value, msg.key)
+            except Rejected as rejected:
+                await self.dead.send(rejected, msg)
+                continue
+            await self._route(self.topics.labels, label.model, msg)
+
+    async def _route(self, topic: faust.TopicT, model: str, msg) -> None:
+        await topic.send(
+            key=model.encode(),
+            value=msg.value,
+            partition=partition_for(model, self.options.partitions),
+            headers=[origin_header(msg.topic, msg.partition, msg.offset)],
+        )
+
+    # ---- owner side ---------------------------------------------------
+    async def predict(self, stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            msg = event.message
+            started = time.perf_counter()
+            try:
+                ev = self._decode_event(msg.value, msg.key)
+                live = self._model(msg.partition, ev.model, ev.spec, ev.event_id)
+                prediction = self._guarded(models.predict, live, ev.features, ev.event_id)
+            except Rejected as rejected:
+                await self.dead.send(rejected, msg, model=msg.key.decode() if msg.key else None)
+                continue
+            predicted_at = time.time()
+            await self.topics.predictions.send(
+                key=msg.key,
+                value=codec.encode_prediction(ev, prediction.label, prediction.proba, prediction.version,
+                                              prediction.learned, predicted_at),
+            )
+            self.metrics.predicted(ev.model, time.perf_counter() - started,
+                                   None if ev.ts is None else predicted_at - ev.ts)
+            await self._remember(msg.partition, ev)
+
+    async def _remember(self, partition: int, ev: codec.FeatureEvent) -> None:
+        """Keep the features for the label; if the label came first, train now."""
+        key = join_key(ev.model, ev.event_id)
+        before = self.pending.get(key)
+        labelled = bool(before and before["l"])
+        early = self.early.get(key) if not labelled else None
+        if early is not None and not early["expired"]:
+            self.early.delete(partition, key)
+            labelled = True
+            await self._train(partition, Example(ev.event_id, ev.model, ev.features, early["label"], early["ts"]))
+        self.pending.put(partition, key, {"f": ev.features, "l": labelled})
+
+    async def join(self, stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            msg = event.message
+            if is_tick(msg.headers):
+                await self._expire(msg.partition)
+                continue
+            try:
+                label = self._decode_label(msg.value, msg.key)
+                self._check_label(label.model, label.label, label.event_id)
+                example = self._join(msg, label)
+            except Rejected as rejected:
+                await self.dead.send(rejected, msg, model=msg.key.decode() if msg.key else None)
+                continue
+            except Duplicate:
+                self.metrics.duplicate_label()
+                log.info("ignored a second label for event_id=%s model=%s", label.event_id, label.model)
+                continue
+            if example is None:  # parked until the event's features arrive
+                for entry in self.early.evict(msg.partition):
+                    await self._dead_parked(entry)
+                continue
+            await self._train(msg.partition, example)
+
+    def _join(self, msg, label: codec.Label) -> Example | None:
+        """The training example of a label, or None when the label must wait for its features."""
+        key = join_key(label.model, label.event_id)
+        entry = self.pending.get(key)
+        if entry is not None and entry["l"]:
+            raise Duplicate(label.event_id)
+        if label.features is not None:                      # the label brings its own features
+            if entry is not None:
+                entry["l"] = True
+                self.pending.put(msg.partition, key, entry, fresh=False)
+            return Example(label.event_id, label.model, label.features, label.label, label.ts)
+        if entry is None:
+            if self.early.get(key) is not None:
+                raise Duplicate(label.event_id)
+            topic, partition, offset = origin_of(msg.headers, msg.topic, msg.partition, msg.offset)
+            self.early.put(msg.partition, key, {
+                "label": label.label, "ts": label.ts, "event_id": label.event_id, "model": label.model,
+                "src": [topic, partition, offset], "value": codec.b64(msg.value),
+            })
+            return None
+        if entry["expired"]:
+            raise Rejected(EXPIRED_EVENT, f"features of event {label.event_id!r} expired "
+                                          f"(older than {self.pending.ttl:g}s)", label.event_id)
+        entry["l"] = True
+        self.pending.put(msg.partition, key, entry, fresh=False)
+        return Example(label.event_id, label.model, entry["f"], label.label, label.ts)
+
+    async def _train(self, partition: int, example: Example) -> None:
+        await self.topics.training.send(key=example.model.encode(), value=codec.encode_example(example),
+                                        partition=partition)
+
+    async def _expire(self, partition: int) -> None:
+        """A tick: evict what outlived its TTL in this partition."""
+        self.pending.evict(partition)
+        for entry in self.early.evict(partition):
+            await self._dead_parked(entry)
+
+    async def _dead_parked(self, entry: dict) -> None:
+        topic, partition, offset = entry["src"]
+        rejected = Rejected(UNKNOWN_EVENT, f"no features of event {entry['event_id']!r} arrived within "
+                                           f"{self.early.ttl:g}s of its label", entry["event_id"])
+        await self.dead.send_record(rejected, topic=topic, partition=partition, offset=offset,
+                                    key=entry["model"].encode(), value=codec.unb64(entry["value"]),
+                                    model=entry["model"])
+
+    async def tick(self, partitions: set[int]) -> None:
+        """Ask the owner of each partition to evict expired join state (called by a timer)."""
+        for p in partitions:
+            await self.topics.labels.send(key=None, value=b"", partition=p, headers=[(TICK_HEADER, b"1")])
+
+    async def learn(self, stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            msg = event.message
+            example = codec.decode_example(msg.value)
+            live = self.registry.get_or_create(msg.partition, example.model, self.spec_for(example.model))
+            try:
+                scored = self._guarded(models.learn, live, example.features, example.label, example.event_id)
+            except Rejected as rejected:
+                await self.dead.send(rejected, msg, model=example.model)
+                continue
+            self.metrics.learned(example.model, scored.correct)
+
+    # ---- helpers ------------------------------------------------------
+    def _decode_event(self, raw: bytes, key: bytes | None) -> codec.FeatureEvent:
+        return codec.decode_event(raw, key, default_model=self.options.default_model,
+                                  max_bytes=self.options.max_message_bytes)
+
+    def _decode_label(self, raw: bytes, key: bytes | None) -> codec.Label:
+        return codec.decode_label(raw, key, default_model=self.options.default_model,
+                                  max_bytes=self.options.max_message_bytes)
+
+    def _model(self, partition: int, key: str, requested: str | None, event_id: str) -> LiveModel:
+        live = self.registry.get(partition, key)
+        if live is None:
+            spec = models.get_spec(requested) if requested else self.spec_for(key)
+            return self.registry.get_or_create(partition, key, spec)
+        if requested is not None and requested != live.spec.name:
+            raise Rejected(SPEC_MISMATCH, f"model {key!r} is a {live.spec.name!r}, "
+                                          f"the event asks for {requested!r}", event_id)
+        return live
+
+    def _check_label(self, model: str, label: Any, event_id: str) -> None:
+        live = self.registry.find(model)
+        spec = live.spec if live is not None else self.spec_for(model)
+        if not spec.is_classifier and (isinstance(label, bool) or not isinstance(label, (int, float))):
+            raise Rejected(BAD_LABEL, f"model {model!r} is a regressor; its label must be a number", event_id)
+
+    def _guarded(self, step: Callable[..., Any], live: LiveModel, *args: Any) -> Any:
+        """Run a model step; an exception from River becomes a rejection, not a crash."""
+        *values, event_id = args
+        try:
+            return step(live, *values)
+        except Exception as exc:  # noqa: BLE001 - one bad event must not stop the agent
+            self.metrics.error(step.__name__)
+            log.exception("model %s failed on event_id=%s", step.__name__, event_id)
+            raise Rejected(MODEL_ERROR, f"{step.__name__} failed: {type(exc).__name__}: {exc}", event_id) from None

@@ -1,0 +1,253 @@
+"""The one codec: bytes in, validated messages out, and back to bytes.
+
+Every message that enters streamlearn is decoded here from raw bytes, so
+anything malformed becomes a :class:`Rejected` with a reason (a short,
+stable word used as a metric label) and a human-readable detail. Nothing in
+this module unpickles; model state never travels through these messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+# Reasons a message is rejected: stable words, used as metric labels.
+OVERSIZED = "oversized"
+NOT_JSON = "not_json"
+NON_FINITE = "non_finite_number"
+NOT_OBJECT = "not_an_object"
+MISSING_FIELD = "missing_field"
+BAD_FIELD = "bad_field"
+BAD_KEY = "bad_key"
+UNKNOWN_SPEC = "unknown_spec"
+SPEC_MISMATCH = "spec_mismatch"
+BAD_LABEL = "bad_label"
+UNKNOWN_EVENT = "unknown_event"
+EXPIRED_EVENT = "expired_event"
+MODEL_ERROR = "model_error"
+
+_DUMPS_OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+class Rejected(Exception):
+    """A message we will not process, and why."""
+
+    def __init__(self, reason: str, detail: str, event_id: str | None = None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.event_id = event_id
+
+
+@dataclass(slots=True)
+class FeatureEvent:
+    event_id: str
+    model: str
+    features: dict[str, Any]
+    ts: float | None = None
+    spec: str | None = None
+
+
+@dataclass(slots=True)
+class Label:
+    event_id: str
+    model: str
+    label: Any
+    features: dict[str, Any] | None = None
+    ts: float | None = None
+
+
+@dataclass(slots=True)
+class Example:
+    """A training example: an event's features joined with its label."""
+
+    event_id: str
+    model: str
+    features: dict[str, Any]
+    label: Any
+    ts: float | None = None
+
+
+# ---- decoding -------------------------------------------------------------
+
+def _load(raw: bytes | None, max_bytes: int) -> dict[str, Any]:
+    if raw is None:
+        raise Rejected(NOT_JSON, "empty message (null value)")
+    if len(raw) > max_bytes:
+        raise Rejected(OVERSIZED, f"{len(raw)} bytes > limit of {max_bytes}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if _has_non_finite(raw):
+            raise Rejected(NON_FINITE, "NaN or Infinity is not a valid number") from None
+        raise Rejected(NOT_JSON, str(exc)) from None
+    if not isinstance(obj, dict):
+        raise Rejected(NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _has_non_finite(raw: bytes) -> bool:
+    """Whether raw is JSON once NaN/Infinity literals are allowed (json does)."""
+    try:
+        json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def _event_id(obj: dict[str, Any]) -> str:
+    eid = obj.get("event_id")
+    if eid is None:
+        raise Rejected(MISSING_FIELD, "event_id is required")
+    if isinstance(eid, bool) or not isinstance(eid, (str, int)) or eid == "":
+        raise Rejected(BAD_FIELD, "event_id must be a non-empty string")
+    return str(eid)
+
+
+def _model_key(obj: dict[str, Any], key: bytes | None, default: str, eid: str) -> str:
+    model = obj.get("model")
+    if model is not None:
+        if not isinstance(model, str) or not model:
+            raise Rejected(BAD_FIELD, "model must be a non-empty string", eid)
+        return model
+    if key:
+        try:
+            return key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Rejected(BAD_KEY, "the Kafka key is not UTF-8 and no model field is given", eid) from None
+    return default
+
+
+def _features(value: Any, eid: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise Rejected(BAD_FIELD, "features must be an object of name to number, string or boolean", eid)
+    for name, v in value.items():
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                raise Rejected(NON_FINITE, f"feature {name!r} is not finite", eid)
+        elif not isinstance(v, (int, str)):  # bool is an int
+            raise Rejected(BAD_FIELD, f"feature {name!r} must be a number, string or boolean, "
+                                      f"not {type(v).__name__}", eid)
+    return value
+
+
+def _ts(obj: dict[str, Any], eid: str) -> float | None:
+    ts = obj.get("ts")
+    if ts is None:
+        return None
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+        raise Rejected(BAD_FIELD, "ts must be a number of epoch seconds", eid)
+    return float(ts)
+
+
+def decode_event(raw: bytes | None, key: bytes | None, *, default_model: str, max_bytes: int) -> FeatureEvent:
+    """A feature event from the features topic (or its routed copy)."""
+    obj = _load(raw, max_bytes)
+    eid = _event_id(obj)
+    if "features" not in obj:
+        raise Rejected(MISSING_FIELD, "features is required", eid)
+    spec = obj.get("spec")
+    if spec is not None and not isinstance(spec, str):
+        raise Rejected(BAD_FIELD, "spec must be a string", eid)
+    return FeatureEvent(
+        event_id=eid,
+        model=_model_key(obj, key, default_model, eid),
+        features=_features(obj["features"], eid),
+        ts=_ts(obj, eid),
+        spec=spec,
+    )
+
+
+def decode_label(raw: bytes | None, key: bytes | None, *, default_model: str, max_bytes: int) -> Label:
+    """A label from the feedback topic (or its routed copy)."""
+    obj = _load(raw, max_bytes)
+    eid = _event_id(obj)
+    if "label" not in obj:
+        raise Rejected(MISSING_FIELD, "label is required", eid)
+    label = obj["label"]
+    if isinstance(label, float) and not math.isfinite(label):
+        raise Rejected(NON_FINITE, "label is not finite", eid)
+    if not isinstance(label, (bool, int, float, str)):
+        raise Rejected(BAD_LABEL, f"label must be a boolean, number or string, not {type(label).__name__}", eid)
+    features = obj.get("features")
+    return Label(
+        event_id=eid,
+        model=_model_key(obj, key, default_model, eid),
+        label=label,
+        features=None if features is None else _features(features, eid),
+        ts=_ts(obj, eid),
+    )
+
+
+def decode_example(raw: bytes) -> Example:
+    """A training example from our own training topic."""
+    obj = orjson.loads(raw)
+    return Example(obj["event_id"], obj["model"], obj["features"], obj["label"], obj.get("ts"))
+
+
+# ---- encoding -------------------------------------------------------------
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=_DUMPS_OPTS)
+
+
+def loads(raw: bytes) -> Any:
+    return orjson.loads(raw)
+
+
+def b64(raw: bytes | None) -> str | None:
+    return None if raw is None else base64.b64encode(raw).decode("ascii")
+
+
+def unb64(text: str | None) -> bytes | None:
+    return None if text is None else base64.b64decode(text)
+
+
+def encode_prediction(event: FeatureEvent, label: Any, proba: dict[Any, float] | None,
+                      version: int, learned: int, predicted_at: float) -> bytes:
+    out: dict[str, Any] = {
+        "event_id": event.event_id,
+        "model": event.model,
+        "prediction": label,
+        "proba": proba,
+        "model_version": version,
+        "learned": learned,
+        "ts": event.ts,
+        "predicted_at": predicted_at,
+    }
+    return orjson.dumps(out, option=_DUMPS_OPTS)
+
+
+def encode_example(ex: Example) -> bytes:
+    return orjson.dumps(
+        {"event_id": ex.event_id, "model": ex.model, "features": ex.features, "label": ex.label, "ts": ex.ts},
+        option=_DUMPS_OPTS,
+    )
+
+
+def encode_deadletter(*, reason: str, detail: str, topic: str, partition: int, offset: int,
+                      key: bytes | None, value: bytes | None, event_id: str | None = None) -> bytes:
+    """A deadletter record: the rejected bytes (base64, and as text when UTF-8), where from, and why."""
+    text: str | None
+    try:
+        text = None if value is None else value.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return orjson.dumps({
+        "reason": reason,
+        "detail": detail,
+        "event_id": event_id,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "key": None if key is None else key.decode("utf-8", "replace"),
+        "value": text,
+        "value_b64": b64(value),
+        "rejected_at": time.time(),
+    })

@@ -1,0 +1,108 @@
+"""The event/label join state: two changelog-backed tables, bounded.
+
+Features and labels travel on different topics through different routers, so
+either may reach the owner first. ``pending`` keeps each predicted event's
+features until its label comes; ``early`` keeps a label that came before its
+event's features, until they come. Both are keyed ``model \\x1f event_id``
+and hold JSON, and both are written by the agent handling the key's
+partition, so entries land in that partition's changelog and move with the
+model key on a rebalance.
+
+Bounds: an entry older than its time-to-live is refused at lookup and
+evicted, oldest first, whenever its partition is written or ticked; a
+partition never holds more than ``max_per_partition`` entries. Eviction runs
+inside an agent because a Faust table can only be written while processing
+an event of the partition written to (a timer sends ticks for that).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any, Callable, MutableMapping
+
+from . import codec
+from .routing import partition_for
+
+SEP = b"\x1f"
+
+
+def join_key(model: str, event_id: str) -> bytes:
+    return model.encode() + SEP + event_id.encode()
+
+
+class BoundedTable:
+    """A table of ``{"t": time, ...}`` JSON entries with a TTL and a per-partition size bound."""
+
+    def __init__(self, table: MutableMapping[bytes, bytes], partitions: int, ttl: float,
+                 max_per_partition: int, clock: Callable[[], float] = time.time) -> None:
+        self.table = table
+        self.partitions = partitions
+        self.ttl = ttl
+        self.max_per_partition = max_per_partition
+        self.clock = clock
+        # partition -> keys in insertion (= time) order, built lazily
+        self._index: dict[int, OrderedDict[bytes, float]] = {}
+
+    def get(self, key: bytes) -> dict[str, Any] | None:
+        """The entry under key, or None; ``entry["expired"]`` says if past its TTL."""
+        raw = self.table.get(key)
+        if raw is None:
+            return None
+        entry = codec.loads(raw)
+        entry["expired"] = self.clock() - entry["t"] > self.ttl
+        return entry
+
+    def put(self, partition: int, key: bytes, entry: dict[str, Any], *, fresh: bool = True) -> list[dict]:
+        """Write an entry (``fresh``: stamped now and re-indexed); return the entries evicted."""
+        entry.pop("expired", None)
+        index = self._partition_index(partition)
+        if fresh:
+            entry["t"] = self.clock()
+            index.pop(key, None)
+            index[key] = entry["t"]
+        self.table[key] = codec.dumps(entry)  # write back, or the changelog misses it
+        return self.evict(partition)
+
+    def delete(self, partition: int, key: bytes) -> None:
+        self._partition_index(partition).pop(key, None)
+        self.table.pop(key, None)
+
+    def evict(self, partition: int) -> list[dict]:
+        """Remove the partition's expired entries and those over the size bound, oldest first."""
+        index = self._partition_index(partition)
+        cutoff = self.clock() - self.ttl
+        evicted = []
+        while index:
+            key, t = next(iter(index.items()))
+            if t >= cutoff and len(index) <= self.max_per_partition:
+                break
+            index.popitem(last=False)
+            raw = self.table.pop(key, None)
+            if raw is not None:
+                evicted.append(codec.loads(raw))
+        return evicted
+
+    def forget_partitions(self, keep: set[int]) -> None:
+        """Drop the eviction index of partitions no longer assigned."""
+        for p in list(self._index):
+            if p not in keep:
+                del self._index[p]
+
+    def size(self) -> int:
+        return sum(len(i) for i in self._index.values())
+
+    def _partition_index(self, partition: int) -> OrderedDict[bytes, float]:
+        index = self._index.get(partition)
+        if index is None:
+            # First use since the partition was assigned: index what the
+            # changelog restored for it. The table also holds the other
+            # partitions (and standbys), so filter by the key's partition.
+            found = []
+            for key, raw in list(self.table.items()):
+                model = key.split(SEP, 1)[0].decode()
+                if partition_for(model, self.partitions) == partition:
+                    found.append((codec.loads(raw)["t"], key))
+            found.sort()
+            index = self._index[partition] = OrderedDict((k, t) for t, k in found)
+        return index

@@ -1,0 +1,46 @@
+"""Routing: which partition of the internal topics owns a model key.
+
+Producers may publish with any client and partitioner, keyed or not, so the
+partition an event arrives on says nothing about its model. The router agents
+re-publish every event to ``partition_for(model_key)`` of the co-partitioned
+internal topics. The hash is Kafka's own default (murmur2 of the UTF-8 key,
+as the Java client and aiokafka compute it), so Faust's table routing of web
+requests by key agrees with ours.
+"""
+
+from __future__ import annotations
+
+from aiokafka.partitioner import murmur2
+
+ORIGIN_HEADER = "streamlearn-origin"
+TICK_HEADER = "streamlearn-tick"
+
+
+def partition_for(model_key: str, partitions: int) -> int:
+    return (murmur2(model_key.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+def origin_header(topic: str, partition: int, offset: int) -> tuple[str, bytes]:
+    """A header recording where a routed message was first consumed."""
+    return ORIGIN_HEADER, f"{topic}/{partition}/{offset}".encode()
+
+
+def _items(headers) -> list[tuple[str, bytes]]:
+    return list(headers.items()) if isinstance(headers, dict) else list(headers or ())
+
+
+def is_tick(headers) -> bool:
+    """Whether a message on an internal topic is a timer's tick, not data."""
+    return any(name == TICK_HEADER for name, _ in _items(headers))
+
+
+def origin_of(headers, topic: str, partition: int, offset: int) -> tuple[str, int, int]:
+    """The (topic, partition, offset) a message was first consumed at.
+
+    Falls back to the message's own position when it has no origin header.
+    """
+    for name, value in _items(headers):
+        if name == ORIGIN_HEADER and value:
+            t, p, o = value.decode().rsplit("/", 2)
+            return t, int(p), int(o)
+    return topic, partition, offset

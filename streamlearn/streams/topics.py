@@ -1,0 +1,140 @@
+"""Topic names, their Faust declarations, and creating them on the broker.
+
+Input topics (features, feedback, control) may have any partition count:
+the routers re-key everything onto the internal topics, which all have the
+same partition count so that Faust's co-partitioning assignor gives one
+worker all the work of a model key. Topics we create get that count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, fields
+
+import faust
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+log = logging.getLogger(__name__)
+
+
+class TopicLayoutError(RuntimeError):
+    """An existing topic cannot be used as it is (e.g. wrong partition count)."""
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    features: str
+    feedback: str
+    control: str
+    predictions: str
+    control_results: str
+    deadletter: str
+    audit: str
+    # internal, co-partitioned, keyed by model key
+    events: str
+    labels: str
+    training: str
+
+    INTERNAL = ("events", "labels", "training")
+
+    @classmethod
+    def with_prefix(cls, prefix: str) -> "TopicNames":
+        return cls(
+            features=f"{prefix}features",
+            feedback=f"{prefix}feedback",
+            control=f"{prefix}control",
+            predictions=f"{prefix}predictions",
+            control_results=f"{prefix}control-results",
+            deadletter=f"{prefix}deadletter",
+            audit=f"{prefix}audit",
+            events=f"{prefix}internal.events",
+            labels=f"{prefix}internal.labels",
+            training=f"{prefix}internal.training",
+        )
+
+    def all(self) -> dict[str, str]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def internal(self) -> list[str]:
+        return [getattr(self, n) for n in self.INTERNAL]
+
+
+@dataclass
+class Topics:
+    """The Faust topic objects of one app, all with raw bytes keys and values."""
+
+    names: TopicNames
+    features: faust.TopicT
+    feedback: faust.TopicT
+    predictions: faust.TopicT
+    deadletter: faust.TopicT
+    events: faust.TopicT
+    labels: faust.TopicT
+    training: faust.TopicT
+
+    @classmethod
+    def declare(cls, app: faust.App, names: TopicNames, partitions: int) -> "Topics":
+        def topic(name: str, internal_partitions: int | None = None) -> faust.TopicT:
+            return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                             value_serializer="raw", partitions=internal_partitions)
+
+        return cls(
+            names=names,
+            features=topic(names.features),
+            feedback=topic(names.feedback),
+            predictions=topic(names.predictions),
+            deadletter=topic(names.deadletter),
+            events=topic(names.events, partitions),
+            labels=topic(names.labels, partitions),
+            training=topic(names.training, partitions),
+        )
+
+
+async def ensure_topics(bootstrap_servers: str, names: TopicNames, partitions: int,
+                        replication_factor: int = 1, timeout: float = 30.0) -> list[str]:
+    """Create the missing topics; check the internal ones' partition counts.
+
+    Returns the names created. Raises :class:`TopicLayoutError` when an
+    internal topic exists with another partition count: co-partitioning would
+    silently break, so we refuse to start instead.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout * 1000))
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            await admin.start()
+            break
+        except KafkaError as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TopicLayoutError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from None
+            await asyncio.sleep(1.0)
+    try:
+        wanted = list(names.all().values())
+        existing = await _partition_counts(admin, wanted)
+        for name in names.internal():
+            if name in existing and existing[name] != partitions:
+                raise TopicLayoutError(
+                    f"topic {name} has {existing[name]} partitions but settings say {partitions}; "
+                    "internal topics must all have the configured partition count")
+        missing = [n for n in wanted if n not in existing]
+        if missing:
+            response = await admin.create_topics(
+                [NewTopic(n, partitions, replication_factor) for n in missing])
+            for topic, code, message in getattr(response, "topic_errors", []):
+                if code not in (0, TopicAlreadyExistsError.errno):
+                    raise TopicLayoutError(f"could not create topic {topic}: error {code} {message}")
+            log.info("created topics: %s", ", ".join(missing))
+        return missing
+    finally:
+        await admin.close()
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, int]:
+    present = set(await admin.list_topics())
+    query = [t for t in topics if t in present]
+    if not query:
+        return {}
+    described = await admin.describe_topics(query)
+    return {d["topic"]: len(d["partitions"]) for d in described if d.get("error_code", 0) == 0}
