@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import dataclasses
 import sys
-import time
 from typing import Sequence
 
 from .settings import Settings, SettingsError

@@ -81,9 +81,9 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
 
     registry = ModelRegistry(factory)
     def table(name: str, help: str) -> faust.Table:
+        # bytes keys and values: Faust keeps them raw; our codec writes the JSON
         return app.Table(name, default=None, partitions=s.partitions, help=help,
-                         schema=faust.Schema(key_type=bytes, value_type=bytes,
-                                             key_serializer="raw", value_serializer="raw"))
+                         key_type=bytes, value_type=bytes)
 
     pending = BoundedTable(table("pending", "Features of predicted events waiting for their label."),
                            s.partitions, s.pending_ttl_seconds, s.pending_max_per_partition)
@@ -143,7 +143,18 @@ def _bind_views(w: Worker) -> None:
 
     @app.page("/health")
     async def health(web: Any, request: Request) -> Response:
+        """Alive: the process answers."""
         return web.json({"status": "ok"})
+
+    @app.page("/ready")
+    async def ready(web: Any, request: Request) -> Response:
+        """Ready: partitions assigned, not rebalancing, tables recovered."""
+        owned = sorted({tp.partition for tp in app.assignor.assigned_actives()
+                        if tp.topic == w.topics.names.events})
+        recovered = app.tables.recovery.completed.is_set()
+        is_ready = bool(owned) and recovered and not app.rebalancing
+        return web.json({"ready": is_ready, "partitions": owned, "recovered": recovered,
+                         "rebalancing": bool(app.rebalancing)}, status=200 if is_ready else 503)
 
     @app.page("/models")
     class ModelsView(View):

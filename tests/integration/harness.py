@@ -1,0 +1,247 @@
+"""Test harness: streamlearn workers as subprocesses, and plain Kafka clients.
+
+Everything here talks to the real broker the way a user would: workers are
+started with the ``streamlearn worker`` command, events are produced with
+aiokafka, predictions are read back from the predictions topic, and worker
+state is read over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from streamlearn.streams.topics import TopicNames
+
+PARTITIONS = 8
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class WorkerProc:
+    name: str
+    port: int
+    proc: subprocess.Popen
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+                body = r.read()
+                return r.status, (json.loads(body) if r.headers.get_content_type() == "application/json"
+                                  else body.decode())
+        except urllib.error.HTTPError as e:
+            body = e.read()
+            try:
+                return e.code, json.loads(body)
+            except ValueError:
+                return e.code, body.decode()
+
+    def ready(self) -> dict | None:
+        try:
+            status, body = self.get("/ready", timeout=2.0)
+        except (OSError, urllib.error.URLError):
+            return None
+        return body if status == 200 else None
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """The value of one sample in /metrics (0 when absent)."""
+        _, text = self.get("/metrics")
+        want = f"{name}{{{labels}}}" if labels else name
+        for line in text.splitlines():
+            if line.startswith(want + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+        if self.alive:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except FileNotFoundError:
+            return ""
+
+
+@dataclass
+class Cluster:
+    bootstrap: str
+    prefix: str
+    app_id: str
+    workdir: Path
+    workers: list[WorkerProc] = field(default_factory=list)
+
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames.with_prefix(self.prefix)
+
+    def env(self, **settings: Any) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLEARN_")}
+        base = {
+            "broker": f"kafka://{self.bootstrap}",
+            "app_id": self.app_id,
+            "topic_prefix": self.prefix,
+            "partitions": PARTITIONS,
+            "session_timeout_seconds": 3,
+            "heartbeat_interval_seconds": 0.5,
+            "commit_interval_seconds": 0.5,
+            "log_level": "info",
+        }
+        base.update(settings)
+        env.update({f"STREAMLEARN_{k.upper()}": str(v) for k, v in base.items()})
+        return env
+
+    def start_worker(self, name: str | None = None, **settings: Any) -> WorkerProc:
+        name = name or f"w{len(self.workers)}"
+        port = free_port()
+        data = self.workdir / name
+        data.mkdir(parents=True, exist_ok=True)
+        log = self.workdir / f"{name}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlearn.app.cli", "worker", "--web-port", str(port),
+             "--data-dir", str(data)],
+            env=self.env(**settings), stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=self.workdir,
+        )
+        w = WorkerProc(name, port, proc, log)
+        self.workers.append(w)
+        return w
+
+    def wait_ready(self, workers: list[WorkerProc] | None = None, timeout: float = 60.0) -> dict[str, list[int]]:
+        """Wait until the given workers are ready and split all partitions between them."""
+        workers = workers or [w for w in self.workers if w.alive]
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            for w in workers:
+                if not w.alive:
+                    raise AssertionError(f"worker {w.name} exited:\n{w.log_tail()}")
+            states = {w.name: w.ready() for w in workers}
+            last = states
+            if all(states.values()):
+                parts = [set(s["partitions"]) for s in states.values()]
+                union = set().union(*parts)
+                if union == set(range(PARTITIONS)) and sum(map(len, parts)) == PARTITIONS:
+                    return {n: s["partitions"] for n, s in states.items()}
+            time.sleep(0.3)
+        tails = "\n".join(f"--- {w.name}\n{w.log_tail()}" for w in workers)
+        raise AssertionError(f"workers not ready in {timeout}s: {last}\n{tails}")
+
+    def stop_all(self) -> None:
+        for w in self.workers:
+            w.stop()
+
+
+class Producer:
+    """A producing service: aiokafka with its default partitioner unless told."""
+
+    def __init__(self, bootstrap: str, **kwargs: Any) -> None:
+        self._p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, **kwargs)
+
+    async def __aenter__(self) -> "Producer":
+        await self._p.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._p.stop()
+
+    async def send(self, topic: str, value: Any, key: str | bytes | None = None,
+                   partition: int | None = None) -> None:
+        raw = value if isinstance(value, bytes) else orjson.dumps(value)
+        k = key.encode() if isinstance(key, str) else key
+        await self._p.send_and_wait(topic, raw, key=k, partition=partition)
+
+    async def partitions(self, topic: str) -> list[int]:
+        return sorted(await self._p.partitions_for(topic))
+
+
+class Collector:
+    """Reads a topic from the beginning into a list, in the background."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self.records: list[Any] = []
+        self._values: list[Any] = []
+        self._arrived = asyncio.Event()
+        self._consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+                                          auto_offset_reset="earliest", enable_auto_commit=False,
+                                          metadata_max_age_ms=1000)
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "Collector":
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        await self._consumer.stop()
+
+    async def _run(self) -> None:
+        async for m in self._consumer:
+            self.records.append(m)
+            self._values.append(orjson.loads(m.value))
+            self._arrived.set()
+
+    def values(self) -> list[Any]:
+        return list(self._values)
+
+    async def wait_for(self, predicate: Callable[[list[Any]], bool], timeout: float = 30.0,
+                       what: str = "records") -> list[Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._arrived.clear()
+            if predicate(self._values):
+                return self.values()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                break
+        if predicate(self._values):
+            return self.values()
+        raise AssertionError(f"timed out waiting for {what} on {self.topic}; have {len(self.records)}")
+
+    async def wait_count(self, n: int, timeout: float = 30.0) -> list[Any]:
+        return await self.wait_for(lambda v: len(v) >= n, timeout, f"{n} records")
+
+    async def wait_for_one(self, predicate: Callable[[Any], bool], timeout: float = 30.0) -> Any:
+        """The first record matching predicate, waiting for it."""
+        values = await self.wait_for(lambda v: any(predicate(x) for x in v), timeout, "a matching record")
+        return next(x for x in values if predicate(x))

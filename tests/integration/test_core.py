@@ -1,0 +1,90 @@
+"""The core loop through Kafka: feature events in, predictions out, labels learned."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from .harness import Collector, Producer
+
+pytestmark = pytest.mark.integration
+
+
+async def wait_learned(worker, key: str, n: int, timeout: float = 20.0) -> dict:
+    deadline = time.monotonic() + timeout
+    body: dict = {}
+    while time.monotonic() < deadline:
+        status, body = worker.get(f"/models/{key}")
+        if status == 200 and body["learned"] >= n:
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"model {key} did not learn {n} examples: {body}")
+
+
+async def test_prediction_contract_and_learning(cluster):
+    w = cluster.start_worker()
+    cluster.wait_ready()
+    t = cluster.topics
+    async with Producer(cluster.bootstrap) as p, Collector(cluster.bootstrap, t.predictions) as preds:
+        sent_at = time.time()
+        await p.send(t.features, {"event_id": "e-1", "model": "tenant-7",
+                                  "features": {"amount": 12.5, "country": "FR"}, "ts": sent_at})
+        [pred] = await preds.wait_count(1)
+        assert pred["event_id"] == "e-1"
+        assert pred["model"] == "tenant-7"
+        assert preds.records[0].key == b"tenant-7"
+        assert pred["model_version"] == 1
+        assert pred["learned"] == 0
+        assert set(pred["proba"]) == {"false", "true"} or pred["proba"] == {}
+        assert pred["prediction"] in (True, False)
+        assert pred["ts"] == sent_at
+        assert pred["predicted_at"] >= sent_at
+
+        # the label for e-1 is joined with its features and learned
+        await p.send(t.feedback, {"event_id": "e-1", "label": True}, key="tenant-7")
+        status = await wait_learned(w, "tenant-7", 1)
+        assert status["spec"] == "logreg"
+        assert status["learned"] == 1
+
+        # the next prediction comes from the model that learned it
+        await p.send(t.features, {"event_id": "e-2", "features": {"amount": 12.5, "country": "FR"}},
+                     key="tenant-7")
+        _, second = await preds.wait_count(2)
+        assert second["model"] == "tenant-7"
+        assert second["learned"] == 1
+        assert second["proba"]["true"] > 0.5  # it learned that this event is positive
+
+        # a second label for the same event is ignored and counted
+        await p.send(t.feedback, {"event_id": "e-1", "label": False}, key="tenant-7")
+        deadline = time.monotonic() + 15
+        while w.metric("streamlearn_duplicate_labels_total") < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert w.metric("streamlearn_duplicate_labels_total") == 1
+        assert w.get("/models/tenant-7")[1]["learned"] == 1
+
+
+async def test_specs_chosen_by_rules_and_defaults(cluster):
+    w = cluster.start_worker(spec_rules="tree-*=hoeffding_tree,price-*=linreg,forest-*=arf",
+                             default_model_key="fallback")
+    cluster.wait_ready()
+    t = cluster.topics
+    async with Producer(cluster.bootstrap) as p, Collector(cluster.bootstrap, t.predictions) as preds:
+        x = {"a": 1.0, "b": "red"}
+        for key in ("tree-1", "price-1", "forest-1", "other"):
+            await p.send(t.features, {"event_id": f"{key}-0", "model": key, "features": x})
+        await p.send(t.features, {"event_id": "nokey-0", "features": x})  # no model, no key
+        got = {v["model"]: v for v in await preds.wait_count(5)}
+        assert set(got) == {"tree-1", "price-1", "forest-1", "other", "fallback"}
+        assert got["price-1"]["proba"] is None               # a regressor
+        assert got["price-1"]["prediction"] == 0.0          # untrained linear regression
+        specs = {k: w.get(f"/models/{k}")[1]["spec"] for k in got}
+        assert specs == {"tree-1": "hoeffding_tree", "price-1": "linreg", "forest-1": "arf",
+                         "other": "logreg", "fallback": "logreg"}
+
+        # regression learns from numeric labels
+        await p.send(t.feedback, {"event_id": "price-1-0", "model": "price-1", "label": 10.0})
+        await wait_learned(w, "price-1", 1)
+        await p.send(t.features, {"event_id": "price-1-1", "model": "price-1", "features": x})
+        values = await preds.wait_count(6)
+        assert values[-1]["prediction"] > 0.0

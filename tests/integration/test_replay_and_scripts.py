@@ -1,0 +1,107 @@
+"""`streamlearn replay` publishes datasets the way a producing service would; scripts/kafka runs brokers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from .harness import Collector, free_port
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def streamlearn(cluster, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "streamlearn.app.cli", *args], env=cluster.env(),
+                          capture_output=True, text=True, timeout=120)
+
+
+async def test_replay_phishing_over_keys_with_label_delay(cluster):
+    r = streamlearn(cluster, "topics")
+    assert r.returncode == 0, r.stderr
+    t = cluster.topics
+    async with Collector(cluster.bootstrap, t.features) as feats, Collector(cluster.bootstrap, t.feedback) as labels:
+        r = streamlearn(cluster, "replay", "phishing", "--limit", "200", "--keys", "4", "--label-delay", "10",
+                        "--rate", "2000", "--run-id", "r1")
+        assert r.returncode == 0, r.stderr
+        assert "published 200 events and 200 labels" in r.stdout
+        assert "200/200" in r.stderr  # the progress bar
+        events = await feats.wait_count(200)
+        labs = await labels.wait_count(200)
+    assert {e["event_id"] for e in events} == {f"r1-{i}" for i in range(200)}
+    assert {m.key for m in feats.records} == {f"replay-{i}".encode() for i in range(4)}
+    assert all(set(e) == {"event_id", "features", "ts"} and len(e["features"]) == 9 for e in events)
+    assert all(isinstance(lab["label"], bool) for lab in labs)
+    # the label of event i is published after event i + 10 (at 2000/s, 5 ms later)
+    event_time = {orjson.loads(m.value)["event_id"]: m.timestamp for m in feats.records}
+    for m in labels.records:
+        i = int(orjson.loads(m.value)["event_id"].split("-")[1])
+        if i + 10 < 200:
+            assert m.timestamp >= event_time[f"r1-{i + 10}"]
+
+
+async def test_replay_files_jsonl_and_csv_unkeyed(cluster, tmp_path):
+    streamlearn(cluster, "topics")
+    jsonl = tmp_path / "data.jsonl"
+    jsonl.write_text("\n".join(orjson.dumps({"features": {"a": i, "c": "x"}, "label": i % 2 == 0}).decode()
+                               for i in range(5)) + "\n")
+    csv = tmp_path / "data.csv"
+    csv.write_text("a,b,y\n1.5,red,true\n2.5,blue,false\n")
+    t = cluster.topics
+    async with Collector(cluster.bootstrap, t.features) as feats, Collector(cluster.bootstrap, t.feedback) as labels:
+        r1 = streamlearn(cluster, "replay", str(jsonl), "--unkeyed", "--key-prefix", "file", "--run-id", "j")
+        r2 = streamlearn(cluster, "replay", str(csv), "--target", "y", "--key-prefix", "csv", "--run-id", "c")
+        assert r1.returncode == 0 and r2.returncode == 0, r1.stderr + r2.stderr
+        events = await feats.wait_count(7)
+        labs = await labels.wait_count(7)
+    by_id = {e["event_id"]: e for e in events}
+    assert by_id["j-3"] == {"event_id": "j-3", "model": "file", "features": {"a": 3, "c": "x"}, "ts": by_id["j-3"]["ts"]}
+    assert by_id["c-0"]["features"] == {"a": 1.5, "b": "red"}
+    assert {lab["event_id"]: lab["label"] for lab in labs}["c-1"] is False
+    bad = streamlearn(cluster, "replay", str(tmp_path / "missing.jsonl"))
+    assert bad.returncode == 2 and "neither a bundled dataset" in bad.stderr
+
+
+def test_kafka_script_runs_brokers_side_by_side(bootstrap, tmp_path):
+    """A second broker on another port, with its own data and PID file, beside the session's."""
+    port = free_port()
+    env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(free_port()),
+           "KAFKA_HOME_DIR": str(tmp_path)}
+    kafka = [sys.executable, str(ROOT / "scripts" / "kafka")]
+    assert subprocess.run([*kafka, "status"], env=env).returncode == 1
+    start = subprocess.run([*kafka, "start"], env=env, capture_output=True, text=True, timeout=180)
+    try:
+        assert start.returncode == 0, start.stderr
+        assert start.stdout.strip().endswith(f"127.0.0.1:{port}")
+        assert (tmp_path / f"broker-{port}" / "kafka.pid").exists()
+        status = subprocess.run([*kafka, "status"], env=env, capture_output=True, text=True)
+        assert status.returncode == 0 and f"127.0.0.1:{port}" in status.stdout
+
+        async def roundtrip() -> bytes:
+            from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+            p = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{port}")
+            await p.start()
+            await p.send_and_wait("side-by-side", b"hello")
+            await p.stop()
+            c = AIOKafkaConsumer("side-by-side", bootstrap_servers=f"127.0.0.1:{port}",
+                                 auto_offset_reset="earliest")
+            await c.start()
+            try:
+                return (await asyncio.wait_for(c.getone(), 20)).value
+            finally:
+                await c.stop()
+
+        assert asyncio.run(roundtrip()) == b"hello"
+        # the session's broker is untouched
+        assert subprocess.run([*kafka, "status"], env={**os.environ, "KAFKA_PORT": bootstrap.rsplit(":", 1)[1]},
+                              capture_output=True).returncode == 0
+    finally:
+        stop = subprocess.run([*kafka, "stop"], env=env, capture_output=True, text=True)
+    assert stop.returncode == 0 and "stopped" in stop.stdout
+    assert subprocess.run([*kafka, "status"], env=env, capture_output=True).returncode == 1
