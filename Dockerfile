@@ -1,0 +1,16 @@
+# A streamlearn worker image: `docker build -t streamlearn .`
+FROM python:3.11-slim
+
+WORKDIR /srv/streamlearn
+COPY pyproject.toml README.md ./
+COPY streamlearn ./streamlearn
+RUN pip install --no-cache-dir . && useradd --system --home /srv/streamlearn streamlearn \
+    && mkdir -p /var/lib/streamlearn && chown streamlearn /var/lib/streamlearn
+USER streamlearn
+
+ENV STREAMLEARN_WEB_HOST=0.0.0.0 \
+    STREAMLEARN_DATA_DIR=/var/lib/streamlearn
+EXPOSE 6066
+HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,os; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('STREAMLEARN_WEB_PORT', '6066'))"
+ENTRYPOINT ["streamlearn"]
+CMD ["worker"]

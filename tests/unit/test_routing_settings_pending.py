@@ -1,0 +1,89 @@
+"""Routing hash, settings, and the bounded join tables (no broker)."""
+
+from __future__ import annotations
+
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+
+from streamlearn.app.settings import Settings, SettingsError
+from streamlearn.streams.pending import BoundedTable, join_key
+from streamlearn.streams.routing import is_tick, origin_header, origin_of, partition_for
+
+
+def test_partition_for_is_kafkas_default_partitioner():
+    # Kafka's Java Utils.murmur2 test vectors (toPositive(h) % n with large n shows the raw hash)
+    for key, java_hash in [("21", -973932308), ("foobar", -790332482), ("abc", 479470107),
+                           ("a-little-bit-long-string", -985981536)]:
+        assert partition_for(key, 2**31 - 1) == (java_hash & 0x7FFFFFFF) % (2**31 - 1)
+    parts = list(range(8))
+    for key in ["tenant-7", "k", "é-unicode"]:
+        assert partition_for(key, 8) == DefaultPartitioner()(key.encode(), parts, parts)
+
+
+def test_origin_and_tick_headers():
+    name, value = origin_header("streamlearn.features", 3, 42)
+    assert origin_of([(name, value)], "internal", 0, 0) == ("streamlearn.features", 3, 42)
+    assert origin_of([], "internal", 1, 7) == ("internal", 1, 7)
+    assert not is_tick([(name, value)]) and is_tick([("streamlearn-tick", b"1")])
+
+
+def test_settings_from_env_and_rules():
+    s = Settings.from_env({"STREAMLEARN_BROKER": "kafka://h1:1;h2:2", "STREAMLEARN_PARTITIONS": "4",
+                           "STREAMLEARN_SPEC_RULES": "fraud-*=hoeffding_tree, price-*=linreg",
+                           "STREAMLEARN_SPEC_PARAMS": '{"hoeffding_tree": {"grace_period": 50}}'}, web_port=7000)
+    assert s.bootstrap_servers == "h1:1,h2:2" and s.partitions == 4 and s.web_port == 7000
+    assert s.spec_for("fraud-eu") == "hoeffding_tree" and s.spec_for("price-x") == "linreg"
+    assert s.spec_for("other") == "logreg"
+    assert s.params == {"hoeffding_tree": {"grace_period": 50}}
+    assert Settings.from_env({}).broker == "kafka://127.0.0.1:9092"
+    assert "STREAMLEARN_BROKER" in Settings.env_names()
+
+
+@pytest.mark.parametrize("env,match", [
+    ({"STREAMLEARN_PARTITIONS": "many"}, "not a valid int"),
+    ({"STREAMLEARN_DEFAULT_SPEC": "nope"}, "unknown model spec"),
+    ({"STREAMLEARN_SPEC_RULES": "a*"}, "pattern=spec"),
+    ({"STREAMLEARN_SPEC_RULES": "a*=nope"}, "unknown model spec"),
+    ({"STREAMLEARN_SPEC_PARAMS": "{"}, "not JSON"),
+    ({"STREAMLEARN_OFFSET_RESET": "middle"}, "offset_reset"),
+])
+def test_bad_settings_are_refused_clearly(env, match):
+    with pytest.raises(SettingsError, match=match):
+        Settings.from_env(env)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_bounded_table_ttl_and_size():
+    clock, data = Clock(), {}
+    table = BoundedTable(data, partitions=8, ttl=10, max_per_partition=3, clock=clock)
+    p = partition_for("m", 8)
+    for i in range(3):
+        table.put(p, join_key("m", f"e{i}"), {"f": {"i": i}})
+        clock.now += 1
+    assert table.size() == 3 and table.get(join_key("m", "e0"))["f"] == {"i": 0}
+    evicted = table.put(p, join_key("m", "e3"), {"f": {"i": 3}})  # over the size bound: the oldest goes
+    assert [e["f"]["i"] for e in evicted] == [0] and table.get(join_key("m", "e0")) is None
+    clock.now += 9.5
+    assert table.get(join_key("m", "e1"))["expired"] and not table.get(join_key("m", "e3"))["expired"]
+    assert [e["f"]["i"] for e in table.evict(p)] == [1, 2]
+    assert set(data) == {join_key("m", "e3")}
+
+
+def test_bounded_table_indexes_what_the_changelog_restored():
+    clock, data = Clock(), {}
+    first = BoundedTable(data, partitions=8, ttl=10, max_per_partition=100, clock=clock)
+    pa, pb = partition_for("a", 8), partition_for("zz", 8)
+    assert pa != pb
+    first.put(pa, join_key("a", "1"), {"f": {}})
+    first.put(pb, join_key("zz", "1"), {"f": {}})
+    # a new owner starts with the restored table and an empty index
+    clock.now += 11
+    second = BoundedTable(data, partitions=8, ttl=10, max_per_partition=100, clock=clock)
+    assert len(second.evict(pa)) == 1 and join_key("zz", "1") in data
