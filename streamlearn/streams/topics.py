@@ -126,15 +126,30 @@ async def ensure_topics(bootstrap_servers: str, names: TopicNames, partitions: i
                 if code not in (0, TopicAlreadyExistsError.errno):
                     raise TopicLayoutError(f"could not create topic {topic}: error {code} {message}")
             log.info("created topics: %s", ", ".join(missing))
-        return missing
+        # Faust's assignor ignores topics its metadata does not show yet, and
+        # would not see them for minutes: wait until every topic has leaders.
+        while True:
+            ready = await _partition_counts(admin, wanted, with_leaders=True)
+            if all(n in ready for n in wanted):
+                return missing
+            if asyncio.get_running_loop().time() > deadline:
+                raise TopicLayoutError(f"topics not ready in time: {sorted(set(wanted) - set(ready))}")
+            await asyncio.sleep(0.2)
     finally:
         await admin.close()
 
 
-async def _partition_counts(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, int]:
+async def _partition_counts(admin: AIOKafkaAdminClient, topics: list[str],
+                            with_leaders: bool = False) -> dict[str, int]:
+    """Partition count of each existing topic (only those whose partitions all have a leader)."""
     present = set(await admin.list_topics())
     query = [t for t in topics if t in present]
     if not query:
         return {}
     described = await admin.describe_topics(query)
-    return {d["topic"]: len(d["partitions"]) for d in described if d.get("error_code", 0) == 0}
+    return {
+        d["topic"]: len(d["partitions"])
+        for d in described
+        if d.get("error_code", 0) == 0 and d["partitions"]
+        and (not with_leaders or all(p.get("leader", -1) >= 0 for p in d["partitions"]))
+    }

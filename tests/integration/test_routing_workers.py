@@ -113,8 +113,11 @@ async def test_survivor_takes_over_the_keys_of_a_stopped_worker(cluster):
 
         for key in keys:
             await p.send(t.features, {"event_id": f"{key}-b", "features": {"v": 2.0}}, key=key)
-        values = await preds.wait_count(2 * len(keys), timeout=40)
-        served = {v["event_id"] for v in values}
-        assert {f"{k}-b" for k in keys} <= served
+        wanted = {f"{k}-b" for k in keys}
+        values = await preds.wait_for(lambda v: wanted <= {x["event_id"] for x in v}, timeout=40,
+                                      what="a prediction for every key after the takeover")
+        # at least once: an event the stopped worker had not committed may be answered twice
+        ids = [v["event_id"] for v in values]
+        print("answered twice:", sorted({i for i in ids if ids.count(i) > 1}))
         assert set(owners([w0], keys)) >= set(keys)
         assert all(w0.get(f"/models/{k}")[0] == 200 for k in moved)
