@@ -35,6 +35,22 @@ class Metrics:
         self.end_to_end_latency = Histogram(
             "streamlearn_end_to_end_latency_seconds", "From the event's ts to its prediction being published.",
             buckets=_LATENCY_BUCKETS, registry=r)
+        self.checkpoints = Counter(
+            "streamlearn_checkpoints_total", "Model checkpoints written.", registry=r)
+        self.checkpoint_bytes = Histogram(
+            "streamlearn_checkpoint_size_bytes", "Size of written checkpoints.",
+            buckets=(1e3, 1e4, 1e5, 2.5e5, 5e5, 1e6, 2e6), registry=r)
+        self.checkpoint_seconds = Histogram(
+            "streamlearn_checkpoint_duration_seconds", "Time to serialize, sign and write a checkpoint.",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.checkpoints_refused = Counter(
+            "streamlearn_checkpoints_refused_total", "Checkpoints refused (too large to write, or invalid to load).",
+            ["reason"], registry=r)
+        self.checkpoints_restored = Counter(
+            "streamlearn_checkpoints_restored_total", "Models restored from their checkpoint.", registry=r)
+        self.replayed_skips = Counter(
+            "streamlearn_replay_skipped_total",
+            "Training examples skipped on replay because the model's checkpoint already had them.", registry=r)
         self.live_models = Gauge(
             "streamlearn_live_models", "Live models held by this worker.", registry=r)
         self.pending_events = Gauge(
@@ -63,6 +79,20 @@ class Metrics:
 
     def error(self, stage: str) -> None:
         self.errors.labels(stage).inc()
+
+    def checkpoint_written(self, size: int, seconds: float) -> None:
+        self.checkpoints.inc()
+        self.checkpoint_bytes.observe(size)
+        self.checkpoint_seconds.observe(seconds)
+
+    def checkpoint_refused(self, reason: str) -> None:
+        self.checkpoints_refused.labels(reason).inc()
+
+    def checkpoint_restored(self) -> None:
+        self.checkpoints_restored.inc()
+
+    def replay_skipped(self) -> None:
+        self.replayed_skips.inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import orjson
 
 ENV_PREFIX = "STREAMLEARN_"
+DEV_SIGNING_KEY = "streamlearn-development-key"
 
 
 class SettingsError(ValueError):
@@ -46,6 +47,10 @@ class Settings:
     label_wait_seconds: float = _setting(60.0, "How long a label that arrived before its event's features waits for them.")
     pending_max_per_partition: int = _setting(100_000, "Most events waiting for a label (and labels waiting for an event), per partition; the oldest go first.")
     max_message_bytes: int = _setting(1_000_000, "Input messages larger than this are dead-lettered as oversized.")
+    checkpoint_every_examples: int = _setting(1000, "Checkpoint a partition's changed models after this many examples.")
+    checkpoint_every_seconds: float = _setting(5.0, "... or after this many seconds, whichever comes first.")
+    max_checkpoint_bytes: int = _setting(900_000, "Largest checkpoint written (keep under the broker's message.max.bytes); larger ones are refused and counted.")
+    signing_key: str = _setting(DEV_SIGNING_KEY, "HMAC-SHA256 key signing checkpoints and snapshots; set a secret in production.")
     session_timeout_seconds: float = _setting(10.0, "Kafka consumer session timeout: how soon a dead worker's partitions move.")
     heartbeat_interval_seconds: float = _setting(1.0, "Kafka consumer heartbeat interval.")
     commit_interval_seconds: float = _setting(1.0, "How often consumed offsets are committed.")
@@ -81,6 +86,8 @@ class Settings:
 
         if self.partitions < 1:
             raise SettingsError("partitions must be at least 1")
+        if self.checkpoint_every_examples < 1 or self.checkpoint_every_seconds <= 0:
+            raise SettingsError("checkpoint_every_examples and checkpoint_every_seconds must be positive")
         if self.offset_reset not in ("earliest", "latest"):
             raise SettingsError("offset_reset must be 'earliest' or 'latest'")
         for spec in [self.default_spec, *(s for _, s in self.rules)]:

@@ -18,12 +18,13 @@ from faust.web import Request, Response, View
 from streamlearn import models
 from streamlearn.models import LiveModel, ModelRegistry, Spec
 from streamlearn.streams.agents import Agents, Options
+from streamlearn.streams.checkpoints import CheckpointPolicy, Checkpoints
 from streamlearn.streams.deadletter import DeadLetters
 from streamlearn.streams.pending import BoundedTable
 from streamlearn.streams.topics import TopicNames, Topics, ensure_topics
 
 from .metrics import Metrics
-from .settings import Settings
+from .settings import DEV_SIGNING_KEY, Settings
 
 log = logging.getLogger("streamlearn")
 
@@ -65,6 +66,9 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         broker_commit_interval=s.commit_interval_seconds,
         producer_linger=s.producer_linger_ms / 1000.0,
         consumer_auto_offset_reset=s.offset_reset,
+        # the learn agent holds acks until a checkpoint covers them: a rebalance
+        # must not wait for them (replay skips what a checkpoint already has)
+        stream_wait_empty=False,
         logging_config=None,
         **faust_overrides,
     )
@@ -77,7 +81,8 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         return models.get_spec(s.spec_for(key))
 
     def factory(key: str, spec: Spec) -> LiveModel:
-        return models.new_model(key, spec, params.get(spec.name))
+        """A key's model: from its checkpoint when it has one, else fresh."""
+        return checkpoints.restore(key) or models.new_model(key, spec, params.get(spec.name))
 
     registry = ModelRegistry(factory)
     def table(name: str, help: str) -> faust.Table:
@@ -89,11 +94,16 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
                            s.partitions, s.pending_ttl_seconds, s.pending_max_per_partition)
     early = BoundedTable(table("early-labels", "Labels that arrived before their event's features."),
                          s.partitions, s.label_wait_seconds, s.pending_max_per_partition)
+    if s.signing_key == DEV_SIGNING_KEY:
+        log.warning("STREAMLEARN_SIGNING_KEY is the development default: set a secret key in production")
+    checkpoints = Checkpoints(table("checkpoints", "Latest checkpoint of each live model (signed blob)."),
+                              s.signing_key.encode(), s.max_checkpoint_bytes, metrics)
     agents = Agents(
         topics=topics, registry=registry, pending=pending, early=early,
         deadletters=DeadLetters(topics.deadletter, metrics), metrics=metrics,
         options=Options(s.partitions, s.default_model_key, s.max_message_bytes),
-        spec_for=spec_for,
+        spec_for=spec_for, checkpoints=checkpoints,
+        policy=CheckpointPolicy(s.checkpoint_every_examples, s.checkpoint_every_seconds),
     )
     app.agent(topics.features, name="route-features")(agents.route_features)
     app.agent(topics.feedback, name="route-feedback")(agents.route_feedback)
@@ -117,6 +127,7 @@ def _bind_rebalance(w: Worker) -> None:
         dropped = w.registry.keep_partitions(partitions)
         w.pending.forget_partitions(partitions)
         w.early.forget_partitions(partitions)
+        w.agents.forget_partitions(partitions)
         w.metrics.live_models.set(len(w.registry))
         log.info("assigned partitions %s; dropped %d live models of partitions moved away",
                  sorted(partitions), len(dropped))
@@ -125,9 +136,10 @@ def _bind_rebalance(w: Worker) -> None:
 def _bind_timers(w: Worker) -> None:
     labels = w.topics.names.labels
 
-    @w.app.timer(max(1.0, min(w.settings.label_wait_seconds, w.settings.pending_ttl_seconds) / 4))
-    async def expire_join_state() -> None:
-        """Tables are written only in an event's context: tick our partitions to evict."""
+    s = w.settings
+    @w.app.timer(max(0.5, min(s.label_wait_seconds / 4, s.pending_ttl_seconds / 4, s.checkpoint_every_seconds / 2)))
+    async def tick_partitions() -> None:
+        """Tables are written only in an event's context: tick our partitions to evict and checkpoint."""
         owned = {tp.partition for tp in w.app.assignor.assigned_actives() if tp.topic == labels}
         await w.agents.tick(owned)
 

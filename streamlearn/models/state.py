@@ -48,6 +48,9 @@ class LiveModel:
     learned: int = 0
     metric: metrics.base.Metric = field(default=None)  # type: ignore[assignment]
     created_at: float = field(default_factory=time.time)
+    # offset of the last training example learned (-1: none); examples at or
+    # below it are already inside this model and are skipped on replay
+    offset: int = -1
 
     def __post_init__(self) -> None:
         if self.metric is None:
@@ -64,6 +67,7 @@ class LiveModel:
             "learned": self.learned,
             "metric": {"name": type(self.metric).__name__, "value": self.metric.get()},
             "created_at": self.created_at,
+            "offset": self.offset,
         }
 
 

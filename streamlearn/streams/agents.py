@@ -26,6 +26,7 @@ from streamlearn.models import LiveModel, ModelRegistry, Spec
 from . import codec
 from .codec import (BAD_LABEL, EXPIRED_EVENT, MODEL_ERROR, SPEC_MISMATCH, UNKNOWN_EVENT, UNKNOWN_SPEC,
                     Example, Rejected)
+from .checkpoints import CheckpointPolicy, Checkpoints, CheckpointTooLarge
 from .deadletter import Counters, DeadLetters
 from .pending import BoundedTable, join_key
 from .routing import TICK_HEADER, is_tick, origin_header, origin_of, partition_for
@@ -50,7 +51,7 @@ class Agents:
 
     def __init__(self, *, topics: Topics, registry: ModelRegistry, pending: BoundedTable, early: BoundedTable,
                  deadletters: DeadLetters, metrics: Counters, options: Options,
-                 spec_for: Callable[[str], Spec]) -> None:
+                 spec_for: Callable[[str], Spec], checkpoints: Checkpoints, policy: CheckpointPolicy) -> None:
         self.topics = topics
         self.registry = registry
         self.pending = pending
@@ -59,6 +60,9 @@ class Agents:
         self.metrics = metrics
         self.options = options
         self.spec_for = spec_for
+        self.checkpoints = checkpoints
+        self.policy = policy
+        self.held: dict[int, list] = {}  # training events learned but not yet covered by a checkpoint
 
     # ---- routers: any partition in, the owner's partition out ----------
     async def route_features(self, stream: faust.StreamT) -> None:
@@ -195,22 +199,56 @@ class Agents:
                                     key=entry["model"].encode(), value=codec.unb64(entry["value"]),
                                     model=entry["model"])
 
+    async def learn(self, stream: faust.StreamT) -> None:
+        """Learn training examples in order; checkpoint, then ack (see checkpoints.py)."""
+        acks = stream.noack()
+        async for event in acks.events():
+            msg = event.message
+            partition = msg.partition
+            self.held.setdefault(partition, []).append(event)
+            if not is_tick(msg.headers):
+                await self._learn_one(partition, msg)
+            if self.policy.due(partition):
+                self._checkpoint(partition)
+                for held in self.held.pop(partition, []):
+                    await acks.ack(held)
+
+    async def _learn_one(self, partition: int, msg) -> None:
+        example = codec.decode_example(msg.value)
+        live = self.registry.get_or_create(partition, example.model, self.spec_for(example.model))
+        if msg.offset <= live.offset:
+            self.metrics.replay_skipped()  # already inside the model's checkpoint
+            return
+        try:
+            scored = self._guarded(models.learn, live, example.features, example.label, example.event_id)
+        except Rejected as rejected:
+            await self.dead.send(rejected, msg, model=example.model)
+            return
+        finally:
+            live.offset = msg.offset
+            self.policy.learned(partition, live)
+        self.metrics.learned(example.model, scored.correct)
+
+    def _checkpoint(self, partition: int) -> None:
+        for live in self.policy.done(partition):
+            try:
+                self.checkpoints.write(live)
+            except CheckpointTooLarge as exc:
+                # Holding acks forever would stall the partition: the model's
+                # learning since its last checkpoint is at risk; say so loudly.
+                log.error("%s; its learning since the last checkpoint would be lost in a crash", exc)
+
+    def forget_partitions(self, keep: set[int]) -> None:
+        """After a rebalance: drop the held events and checkpoint policy of partitions moved away."""
+        for p in [p for p in self.held if p not in keep]:
+            del self.held[p]
+        self.policy.forget_partitions(keep)
+
     async def tick(self, partitions: set[int]) -> None:
-        """Ask the owner of each partition to evict expired join state (called by a timer)."""
+        """Tick each owned partition: evict expired join state, checkpoint on time (called by a timer)."""
         for p in partitions:
             await self.topics.labels.send(key=None, value=b"", partition=p, headers=[(TICK_HEADER, b"1")])
-
-    async def learn(self, stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            msg = event.message
-            example = codec.decode_example(msg.value)
-            live = self.registry.get_or_create(msg.partition, example.model, self.spec_for(example.model))
-            try:
-                scored = self._guarded(models.learn, live, example.features, example.label, example.event_id)
-            except Rejected as rejected:
-                await self.dead.send(rejected, msg, model=example.model)
-                continue
-            self.metrics.learned(example.model, scored.correct)
+            await self.topics.training.send(key=None, value=b"", partition=p, headers=[(TICK_HEADER, b"1")])
 
     # ---- helpers ------------------------------------------------------
     def _decode_event(self, raw: bytes, key: bytes | None) -> codec.FeatureEvent:

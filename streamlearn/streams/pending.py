@@ -8,8 +8,9 @@ and hold JSON, and both are written by the agent handling the key's
 partition, so entries land in that partition's changelog and move with the
 model key on a rebalance.
 
-Bounds: an entry older than its time-to-live is refused at lookup and
-evicted, oldest first, whenever its partition is written or ticked; a
+Bounds: an entry older than its time-to-live is refused at lookup (a late
+label is told its event *expired*); it is evicted, oldest first, once twice
+the time-to-live has passed, whenever its partition is written or ticked; a
 partition never holds more than ``max_per_partition`` entries. Eviction runs
 inside an agent because a Faust table can only be written while processing
 an event of the partition written to (a timer sends ticks for that).
@@ -71,7 +72,7 @@ class BoundedTable:
     def evict(self, partition: int) -> list[dict]:
         """Remove the partition's expired entries and those over the size bound, oldest first."""
         index = self._partition_index(partition)
-        cutoff = self.clock() - self.ttl
+        cutoff = self.clock() - 2 * self.ttl  # expired entries linger one more TTL to tell late from unknown
         evicted = []
         while index:
             key, t = next(iter(index.items()))

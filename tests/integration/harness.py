@@ -236,7 +236,8 @@ class Collector:
                 break
         if predicate(self._values):
             return self.values()
-        raise AssertionError(f"timed out waiting for {what} on {self.topic}; have {len(self.records)}")
+        raise AssertionError(f"timed out waiting for {what} on {self.topic}; have {len(self.records)}: "
+                             f"{[str(v)[:120] for v in self._values[-5:]]}")
 
     async def wait_count(self, n: int, timeout: float = 30.0) -> list[Any]:
         return await self.wait_for(lambda v: len(v) >= n, timeout, f"{n} records")

@@ -1,0 +1,110 @@
+"""Checkpoints of live models in a changelog-backed table, and the learn agent's policy.
+
+Why learning is exact (no example lost, none learned twice):
+
+* The training topic is each model's write-ahead log. A checkpoint stores the
+  model with the offset of the last training example it learned.
+* The learn agent holds its acks: offsets of the training topic are only
+  committed once a checkpoint covering them is in the table. So after a
+  crash the new owner resumes at or before every model's checkpoint.
+* Every model skips examples at or below its own offset. A restored model
+  therefore replays exactly the examples after its checkpoint.
+
+Checkpoints are written by the learn agent while it processes an event of the
+partition, so they land in the partition's changelog and move with the key.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import MutableMapping, Protocol
+
+from streamlearn.models import LiveModel
+from streamlearn.models import checkpoint as blobs
+from streamlearn.models.checkpoint import CheckpointError
+
+log = logging.getLogger("streamlearn.checkpoints")
+
+
+class CheckpointCounters(Protocol):
+    def checkpoint_written(self, size: int, seconds: float) -> None: ...
+    def checkpoint_refused(self, reason: str) -> None: ...
+    def checkpoint_restored(self) -> None: ...
+
+
+class CheckpointTooLarge(Exception):
+    pass
+
+
+class Checkpoints:
+    """The checkpoints table of one worker: model key -> signed blob."""
+
+    def __init__(self, table: MutableMapping[bytes, bytes], signing_key: bytes, max_bytes: int,
+                 metrics: CheckpointCounters) -> None:
+        self.table = table
+        self.signing_key = signing_key
+        self.max_bytes = max_bytes
+        self.metrics = metrics
+
+    def restore(self, key: str) -> LiveModel | None:
+        """The model of key from its checkpoint; None without a usable one."""
+        blob = self.table.get(key.encode())
+        if blob is None:
+            return None
+        try:
+            live = blobs.load(blob, self.signing_key)
+        except CheckpointError as exc:
+            self.metrics.checkpoint_refused("invalid")
+            log.error("refused the checkpoint of model=%s: %s; starting it fresh", key, exc)
+            return None
+        self.metrics.checkpoint_restored()
+        log.info("restored model=%s version=%d learned=%d offset=%d", key, live.version, live.learned, live.offset)
+        return live
+
+    def write(self, live: LiveModel) -> int:
+        """Checkpoint one model (in the agent of its partition); returns the size."""
+        started = time.perf_counter()
+        blob = blobs.dump(live, self.signing_key, time.time())
+        if len(blob) > self.max_bytes:
+            self.metrics.checkpoint_refused("too_large")
+            raise CheckpointTooLarge(f"checkpoint of model={live.key} is {len(blob)} bytes, over the limit of "
+                                     f"{self.max_bytes} (STREAMLEARN_MAX_CHECKPOINT_BYTES)")
+        self.table[live.key.encode()] = blob
+        self.metrics.checkpoint_written(len(blob), time.perf_counter() - started)
+        return len(blob)
+
+
+class CheckpointPolicy:
+    """When a partition's models are due: every N examples or T seconds (of a dirty partition)."""
+
+    def __init__(self, every_examples: int, every_seconds: float, clock=time.monotonic) -> None:
+        self.every_examples = every_examples
+        self.every_seconds = every_seconds
+        self.clock = clock
+        self._since: dict[int, int] = {}
+        self._last: dict[int, float] = {}
+        self.dirty: dict[int, dict[str, LiveModel]] = {}
+
+    def learned(self, partition: int, live: LiveModel) -> None:
+        self.dirty.setdefault(partition, {})[live.key] = live
+        self._since[partition] = self._since.get(partition, 0) + 1
+        self._last.setdefault(partition, self.clock())
+
+    def due(self, partition: int) -> bool:
+        if not self.dirty.get(partition):
+            return False
+        return (self._since.get(partition, 0) >= self.every_examples
+                or self.clock() - self._last.get(partition, self.clock()) >= self.every_seconds)
+
+    def done(self, partition: int) -> list[LiveModel]:
+        """The partition's dirty models, and reset its counters."""
+        models = list(self.dirty.pop(partition, {}).values())
+        self._since.pop(partition, None)
+        self._last.pop(partition, None)
+        return models
+
+    def forget_partitions(self, keep: set[int]) -> None:
+        for d in (self.dirty, self._since, self._last):
+            for p in [p for p in d if p not in keep]:
+                del d[p]
