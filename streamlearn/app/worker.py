@@ -21,7 +21,8 @@ from streamlearn.streams.agents import Agents, Options
 from streamlearn.streams.checkpoints import CheckpointPolicy, Checkpoints
 from streamlearn.streams.deadletter import DeadLetters
 from streamlearn.streams.pending import BoundedTable
-from streamlearn.streams.topics import TopicNames, Topics, ensure_topics
+from streamlearn.streams.routing import partition_for
+from streamlearn.streams.topics import TopicNames, Topics, ensure_committed, ensure_topics
 
 from .metrics import Metrics
 from .settings import DEV_SIGNING_KEY, Settings
@@ -41,6 +42,7 @@ class Worker:
     early: BoundedTable
     metrics: Metrics
     agents: Agents
+    checkpoints: Checkpoints
 
     async def ensure_topics(self) -> list[str]:
         s = self.settings
@@ -69,6 +71,10 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         # the learn agent holds acks until a checkpoint covers them: a rebalance
         # must not wait for them (replay skips what a checkpoint already has)
         stream_wait_empty=False,
+        # Faust 0.15.3's standby recovery can seek to offset -1 and crash the
+        # worker (seen in the SIGKILL tests); a new owner reads the compacted
+        # changelogs instead, which holds only the latest value per key.
+        table_standby_replicas=0,
         logging_config=None,
         **faust_overrides,
     )
@@ -111,7 +117,7 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     app.agent(topics.labels, name="join")(agents.join)
     app.agent(topics.training, name="learn")(agents.learn)
 
-    worker = Worker(s, app, topics, registry, pending, early, metrics, agents)
+    worker = Worker(s, app, topics, registry, pending, early, metrics, agents, checkpoints)
     _bind_rebalance(worker)
     _bind_timers(worker)
     _bind_views(worker)
@@ -123,13 +129,22 @@ def _bind_rebalance(w: Worker) -> None:
 
     @w.app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: set, **kwargs: Any) -> None:
+        """Start every assignment from the tables, never from memory.
+
+        A partition this worker still owns may have been owned by another
+        worker in between (say this one missed heartbeats and was dropped from
+        the group): its in-memory models could be stale. Faust seeks every
+        assigned partition back to its committed offset, which the held acks
+        keep at or before each model's checkpoint, so restoring from the
+        checkpoint table and replaying is exact, and cheap (at most one
+        checkpoint interval per partition).
+        """
         partitions = {tp.partition for tp in assigned if tp.topic in owned_topics}
-        dropped = w.registry.keep_partitions(partitions)
-        w.pending.forget_partitions(partitions)
-        w.early.forget_partitions(partitions)
-        w.agents.forget_partitions(partitions)
-        w.metrics.live_models.set(len(w.registry))
-        log.info("assigned partitions %s; dropped %d live models of partitions moved away",
+        dropped = w.registry.keep_partitions(set())
+        for state in (w.pending, w.early, w.agents):
+            state.forget_partitions(set())
+        w.metrics.live_models.set(0)
+        log.info("assigned partitions %s; %d live models will be restored from their checkpoints",
                  sorted(partitions), len(dropped))
 
 
@@ -168,29 +183,44 @@ def _bind_views(w: Worker) -> None:
         return web.json({"ready": is_ready, "partitions": owned, "recovered": recovered,
                          "rebalancing": bool(app.rebalancing)}, status=200 if is_ready else 503)
 
+    def owned() -> set[int]:
+        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == w.topics.names.events}
+
     @app.page("/models")
     class ModelsView(View):
         async def get(self, request: Request) -> Response:
-            """The live models of this worker."""
-            return self.json({"models": sorted((live.describe() for _, live in registry),
-                                               key=lambda d: d["model"])})
+            """The models of this worker: live ones, and checkpointed ones not loaded since the last rebalance."""
+            partitions = owned()
+            live = {m.key: {**m.describe(), "live": True} for _, m in registry}
+            for h in w.checkpoints.headers(lambda k: k not in live and
+                                           partition_for(k, w.settings.partitions) in partitions):
+                live[h.model] = {"model": h.model, "spec": h.spec, "version": h.version,
+                                 "parent_version": h.parent_version, "learned": h.learned,
+                                 "metric": {"value": h.metric}, "offset": h.offset, "live": False}
+            return self.json({"models": sorted(live.values(), key=lambda d: d["model"])})
 
     @app.page("/models/{key}")
     class ModelView(View):
         @app.topic_route(topic=w.topics.events, match_info="key")
         async def get(self, request: Request, key: str) -> Response:
-            """One model's status, answered by the worker owning the key."""
+            """One model's status, answered by the worker owning the key (loaded from its checkpoint if needed)."""
             live = registry.find(key)
+            partition = partition_for(key, w.settings.partitions)
+            if live is None and partition in owned() and w.checkpoints.table.get(key.encode()) is not None:
+                live = registry.get_or_create(partition, key, w.agents.spec_for(key))
             if live is None:
-                return self.json({"error": f"no live model {key!r}", "model": key}, status=404)
-            return self.json(live.describe())
+                return self.json({"error": f"no model {key!r}", "model": key}, status=404)
+            return self.json({**live.describe(), "live": True})
 
 
 async def prepare(worker: Worker) -> None:
-    """What must exist before the worker consumes: its topics."""
+    """What must exist before the worker consumes: its topics, and committed start offsets."""
     created = await worker.ensure_topics()
     if created:
         log.info("created %d topics", len(created))
+    n = worker.topics.names
+    await ensure_committed(worker.settings.bootstrap_servers, worker.settings.app_id,
+                           [n.features, n.feedback, n.events, n.labels, n.training])
 
 
 def run(worker: Worker, loglevel: str = "info") -> None:

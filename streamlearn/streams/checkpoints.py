@@ -62,6 +62,18 @@ class Checkpoints:
         log.info("restored model=%s version=%d learned=%d offset=%d", key, live.version, live.learned, live.offset)
         return live
 
+    def headers(self, keep) -> list[blobs.Header]:
+        """Headers of the checkpoints whose key ``keep(key)`` accepts (nothing unpickled)."""
+        out = []
+        for raw_key, blob in list(self.table.items()):
+            key = raw_key.decode()
+            if keep(key):
+                try:
+                    out.append(blobs.read_header(blob, self.signing_key))
+                except CheckpointError:
+                    continue
+        return out
+
     def write(self, live: LiveModel) -> int:
         """Checkpoint one model (in the agent of its partition); returns the size."""
         started = time.perf_counter()

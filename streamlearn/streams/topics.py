@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, fields
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -153,3 +154,35 @@ async def _partition_counts(admin: AIOKafkaAdminClient, topics: list[str],
         if d.get("error_code", 0) == 0 and d["partitions"]
         and (not with_leaders or all(p.get("leader", -1) >= 0 for p in d["partitions"]))
     }
+
+
+async def ensure_committed(bootstrap_servers: str, group: str, topics: list[str]) -> int:
+    """Give every partition of ``topics`` a committed offset for ``group`` (its log start).
+
+    Why: after a rebalance Faust drops the messages fetched in the previous
+    generation and seeks each partition back to its committed offset. A
+    partition with no committed offset yet is not sought back, so the dropped
+    messages would never be seen again. With a committed offset from the
+    start, nothing is skipped. Only done while the group has no members (the
+    first worker to start); later workers find the offsets there. Returns
+    how many partitions got one.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
+        consumer.assign(tps)
+        missing = [tp for tp in tps if await consumer.committed(tp) is None]
+        if not missing:
+            return 0
+        start = await consumer.beginning_offsets(missing)
+        try:
+            await consumer.commit({tp: start[tp] for tp in missing})
+        except KafkaError as exc:  # the group is active: its first member did this
+            log.info("did not set start offsets for group %s (%s)", group, exc)
+            return 0
+        log.info("set start offsets of %d partitions for group %s", len(missing), group)
+        return len(missing)
+    finally:
+        await consumer.stop()
