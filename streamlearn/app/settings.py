@@ -51,7 +51,7 @@ class Settings:
     checkpoint_every_seconds: float = _setting(5.0, "... or after this many seconds, whichever comes first.")
     max_checkpoint_bytes: int = _setting(900_000, "Largest checkpoint written (keep under the broker's message.max.bytes); larger ones are refused and counted.")
     signing_key: str = _setting(DEV_SIGNING_KEY, "HMAC-SHA256 key signing checkpoints and snapshots; set a secret in production.")
-    session_timeout_seconds: float = _setting(10.0, "Kafka consumer session timeout: how soon a dead worker's partitions move.")
+    session_timeout_seconds: float = _setting(6.0, "Kafka consumer session timeout: how soon a dead worker's partitions move (the broker's group.min.session.timeout.ms is 6 s by default).")
     heartbeat_interval_seconds: float = _setting(1.0, "Kafka consumer heartbeat interval.")
     commit_interval_seconds: float = _setting(1.0, "How often consumed offsets are committed.")
     producer_linger_ms: int = _setting(1, "Producer linger: how long a batch waits to fill.")

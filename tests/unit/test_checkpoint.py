@@ -1,0 +1,58 @@
+"""Checkpoint blobs: exact round trips, compact trees, signatures checked before unpickling."""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+
+import pytest
+from river.datasets import synth
+
+from streamlearn.models import checkpoint, get_spec, learn, new_model, predict
+from streamlearn.models.checkpoint import CheckpointError
+
+KEY = b"secret"
+
+
+def trained(spec: str, n: int):
+    data = list(itertools.islice(synth.Agrawal(seed=3), n + 300))
+    live = new_model("m", get_spec(spec))
+    for x, y in data[:n]:
+        learn(live, x, y)
+    live.offset = 1234
+    return live, data[n:]
+
+
+@pytest.mark.parametrize("spec", ["logreg", "hoeffding_tree", "hoeffding_adaptive_tree", "arf"])
+def test_restored_model_predicts_and_learns_exactly_like_the_live_one(spec):
+    live, rest = trained(spec, 1500)
+    restored = checkpoint.load(checkpoint.dump(live, KEY, 1.0), KEY)
+    assert (restored.key, restored.spec.name, restored.learned, restored.offset) == ("m", spec, 1500, 1234)
+    assert restored.metric.get() == live.metric.get()
+    for x, y in rest:
+        assert predict(restored, x).proba == predict(live, x).proba
+        learn(live, x, y)
+        learn(restored, x, y)
+
+
+def test_trees_are_stored_without_the_gaussians_random_state():
+    live, _ = trained("hoeffding_tree", 3000)
+    blob = checkpoint.dump(live, KEY, 1.0)
+    assert len(blob) * 10 < len(pickle.dumps(live.model))  # plain pickle is >10x larger
+    header = checkpoint.read_header(blob, KEY)
+    assert header.learned == 3000 and header.spec == "hoeffding_tree"
+
+
+def test_a_blob_that_fails_verification_is_never_unpickled(monkeypatch):
+    live, _ = trained("logreg", 10)
+    blob = checkpoint.dump(live, KEY, 1.0)
+    unpickled = []
+    monkeypatch.setattr(checkpoint.pickle, "loads", lambda *a, **k: unpickled.append(1))
+    with pytest.raises(CheckpointError, match="signature"):
+        checkpoint.load(blob, b"another key")
+    tampered = blob[:-1] + bytes([blob[-1] ^ 1])
+    with pytest.raises(CheckpointError, match="signature"):
+        checkpoint.load(tampered, KEY)
+    with pytest.raises(CheckpointError, match="not a streamlearn checkpoint"):
+        checkpoint.load(pickle.dumps(live.model), KEY)
+    assert unpickled == []
