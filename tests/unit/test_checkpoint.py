@@ -56,3 +56,35 @@ def test_a_blob_that_fails_verification_is_never_unpickled(monkeypatch):
     with pytest.raises(CheckpointError, match="not a streamlearn checkpoint"):
         checkpoint.load(pickle.dumps(live.model), KEY)
     assert unpickled == []
+
+
+class Counted:
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def checkpoint_written(self, size, seconds):
+        self.events.append(("written", size))
+
+    def checkpoint_refused(self, reason):
+        self.events.append(("refused", reason))
+
+    def checkpoint_restored(self):
+        self.events.append(("restored",))
+
+
+def test_checkpoints_table_refuses_too_large_and_invalid_blobs():
+    from streamlearn.streams.checkpoints import Checkpoints, CheckpointTooLarge
+
+    live, _ = trained("hoeffding_tree", 500)
+    table, counted = {}, Counted()
+    small = Checkpoints(table, KEY, max_bytes=100, metrics=counted)
+    with pytest.raises(CheckpointTooLarge, match="over the limit of 100"):
+        small.write(live)
+    assert table == {} and counted.events == [("refused", "too_large")]
+
+    ok = Checkpoints(table, KEY, max_bytes=1_000_000, metrics=counted)
+    size = ok.write(live)
+    assert counted.events[-1] == ("written", size) and ok.restore("m").learned == 500
+    assert ok.restore("unknown") is None
+    forged = Checkpoints(table, b"wrong key", max_bytes=1_000_000, metrics=counted)
+    assert forged.restore("m") is None and counted.events[-1] == ("refused", "invalid")
