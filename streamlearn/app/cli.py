@@ -4,6 +4,7 @@
     streamlearn replay DATASET [options]               publish a dataset as events and labels
     streamlearn watch [--seconds S]                    live predictions and online accuracy
     streamlearn topics                                 create the topics (workers also do at start)
+    streamlearn status [URL ...]                       are the workers alive and ready
     streamlearn settings                               every setting, its env var and value
 """
 
@@ -31,8 +32,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_worker(args: argparse.Namespace) -> int:
     from .worker import create_worker, run
 
-    settings = _settings(args)
-    run(create_worker(settings), loglevel=settings.log_level)
+    run(create_worker(_settings(args)))
     return 0
 
 
@@ -72,6 +72,34 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     s = _settings(args)
     return asyncio.run(watch(s, seconds=args.seconds, every=args.every))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Ask workers' /health and /ready; exit non-zero unless all are ready."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    urls = args.url or [f"http://{_settings(args).web_host}:{_settings(args).web_port}"]
+    all_ready = True
+    for url in urls:
+        state = {}
+        for path in ("/health", "/ready"):
+            try:
+                with urllib.request.urlopen(url.rstrip("/") + path, timeout=args.timeout) as r:
+                    state[path] = json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                state[path] = json.loads(e.read() or b"{}")
+            except (OSError, ValueError) as e:
+                state[path] = {"error": str(e)}
+        ready = bool(state["/ready"].get("ready"))
+        all_ready &= ready
+        alive = state["/health"].get("status") == "ok"
+        parts = state["/ready"].get("partitions")
+        print(f"{url}  alive={'yes' if alive else 'no'}  ready={'yes' if ready else 'no'}"
+              + (f"  partitions={parts}" if parts is not None else "")
+              + (f"  error={state['/health']['error']}" if "error" in state["/health"] else ""))
+    return 0 if all_ready else 1
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
@@ -118,6 +146,11 @@ def parser() -> argparse.ArgumentParser:
 
     t = common(sub.add_parser("topics", help="create missing topics and check partition counts"))
     t.set_defaults(func=cmd_topics)
+
+    ss = sub.add_parser("status", help="ask workers whether they are alive and ready")
+    ss.add_argument("url", nargs="*", help="worker URLs (default: this host's STREAMLEARN_WEB_PORT)")
+    ss.add_argument("--timeout", type=float, default=3.0)
+    ss.set_defaults(func=cmd_status)
 
     st = common(sub.add_parser("settings", help="print every setting with its env var"))
     st.set_defaults(func=cmd_settings)

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Callable, Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from streamlearn.models import LiveModel
+
+OTHER = "_other"
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -96,3 +104,49 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class StateCollector(Collector):
+    """Per-model and per-partition series, read from the worker's state at scrape time.
+
+    Nothing is counted per event for these: a scrape walks the live models
+    and the consumer's offsets. At most ``max_models`` keys (those with the
+    most examples learned) get series of their own; the rest are summed up
+    (examples), averaged (metric) or maxed (version) under ``model="_other"``,
+    so a worker with 100,000 keys does not flood Prometheus.
+    """
+
+    def __init__(self, models: Callable[[], Iterable[LiveModel]],
+                 lags: Callable[[], Iterable[tuple[str, int, int]]], max_models: int) -> None:
+        self.models = models
+        self.lags = lags
+        self.max_models = max_models
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        metric = GaugeMetricFamily("streamlearn_model_metric", "Online metric of progressive validation per model.",
+                                   labels=["model", "metric"])
+        version = GaugeMetricFamily("streamlearn_model_version", "Live version per model.", labels=["model"])
+        examples = GaugeMetricFamily("streamlearn_model_examples", "Examples learned per model.", labels=["model"])
+        live = sorted(self.models(), key=lambda m: -m.learned)
+        for m in live[:self.max_models]:
+            metric.add_metric([m.key, type(m.metric).__name__], m.metric.get())
+            version.add_metric([m.key], m.version)
+            examples.add_metric([m.key], m.learned)
+        rest = live[self.max_models:]
+        if rest:
+            by_metric: dict[str, list[float]] = {}
+            for m in rest:
+                by_metric.setdefault(type(m.metric).__name__, []).append(m.metric.get())
+            for name, values in by_metric.items():
+                metric.add_metric([OTHER, name], sum(values) / len(values))
+            version.add_metric([OTHER], max(m.version for m in rest))
+            examples.add_metric([OTHER], sum(m.learned for m in rest))
+        lag = GaugeMetricFamily("streamlearn_consumer_lag",
+                                "Messages not yet committed per assigned partition (highwater - committed).",
+                                labels=["topic", "partition"])
+        for topic, partition, value in self.lags():
+            lag.add_metric([topic, str(partition)], value)
+        return [metric, version, examples, lag]

@@ -56,7 +56,9 @@ class Settings:
     commit_interval_seconds: float = _setting(1.0, "How often consumed offsets are committed.")
     producer_linger_ms: int = _setting(1, "Producer linger: how long a batch waits to fill.")
     offset_reset: str = _setting("earliest", "Where a new consumer group starts reading: `earliest` or `latest`.")
+    metrics_max_models: int = _setting(100, "At most this many model keys get Prometheus series of their own; the rest are aggregated as `_other`.")
     log_level: str = _setting("info", "Log level of the worker.")
+    log_format: str = _setting("text", "Log format: `text`, or `json` for one JSON object per line.")
 
     # ---- construction -------------------------------------------------
     @classmethod
@@ -88,6 +90,8 @@ class Settings:
             raise SettingsError("partitions must be at least 1")
         if self.checkpoint_every_examples < 1 or self.checkpoint_every_seconds <= 0:
             raise SettingsError("checkpoint_every_examples and checkpoint_every_seconds must be positive")
+        if self.log_format not in ("text", "json"):
+            raise SettingsError("log_format must be 'text' or 'json'")
         if self.offset_reset not in ("earliest", "latest"):
             raise SettingsError("offset_reset must be 'earliest' or 'latest'")
         for spec in [self.default_spec, *(s for _, s in self.rules)]:

@@ -24,7 +24,8 @@ from streamlearn.streams.pending import BoundedTable
 from streamlearn.streams.routing import partition_for
 from streamlearn.streams.topics import TopicNames, Topics, ensure_committed, ensure_topics
 
-from .metrics import Metrics
+from .logs import logging_config
+from .metrics import Metrics, StateCollector
 from .settings import DEV_SIGNING_KEY, Settings
 
 log = logging.getLogger("streamlearn")
@@ -120,6 +121,7 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     worker = Worker(s, app, topics, registry, pending, early, metrics, agents, checkpoints)
     _bind_rebalance(worker)
     _bind_timers(worker)
+    _bind_metrics(worker)
     _bind_views(worker)
     return worker
 
@@ -157,6 +159,24 @@ def _bind_timers(w: Worker) -> None:
         """Tables are written only in an event's context: tick our partitions to evict and checkpoint."""
         owned = {tp.partition for tp in w.app.assignor.assigned_actives() if tp.topic == labels}
         await w.agents.tick(owned)
+
+
+def _bind_metrics(w: Worker) -> None:
+    app = w.app
+
+    def lags():
+        consumer = app.consumer
+        for tp in app.assignor.assigned_actives():
+            try:
+                high = consumer.highwater(tp)
+            except (AssertionError, KeyError, TypeError):  # consumer not started or tp not fetched yet
+                continue
+            committed = consumer._committed_offset.get(tp) or 0  # faust keeps no public accessor
+            if high is not None:
+                yield tp.topic, tp.partition, max(high - committed, 0)
+
+    w.metrics.registry.register(StateCollector(lambda: (m for _, m in w.registry), lags,
+                                               w.settings.metrics_max_models))
 
 
 def _bind_views(w: Worker) -> None:
@@ -223,9 +243,11 @@ async def prepare(worker: Worker) -> None:
                            [n.features, n.feedback, n.events, n.labels, n.training])
 
 
-def run(worker: Worker, loglevel: str = "info") -> None:
+def run(worker: Worker) -> None:
     """Create the topics, then run the Faust worker until a signal stops it."""
+    s = worker.settings
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     loop.run_until_complete(prepare(worker))
-    faust.Worker(worker.app, loglevel=loglevel, loop=loop).execute_from_commandline()
+    faust.Worker(worker.app, loglevel=s.log_level, loop=loop,
+                 logging_config=logging_config(s.log_format, s.log_level)).execute_from_commandline()

@@ -84,21 +84,23 @@ def _load(raw: bytes | None, max_bytes: int) -> dict[str, Any]:
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        if _has_non_finite(raw):
-            raise Rejected(NON_FINITE, "NaN or Infinity is not a valid number") from None
+        lenient = _lenient(raw)
+        if lenient is not None:
+            eid = lenient.get("event_id") if isinstance(lenient, dict) else None
+            raise Rejected(NON_FINITE, "NaN or Infinity is not a valid number",
+                           str(eid) if isinstance(eid, (str, int)) else None) from None
         raise Rejected(NOT_JSON, str(exc)) from None
     if not isinstance(obj, dict):
         raise Rejected(NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
     return obj
 
 
-def _has_non_finite(raw: bytes) -> bool:
-    """Whether raw is JSON once NaN/Infinity literals are allowed (json does)."""
+def _lenient(raw: bytes) -> Any:
+    """raw parsed with NaN/Infinity allowed (as the json module does), or None if still not JSON."""
     try:
-        json.loads(raw)
+        return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        return False
-    return True
+        return None
 
 
 def _event_id(obj: dict[str, Any]) -> str:

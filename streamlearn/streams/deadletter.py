@@ -41,7 +41,9 @@ class DeadLetters:
         """Dead-letter bytes first consumed at topic/partition/offset."""
         self.metrics.deadletter(rejected.reason)
         log.warning("rejected event_id=%s model=%s reason=%s source=%s/%d/%d: %s",
-                    rejected.event_id, model, rejected.reason, topic, partition, offset, rejected.detail)
+                    rejected.event_id, model, rejected.reason, topic, partition, offset, rejected.detail,
+                    extra={"event_id": rejected.event_id, "model": model, "reason": rejected.reason,
+                           "source": f"{topic}/{partition}/{offset}"})
         await self.topic.send(
             key=key,
             value=encode_deadletter(

@@ -88,3 +88,34 @@ async def test_specs_chosen_by_rules_and_defaults(cluster):
         await p.send(t.features, {"event_id": "price-1-1", "model": "price-1", "features": x})
         values = await preds.wait_count(6)
         assert values[-1]["prediction"] > 0.0
+
+
+async def test_status_command_and_json_logs(cluster):
+    import json
+    import subprocess
+    import sys
+
+    w = cluster.start_worker(log_format="json")
+    cluster.wait_ready()
+    status = subprocess.run([sys.executable, "-m", "streamlearn.app.cli", "status", w.url],
+                            capture_output=True, text=True, env=cluster.env(), timeout=30)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "alive=yes  ready=yes" in status.stdout and "partitions=[0, 1, 2, 3, 4, 5, 6, 7]" in status.stdout
+    down = subprocess.run([sys.executable, "-m", "streamlearn.app.cli", "status", "http://127.0.0.1:9"],
+                          capture_output=True, text=True, env=cluster.env(), timeout=30)
+    assert down.returncode == 1 and "alive=no" in down.stdout
+
+    t = cluster.topics
+    async with Producer(cluster.bootstrap) as p, Collector(cluster.bootstrap, t.deadletter) as dead:
+        await p.send(t.features, b'{"event_id": "j-1", "model": "k", "features": {"a": NaN}}')
+        await dead.wait_count(1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [json.loads(line) for line in w.log.read_text().splitlines() if line.startswith("{")]
+        rejected = [x for x in lines if x.get("reason") == "non_finite_number"]
+        if rejected:
+            break
+        time.sleep(0.2)
+    assert rejected and rejected[0]["event_id"] == "j-1" and rejected[0]["level"] == "warning"
+    # no log line per successful event at the default level
+    assert not any("predicted" in x["message"] for x in lines)

@@ -1,0 +1,100 @@
+"""A real Prometheus (Debian's package) scrapes two workers during a replay and agrees with what we sent."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from .harness import Collector, Producer, free_port
+
+pytestmark = pytest.mark.integration
+BUCKETS = ("0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "1.0")
+
+
+@pytest.fixture
+def prometheus(tmp_path):
+    binary = shutil.which("prometheus")
+    assert binary, "prometheus is installed by scripts/setup (Debian package)"
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    procs = []
+
+    def start(targets: list[str]) -> str:
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n"
+            "scrape_configs:\n  - job_name: streamlearn\n    static_configs:\n"
+            f"      - targets: {json.dumps(targets)}\n")
+        procs.append(subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=(tmp_path / "prometheus.log").open("wb"), stderr=subprocess.STDOUT))
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for p in procs:
+        p.terminate()
+        p.wait(20)
+
+
+def query(base: str, promql: str) -> list[dict]:
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            body = json.loads(r.read())
+    except OSError:
+        return []
+    return body["data"]["result"] if body.get("status") == "success" else []
+
+
+def scalar(base: str, promql: str) -> float | None:
+    result = query(base, promql)
+    return float(result[0]["value"][1]) if result else None
+
+
+async def test_prometheus_sees_the_throughput_and_latency_we_sent(cluster, prometheus):
+    w0, w1 = cluster.start_worker(), cluster.start_worker()
+    cluster.wait_ready()
+    prom = prometheus([f"127.0.0.1:{w0.port}", f"127.0.0.1:{w1.port}"])
+    t = cluster.topics
+    n = 1000
+    async with Producer(cluster.bootstrap) as p, Collector(cluster.bootstrap, t.predictions) as preds:
+        for i in range(n):
+            key = f"key-{i % 10}"
+            await p.send(t.features, {"event_id": f"e{i}", "features": {"x": i % 7, "y": "abc"[i % 3]},
+                                      "ts": time.time()}, key=key)
+            await p.send(t.feedback, {"event_id": f"e{i}", "label": i % 2 == 0}, key=key)
+        values = await preds.wait_count(n, timeout=60)
+    latencies = [v["predicted_at"] - v["ts"] for v in values]
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        learned = scalar(prom, "sum(streamlearn_examples_learned_total)")
+        if scalar(prom, "sum(streamlearn_predictions_total)") == n and learned == n:
+            break
+        time.sleep(1)
+    assert scalar(prom, "count(up{job='streamlearn'} == 1)") == 2
+    assert scalar(prom, "sum(streamlearn_predictions_total)") == n
+    assert scalar(prom, "sum(streamlearn_examples_learned_total)") == n
+    assert scalar(prom, f"sum(streamlearn_events_consumed_total{{topic='{t.features}'}})") == n
+    assert scalar(prom, f"sum(streamlearn_events_consumed_total{{topic='{t.feedback}'}})") == n
+    assert scalar(prom, "sum(streamlearn_prediction_latency_seconds_count)") == n
+    # both workers served: each exported its share
+    per_worker = query(prom, "streamlearn_predictions_total")
+    assert len(per_worker) == 2 and all(float(r["value"][1]) > 0 for r in per_worker)
+    # the end-to-end latency histogram holds exactly the latencies the predictions carry
+    for le in BUCKETS:
+        seen = scalar(prom, f"sum(streamlearn_end_to_end_latency_seconds_bucket{{le='{le}'}})")
+        assert seen == sum(1 for x in latencies if x <= float(le)), le
+    # throughput over the replay is positive and bounded by what we sent
+    rate = scalar(prom, "sum(rate(streamlearn_predictions_total[1m]))")
+    assert rate is not None and 0 < rate * 60 <= n * 1.5
+    # per-model series and online accuracy are there too
+    assert len(query(prom, "streamlearn_model_examples")) == 10
+    accuracy = scalar(prom, "sum(streamlearn_progressive_correct_total) / sum(streamlearn_examples_learned_total)")
+    assert accuracy is not None and 0 <= accuracy <= 1

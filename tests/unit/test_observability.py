@@ -1,0 +1,50 @@
+"""Metrics exposition with a cap on per-model series, JSON logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamlearn.app.logs import JsonFormatter, logging_config
+from streamlearn.app.metrics import Metrics, StateCollector
+from streamlearn.models import get_spec, learn, new_model
+
+
+def samples(metrics: Metrics) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for s in family.samples:
+            out.setdefault(s.name, []).append(s)
+    return out
+
+
+def test_per_model_series_are_capped_and_the_rest_aggregated():
+    models = []
+    for i in range(5):
+        live = new_model(f"k{i}", get_spec("logreg"))
+        for _ in range(i + 1):
+            learn(live, {"a": 1.0}, True)
+        models.append(live)
+    m = Metrics()
+    m.registry.register(StateCollector(lambda: models, lambda: [("topic", 3, 42)], max_models=2))
+    m.deadletter("not_json")
+    got = samples(m)
+    examples = {s.labels["model"]: s.value for s in got["streamlearn_model_examples"]}
+    assert examples == {"k4": 5, "k3": 4, "_other": 1 + 2 + 3}
+    assert {s.labels["model"] for s in got["streamlearn_model_metric"]} == {"k4", "k3", "_other"}
+    assert got["streamlearn_consumer_lag"][0].labels == {"topic": "topic", "partition": "3"}
+    assert got["streamlearn_consumer_lag"][0].value == 42
+    [dead] = [s for s in got["streamlearn_deadletters_total"]]
+    assert dead.labels == {"reason": "not_json"} and dead.value == 1
+
+
+def test_json_log_lines_carry_the_event_context():
+    record = logging.LogRecord("streamlearn.deadletter", logging.WARNING, __file__, 1, "rejected %s", ("x",), None)
+    record.event_id, record.model, record.reason = "e-1", "tenant-7", "not_json"
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "rejected x" and line["level"] == "warning"
+    assert (line["event_id"], line["model"], line["reason"]) == ("e-1", "tenant-7", "not_json")
+    assert logging_config("text", "info") is None
+    assert logging_config("json", "info")["root"]["level"] == "INFO"
