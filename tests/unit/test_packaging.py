@@ -42,3 +42,29 @@ def test_cli_refuses_bad_settings_and_commands(capsys, monkeypatch):
     assert "unknown model spec 'nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser().parse_args(["frobnicate"])
+
+
+def test_dashboard_and_prometheus_config_use_metrics_the_workers_export():
+    import json
+    import re
+
+    from streamlearn.app.metrics import Metrics, StateCollector
+    from streamlearn.models import get_spec, new_model
+
+    m = Metrics()
+    m.registry.register(StateCollector(lambda: [new_model("k", get_spec("logreg"))], lambda: [("t", 0, 1)], 10))
+    for reason in ("x",):
+        m.deadletter(reason)
+    m.error("predict")
+    m.consumed("t")
+    m.checkpoint_refused("too_large")
+    exported = set(re.findall(r"^(streamlearn_\w+)", m.exposition().decode(), re.M))
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/streamlearn.json").read_text())
+    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"streamlearn_\w+", target["expr"])}
+    assert used and used <= exported, used - exported
+    prom = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    targets = prom["scrape_configs"][0]["static_configs"][0]["targets"]
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert {t.split(":")[0] for t in targets} <= set(compose)
+    assert {"prometheus", "grafana"} <= set(compose)
