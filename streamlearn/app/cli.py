@@ -5,6 +5,7 @@
     streamlearn watch [--seconds S]                    live predictions and online accuracy
     streamlearn topics                                 create the topics (workers also do at start)
     streamlearn status [URL ...]                       are the workers alive and ready
+    streamlearn bench [--events N] [--specs ...]       throughput and latency against a raw Kafka baseline
     streamlearn settings                               every setting, its env var and value
 """
 
@@ -102,6 +103,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if all_ready else 1
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    return asyncio.run(run_bench(_settings(args), events=args.events, specs=args.specs.split(","),
+                                 workers=[int(w) for w in args.workers.split(",")],
+                                 rates=[float(r) for r in args.rates.split(",")], as_json=args.json))
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     s = _settings(args)
     docs = Settings.env_names()
@@ -146,6 +155,14 @@ def parser() -> argparse.ArgumentParser:
 
     t = common(sub.add_parser("topics", help="create missing topics and check partition counts"))
     t.set_defaults(func=cmd_topics)
+
+    b = common(sub.add_parser("bench", help="benchmark the pipeline against a raw Kafka passthrough"))
+    b.add_argument("--events", type=int, default=10_000, help="labelled events per run")
+    b.add_argument("--specs", default="logreg,hoeffding_tree,arf", help="model specs, comma-separated")
+    b.add_argument("--workers", default="1,2", help="worker counts, comma-separated")
+    b.add_argument("--rates", default="0,1000,5000", help="events/s per run, comma-separated (0: flat out)")
+    b.add_argument("--json", action="store_true", help="also print the results as JSON (table on stderr)")
+    b.set_defaults(func=cmd_bench)
 
     ss = sub.add_parser("status", help="ask workers whether they are alive and ready")
     ss.add_argument("url", nargs="*", help="worker URLs (default: this host's STREAMLEARN_WEB_PORT)")

@@ -1,0 +1,253 @@
+"""``streamlearn bench``: the pipeline against a raw aiokafka passthrough, in one run.
+
+Baseline: one aiokafka consumer that forwards every message of a topic to
+another topic (the fastest consume-and-produce anyone would write by hand).
+Pipeline: ``streamlearn worker`` processes; feature events and their labels
+in, predictions out. Throughput is events from the first one sent to the
+last prediction received; latency is from the event's ``ts`` (set when it is
+produced) to the moment its prediction is consumed; CPU is the workers'
+user+system seconds per 1,000 events (from /proc).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from .settings import Settings
+
+
+@dataclass
+class Result:
+    name: str
+    spec: str
+    workers: int
+    target_rate: float
+    events: int
+    events_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    cpu_s_per_1k: float
+    ratio_to_baseline: float | None = None
+
+
+def _features(i: int) -> dict:
+    return {"amount": (i * 7919) % 1000 / 10.0, "age": (i * 104729) % 90, "score": ((i * 31) % 97) / 97.0,
+            "country": ("FR", "DE", "US", "BR")[i % 4], "new": i % 5 == 0}
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (FileNotFoundError, IndexError, ValueError):
+            pass
+    return total
+
+
+async def _send_paced(producer: AIOKafkaProducer, messages, rate: float) -> float:
+    """Send (topic, key, value-builder) triples, at ``rate`` per second (0: flat out); returns start time."""
+    started = time.monotonic()
+    for i, (topic, key, build) in enumerate(messages):
+        await producer.send(topic, build(), key=key)
+        if rate and i % 50 == 0:
+            ahead = (i + 1) / rate - (time.monotonic() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+    await producer.flush()
+    return started
+
+
+async def _collect(consumer: AIOKafkaConsumer, n: int, timeout: float) -> list[tuple[float, bytes]]:
+    got: list[tuple[float, bytes]] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        batch = await consumer.getmany(timeout_ms=200)
+        now = time.time()
+        for msgs in batch.values():
+            got.extend((now, m.value) for m in msgs)
+    return got
+
+
+async def _create(bootstrap: str, names: list[str], partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+    finally:
+        await admin.close()
+
+
+def _stats(name, spec, workers, rate, n, first_sent, received, cpu, label_field="ts") -> Result:
+    lat = np.array([(t - orjson.loads(v)[label_field]) * 1000 for t, v in received])
+    last = max(t for t, _ in received) if received else time.time()
+    eps = len(received) / max(last - first_sent, 1e-9)
+    p50, p95, p99 = (np.percentile(lat, q) if len(lat) else float("nan") for q in (50, 95, 99))
+    return Result(name, spec, workers, rate, len(received), eps, p50, p95, p99, cpu / max(n, 1) * 1000)
+
+
+async def baseline(bootstrap: str, n: int, rate: float, partitions: int) -> Result:
+    tag = uuid.uuid4().hex[:6]
+    src, dst = f"bench-{tag}.in", f"bench-{tag}.out"
+    await _create(bootstrap, [src, dst], partitions)
+    consumer = AIOKafkaConsumer(src, bootstrap_servers=bootstrap, group_id=f"bench-{tag}",
+                                auto_offset_reset="earliest")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
+    out = AIOKafkaConsumer(dst, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
+    sender = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
+    for c in (consumer, producer, out, sender):
+        await c.start()
+
+    async def passthrough() -> None:
+        while True:
+            batch = await consumer.getmany(timeout_ms=100)
+            for msgs in batch.values():
+                for m in msgs:
+                    await producer.send(dst, m.value, key=m.key)
+
+    cpu0 = time.process_time()
+    task = asyncio.create_task(passthrough())
+    msgs = [(src, f"m{i % 20}".encode(),
+             (lambda i=i: orjson.dumps({"event_id": str(i), "features": _features(i), "ts": time.time()})))
+            for i in range(n)]
+    collecting = asyncio.create_task(_collect(out, n, timeout=120))
+    first = time.time()
+    await _send_paced(sender, msgs, rate)
+    received = await collecting
+    cpu = time.process_time() - cpu0  # includes the producer and collector: an upper bound
+    task.cancel()
+    for c in (consumer, producer, out, sender):
+        await c.stop()
+    return _stats("baseline", "-", 1, rate, n, first, received, cpu)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ready(port: int) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as r:
+            return json.loads(r.read())
+    except Exception:  # noqa: BLE001 - not up yet
+        return None
+
+
+async def pipeline(settings: Settings, spec: str, workers: int, n: int, rate: float, workdir: Path) -> Result:
+    tag = uuid.uuid4().hex[:6]
+    prefix = f"bench-{tag}."
+    env = {**os.environ, "STREAMLEARN_BROKER": settings.broker, "STREAMLEARN_APP_ID": f"bench-{tag}",
+           "STREAMLEARN_TOPIC_PREFIX": prefix, "STREAMLEARN_DEFAULT_SPEC": spec,
+           "STREAMLEARN_LOG_LEVEL": "warning", "STREAMLEARN_PARTITIONS": str(settings.partitions)}
+    procs, ports = [], []
+    for i in range(workers):
+        port = _free_port()
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "streamlearn.app.cli", "worker", "--web-port", str(port),
+             "--data-dir", str(workdir / f"{tag}-{i}")], env=env,
+            stdout=(workdir / f"{tag}-{i}.log").open("wb"), stderr=subprocess.STDOUT))
+        ports.append(port)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            states = [_ready(p) for p in ports]
+            if all(s and s["ready"] for s in states) and sum(len(s["partitions"]) for s in states) == settings.partitions:
+                break
+            await asyncio.sleep(0.3)
+        else:
+            raise RuntimeError(f"workers not ready; see {workdir}")
+        bootstrap = settings.bootstrap_servers
+        out = AIOKafkaConsumer(f"{prefix}predictions", bootstrap_servers=bootstrap, group_id=None,
+                               auto_offset_reset="earliest")
+        sender = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
+        await out.start()
+        await sender.start()
+        msgs = []
+        for i in range(n):
+            key = f"m{i % 20}".encode()
+            msgs.append((f"{prefix}features", key, (lambda i=i: orjson.dumps(
+                {"event_id": str(i), "features": _features(i), "ts": time.time()}))))
+            msgs.append((f"{prefix}feedback", key, (lambda i=i: orjson.dumps(
+                {"event_id": str(i), "label": _features(i)["amount"] > 50}))))
+        pids = [p.pid for p in procs]
+        cpu0 = _cpu_seconds(pids)
+        collecting = asyncio.create_task(_collect(out, n, timeout=300))
+        first = time.time()
+        await _send_paced(sender, msgs, rate * 2)  # two messages per event
+        received = await collecting
+        cpu = _cpu_seconds(pids) - cpu0
+        await out.stop()
+        await sender.stop()
+        return _stats("pipeline", spec, workers, rate, n, first, received, cpu)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+async def run_bench(settings: Settings, *, events: int, specs: list[str], workers: list[int],
+                    rates: list[float], as_json: bool) -> int:
+    results: list[Result] = []
+    table = Table(sys.stderr if as_json else sys.stdout)
+    with tempfile.TemporaryDirectory() as d:
+        base = await baseline(settings.bootstrap_servers, events, 0, settings.partitions)
+        results.append(base)
+        table.row(base)
+        for spec in specs:
+            for w in workers:
+                for rate in rates:
+                    r = await pipeline(settings, spec, w, events, rate, Path(d))
+                    if rate == 0:
+                        r.ratio_to_baseline = r.events_per_s / base.events_per_s
+                    results.append(r)
+                    table.row(r)
+    if as_json:
+        print(json.dumps({"machine": _machine(), "results": [asdict(r) for r in results]}, indent=2))
+    return 0
+
+
+def _machine() -> dict:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+class Table:
+    """Prints results as rows of a table, the header once."""
+
+    def __init__(self, out) -> None:
+        self.out = out
+        print(f"{'run':<9}{'spec':<16}{'workers':>8}{'rate':>8}{'events':>8}{'events/s':>10}"
+              f"{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'cpu s/1k':>10}{'vs base':>9}", file=out, flush=True)
+
+    def row(self, r: Result) -> None:
+        rate = "max" if not r.target_rate else f"{r.target_rate:g}"
+        ratio = f"{r.ratio_to_baseline:.2f}" if r.ratio_to_baseline is not None else "-"
+        print(f"{r.name:<9}{r.spec:<16}{r.workers:>8}{rate:>8}{r.events:>8}{r.events_per_s:>10,.0f}"
+              f"{r.p50_ms:>9.1f}{r.p95_ms:>9.1f}{r.p99_ms:>9.1f}{r.cpu_s_per_1k:>10.2f}{ratio:>9}",
+              file=self.out, flush=True)
