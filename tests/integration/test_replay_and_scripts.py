@@ -105,3 +105,20 @@ def test_kafka_script_runs_brokers_side_by_side(bootstrap, tmp_path):
         stop = subprocess.run([*kafka, "stop"], env=env, capture_output=True, text=True)
     assert stop.returncode == 0 and "stopped" in stop.stdout
     assert subprocess.run([*kafka, "status"], env=env, capture_output=True).returncode == 1
+
+
+def test_bench_command_measures_baseline_and_pipeline(cluster):
+    """`streamlearn bench` runs end to end and reports every figure (values are for docs, not asserted)."""
+    r = subprocess.run([sys.executable, "-m", "streamlearn.app.cli", "bench", "--events", "200", "--specs", "logreg",
+                        "--workers", "1", "--rates", "0", "--json"], env=cluster.env(partitions=8),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = orjson.loads(r.stdout)
+    assert report["machine"]["cpus"] >= 1
+    base, pipe = report["results"]
+    assert base["name"] == "baseline" and pipe["name"] == "pipeline" and pipe["spec"] == "logreg"
+    assert base["events"] == 200 and pipe["events"] == 200
+    for res in (base, pipe):
+        assert res["events_per_s"] > 0 and 0 <= res["p50_ms"] <= res["p95_ms"] <= res["p99_ms"]
+    assert pipe["ratio_to_baseline"] == pytest.approx(pipe["events_per_s"] / base["events_per_s"])
+    assert "events/s" in r.stderr  # the table
