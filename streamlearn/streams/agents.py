@@ -71,10 +71,12 @@ class Agents:
             self.metrics.consumed(msg.topic)
             try:
                 ev = self._decode_event(msg.value, msg.key)
-                if ev.spec is not None and ev.spec not in models.SPECS:
-                    raise Rejected(UNKNOWN_SPEC, str(models.UnknownSpec(ev.spec)), ev.event_id)
             except Rejected as rejected:
                 await self.dead.send(rejected, msg)
+                continue
+            if ev.spec is not None and ev.spec not in models.SPECS:
+                await self.dead.send(Rejected(UNKNOWN_SPEC, str(models.UnknownSpec(ev.spec)), ev.event_id),
+                                     msg, model=ev.model)
                 continue
             await self._route(self.topics.events, ev.model, msg)
 

@@ -82,4 +82,4 @@ async def test_malformed_messages_are_dead_lettered_and_valid_ones_served(cluste
         assert w.metric("streamlearn_deadletters_total", f'reason="{reason}"') >= 1, reason
     log = w.log.read_text()
     assert "event_id=never-seen model=k reason=unknown_event" in log
-    assert "event_id=s-1 model=None reason=unknown_spec" in log
+    assert "event_id=s-1 model=k reason=unknown_spec" in log
