@@ -15,13 +15,9 @@ import asyncio
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +27,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from .local import start_worker, stop_workers, wait_split
 from .settings import Settings
 
 
@@ -99,8 +96,8 @@ async def _create(bootstrap: str, names: list[str], partitions: int) -> None:
         await admin.close()
 
 
-def _stats(name, spec, workers, rate, n, first_sent, received, cpu, label_field="ts") -> Result:
-    lat = np.array([(t - orjson.loads(v)[label_field]) * 1000 for t, v in received])
+def _stats(name, spec, workers, rate, n, first_sent, received, cpu) -> Result:
+    lat = np.array([(t - orjson.loads(v)["ts"]) * 1000 for t, v in received])
     last = max(t for t, _ in received) if received else time.time()
     eps = len(received) / max(last - first_sent, 1e-9)
     p50, p95, p99 = (np.percentile(lat, q) if len(lat) else float("nan") for q in (50, 95, 99))
@@ -142,20 +139,6 @@ async def baseline(bootstrap: str, n: int, rate: float, partitions: int) -> Resu
     return _stats("baseline", "-", 1, rate, n, first, received, cpu)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ready(port: int) -> dict | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as r:
-            return json.loads(r.read())
-    except Exception:  # noqa: BLE001 - not up yet
-        return None
-
-
 async def pipeline(settings: Settings, spec: str, workers: int, n: int, rate: float, workdir: Path) -> Result:
     tag = uuid.uuid4().hex[:6]
     prefix = f"bench-{tag}."
@@ -164,21 +147,11 @@ async def pipeline(settings: Settings, spec: str, workers: int, n: int, rate: fl
            "STREAMLEARN_LOG_LEVEL": "warning", "STREAMLEARN_PARTITIONS": str(settings.partitions)}
     procs, ports = [], []
     for i in range(workers):
-        port = _free_port()
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "streamlearn.app.cli", "worker", "--web-port", str(port),
-             "--data-dir", str(workdir / f"{tag}-{i}")], env=env,
-            stdout=(workdir / f"{tag}-{i}.log").open("wb"), stderr=subprocess.STDOUT))
+        proc, port = start_worker(env, workdir, f"{tag}-{i}")
+        procs.append(proc)
         ports.append(port)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            states = [_ready(p) for p in ports]
-            if all(s and s["ready"] for s in states) and sum(len(s["partitions"]) for s in states) == settings.partitions:
-                break
-            await asyncio.sleep(0.3)
-        else:
-            raise RuntimeError(f"workers not ready; see {workdir}")
+        await asyncio.to_thread(wait_split, ports, settings.partitions)
         bootstrap = settings.bootstrap_servers
         out = AIOKafkaConsumer(f"{prefix}predictions", bootstrap_servers=bootstrap, group_id=None,
                                auto_offset_reset="earliest")
@@ -203,13 +176,7 @@ async def pipeline(settings: Settings, spec: str, workers: int, n: int, rate: fl
         await sender.stop()
         return _stats("pipeline", spec, workers, rate, n, first, received, cpu)
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_workers(procs)
 
 
 async def run_bench(settings: Settings, *, events: int, specs: list[str], workers: list[int],

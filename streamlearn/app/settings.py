@@ -11,6 +11,7 @@ import dataclasses
 import fnmatch
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Mapping
 
 import orjson
@@ -104,7 +105,7 @@ class Settings:
                 raise SettingsError(f"spec_params[{spec!r}] must be an object")
 
     # ---- derived ------------------------------------------------------
-    @property
+    @cached_property  # parsed once: spec_for runs for every new model key
     def rules(self) -> list[tuple[str, str]]:
         out = []
         for part in filter(None, (p.strip() for p in self.spec_rules.split(","))):
@@ -114,7 +115,7 @@ class Settings:
             out.append((pattern.strip(), spec.strip()))
         return out
 
-    @property
+    @cached_property
     def params(self) -> dict[str, dict[str, Any]]:
         if not self.spec_params.strip():
             return {}

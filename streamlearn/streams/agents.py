@@ -107,7 +107,7 @@ class Agents:
             try:
                 ev = self._decode_event(msg.value, msg.key)
                 live = self._model(msg.partition, ev.model, ev.spec, ev.event_id)
-                prediction = self._guarded(models.predict, live, ev.features, ev.event_id)
+                prediction = self._guarded(models.predict, live, ev.features, event_id=ev.event_id)
             except Rejected as rejected:
                 await self.dead.send(rejected, msg, model=msg.key.decode() if msg.key else None)
                 continue
@@ -141,7 +141,7 @@ class Agents:
                 continue
             try:
                 label = self._decode_label(msg.value, msg.key)
-                self._check_label(label.model, label.label, label.event_id)
+                self._check_label(msg.partition, label)
                 example = self._join(msg, label)
             except Rejected as rejected:
                 await self.dead.send(rejected, msg, model=msg.key.decode() if msg.key else None)
@@ -217,12 +217,13 @@ class Agents:
 
     async def _learn_one(self, partition: int, msg) -> None:
         example = codec.decode_example(msg.value)
-        live = self.registry.get_or_create(partition, example.model, self.spec_for(example.model))
+        live = (self.registry.get(partition, example.model)
+                or self.registry.get_or_create(partition, example.model, self.spec_for(example.model)))
         if msg.offset <= live.offset:
             self.metrics.replay_skipped()  # already inside the model's checkpoint
             return
         try:
-            scored = self._guarded(models.learn, live, example.features, example.label, example.event_id)
+            scored = self._guarded(models.learn, live, example.features, example.label, event_id=example.event_id)
         except Rejected as rejected:
             await self.dead.send(rejected, msg, model=example.model)
             return
@@ -271,15 +272,16 @@ class Agents:
                                           f"the event asks for {requested!r}", event_id)
         return live
 
-    def _check_label(self, model: str, label: Any, event_id: str) -> None:
-        live = self.registry.find(model)
-        spec = live.spec if live is not None else self.spec_for(model)
-        if not spec.is_classifier and (isinstance(label, bool) or not isinstance(label, (int, float))):
-            raise Rejected(BAD_LABEL, f"model {model!r} is a regressor; its label must be a number", event_id)
+    def _check_label(self, partition: int, label: codec.Label) -> None:
+        live = self.registry.get(partition, label.model)
+        spec = live.spec if live is not None else self.spec_for(label.model)
+        y = label.label
+        if not spec.is_classifier and (isinstance(y, bool) or not isinstance(y, (int, float))):
+            raise Rejected(BAD_LABEL, f"model {label.model!r} is a regressor; its label must be a number",
+                           label.event_id)
 
-    def _guarded(self, step: Callable[..., Any], live: LiveModel, *args: Any) -> Any:
+    def _guarded(self, step: Callable[..., Any], live: LiveModel, *values: Any, event_id: str) -> Any:
         """Run a model step; an exception from River becomes a rejection, not a crash."""
-        *values, event_id = args
         try:
             return step(live, *values)
         except Exception as exc:  # noqa: BLE001 - one bad event must not stop the agent

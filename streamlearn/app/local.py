@@ -1,0 +1,58 @@
+"""Workers as local processes, for the benchmark and the failover script."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(port: int, path: str) -> dict | None:
+    """A worker's JSON answer at path, or None while it does not answer (or answers an error)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return json.loads(r.read())
+    except (OSError, ValueError):
+        return None
+
+
+def start_worker(env: dict[str, str], workdir: Path, name: str) -> tuple[subprocess.Popen, int]:
+    """``streamlearn worker`` on a free port, logging to workdir/name.log; returns (process, web port)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "streamlearn.app.cli", "worker", "--web-port", str(port),
+                             "--data-dir", str(workdir / name)], env=env,
+                            stdout=(workdir / f"{name}.log").open("wb"), stderr=subprocess.STDOUT)
+    return proc, port
+
+
+def wait_split(ports: list[int], partitions: int, timeout: float = 120.0) -> list[list[int]]:
+    """Wait until the workers are ready and own all partitions between them; their partitions."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = [get_json(p, "/ready") for p in ports]
+        if all(s and s.get("ready") for s in states) and sum(len(s["partitions"]) for s in states) == partitions:
+            return [s["partitions"] for s in states]
+        time.sleep(0.3)
+    raise RuntimeError(f"workers on ports {ports} not ready in {timeout:g}s")
+
+
+def stop_workers(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
+    """SIGTERM, then wait (SIGKILL after timeout)."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
