@@ -1,0 +1,311 @@
+"""Model versions: the snapshot index of one model key, and how versions change.
+
+Pure River and Python: the Kafka side (streams/versions.py) stores what this
+module decides.
+
+Versions. A live model has a version number; predictions carry it. Taking a
+snapshot freezes the live model as its current version ``v`` and the live
+model goes on as ``v + 1`` with parent ``v``. A restore of ``V`` first
+snapshots the model it replaces, then makes a new live version whose parent
+is ``V``. So every version number is either a snapshot or the live model, and
+a snapshot's content never changes.
+
+Retention keeps the last K automatic snapshots and every other one (manual,
+taken before a restore, or pinned).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Protocol
+
+from . import checkpoint
+from .gate import GateSettings, QualityGate
+from .state import LiveModel
+
+AUTO = "auto"          # taken by the snapshot policy
+MANUAL = "manual"      # asked for by an operator
+REPLACED = "replaced"  # the live model, taken just before a restore replaced it
+
+
+class VersionError(Exception):
+    """A version command that cannot be done; ``reason`` is a stable word for results and metrics."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class SnapshotInfo:
+    """What the index records of one snapshot."""
+
+    version: int
+    parent_version: int | None
+    created_at: float
+    learned: int
+    metric: float | None
+    metric_name: str
+    kind: str
+    reason: str
+    by: str
+    size: int = 0
+    pinned: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class VersionIndex:
+    """The snapshots of one model key, oldest first, and the next version number to hand out."""
+
+    model: str
+    snapshots: list[SnapshotInfo] = field(default_factory=list)
+    next_version: int = 1
+    reference: int | None = None  # the quality gate's reference snapshot
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "VersionIndex":
+        return cls(model=obj["model"], snapshots=[SnapshotInfo(**s) for s in obj["snapshots"]],
+                   next_version=obj["next_version"], reference=obj.get("reference"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "snapshots": [s.to_json() for s in self.snapshots],
+                "next_version": self.next_version, "reference": self.reference}
+
+    def get(self, version: int) -> SnapshotInfo:
+        for s in self.snapshots:
+            if s.version == version:
+                return s
+        known = ", ".join(str(s.version) for s in self.snapshots) or "none"
+        raise VersionError("unknown_version", f"model {self.model!r} has no snapshot of version {version} "
+                                              f"(snapshots: {known})")
+
+    def freeze(self, live: LiveModel, *, kind: str, reason: str, by: str,
+               now: float | None = None) -> SnapshotInfo:
+        """Record a snapshot of the live model and move the live model to the next version.
+
+        The snapshot's version is the live model's, unless the index already
+        handed that number out (a checkpoint older than the index, after a
+        crash): version numbers are never reused.
+        """
+        version = max(live.version, self.next_version)
+        info = SnapshotInfo(version=version, parent_version=live.parent_version,
+                            created_at=time.time() if now is None else now, learned=live.learned,
+                            metric=live.metric.get(), metric_name=type(live.metric).__name__,
+                            kind=kind, reason=reason, by=by)
+        self.snapshots.append(info)
+        self.next_version = version + 1
+        live.version, live.parent_version = version + 1, version
+        return info
+
+    def successor(self, live: LiveModel, restored: LiveModel, target: int) -> LiveModel:
+        """The new live model made from snapshot ``target`` (already frozen: ``live`` was snapshotted)."""
+        restored.key = live.key
+        restored.version = self.next_version
+        restored.parent_version = target
+        restored.offset = live.offset          # it starts where the replaced model stopped
+        self.next_version += 1
+        return restored
+
+    def rollback_target(self, live: LiveModel) -> int:
+        """The previous version: the newest snapshot that is not the live model's own state.
+
+        The live model is its parent's state while it has learned nothing
+        since it was made from it (just after a snapshot or a restore).
+        """
+        for s in reversed(self.snapshots):
+            if s.version == live.parent_version and s.learned == live.learned:
+                continue
+            return s.version
+        raise VersionError("no_earlier_version", f"model {self.model!r} has no earlier version to roll back to")
+
+    def set_pinned(self, version: int, pinned: bool) -> SnapshotInfo:
+        info = self.get(version)
+        info.pinned = pinned
+        return info
+
+    def expired(self, keep_auto: int) -> list[int]:
+        """Drop what retention no longer keeps (all but the last ``keep_auto`` unpinned automatic ones).
+
+        The quality gate's reference is kept too. Returns the versions dropped.
+        """
+        auto = [s for s in self.snapshots if s.kind == AUTO and not s.pinned and s.version != self.reference]
+        drop = {s.version for s in auto[:max(len(auto) - keep_auto, 0)]}
+        self.snapshots = [s for s in self.snapshots if s.version not in drop]
+        return sorted(drop)
+
+
+# ---- the versions of the models a worker owns -------------------------------
+
+@dataclass(frozen=True)
+class Change:
+    """A version change, for the audit trail: who or what asked, from which version to which, why."""
+
+    action: str                     # snapshot | restore | rollback | auto_rollback | warm_start | pin | unpin
+    model: str
+    from_version: int | None
+    to_version: int | None
+    by: str
+    reason: str
+    restored_version: int | None = None
+    at: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Store(Protocol):
+    """Where snapshots live (a changelog-backed table on the Kafka side, a dict in tests)."""
+
+    def load_index(self, model: str) -> VersionIndex | None: ...
+    def save_index(self, index: VersionIndex) -> None: ...
+    def load_blob(self, model: str, version: int) -> bytes | None: ...
+    def save_blob(self, model: str, version: int, blob: bytes) -> None: ...
+    def delete_blob(self, model: str, version: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class VersionSettings:
+    snapshot_every_examples: int = 1000   # 0: never by count
+    snapshot_every_seconds: float = 0.0   # 0: never by time
+    keep_auto: int = 10
+    gate: GateSettings | None = field(default_factory=GateSettings)  # None: no automatic rollback
+
+
+class ModelVersions:
+    """Snapshots, restores, rollbacks and the quality gate of the live models of one worker.
+
+    Every method runs in the agent that owns the model key, in order with its
+    learning; it returns the :class:`Change` records for the audit trail.
+    """
+
+    def __init__(self, store: Store, signing_key: bytes, settings: VersionSettings,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.signing_key = signing_key
+        self.settings = settings
+        self.clock = clock
+        self.gates: dict[str, QualityGate] = {}
+        self._since: dict[str, int] = {}        # examples learned since the last snapshot
+        self._last: dict[str, float] = {}       # time of the last snapshot (or first learning after it)
+
+    # ---- index --------------------------------------------------------
+    def index(self, model: str) -> VersionIndex:
+        return self.store.load_index(model) or VersionIndex(model)
+
+    def _load(self, model: str, version: int) -> LiveModel:
+        blob = self.store.load_blob(model, version)
+        if blob is None:
+            raise VersionError("unknown_version", f"the blob of {model!r} v{version} is missing")
+        try:
+            return checkpoint.load(blob, self.signing_key)
+        except checkpoint.CheckpointError as exc:
+            raise VersionError("bad_snapshot", f"snapshot v{version} of {model!r} was refused: {exc}") from None
+
+    # ---- changes ------------------------------------------------------
+    def snapshot(self, live: LiveModel, *, kind: str = MANUAL, reason: str = "", by: str = "operator",
+                 index: VersionIndex | None = None) -> tuple[SnapshotInfo, list[Change]]:
+        """Freeze the live model as a snapshot; the live model goes on as the next version."""
+        idx = index or self.index(live.key)
+        now = self.clock()
+        from_version = live.version
+        # the blob is the live model as it is, under the snapshot's version number
+        version = max(live.version, idx.next_version)
+        live.version = version
+        blob = checkpoint.dump(live, self.signing_key, now)
+        info = idx.freeze(live, kind=kind, reason=reason, by=by, now=now)
+        info.size = len(blob)
+        self.store.save_blob(live.key, info.version, blob)
+        gate = self.gates.get(live.key)
+        if kind == AUTO and gate is not None and (gate.reference is None or gate.steady):
+            gate.set_reference(checkpoint.load(blob, self.signing_key), info.version)
+            idx.reference = info.version
+        for version in idx.expired(self.settings.keep_auto):
+            self.store.delete_blob(live.key, version)
+        self.store.save_index(idx)
+        self._since[live.key] = 0
+        self._last[live.key] = now
+        return info, [Change("snapshot", live.key, from_version, live.version, by,
+                             reason or f"{kind} snapshot v{info.version}")]
+
+    def restore(self, live: LiveModel, version: int, *, by: str = "operator", reason: str = "",
+                action: str = "restore") -> tuple[LiveModel, SnapshotInfo, list[Change]]:
+        """Replace the live model by snapshot ``version``, after snapshotting the live one (so it can be undone)."""
+        idx = self.index(live.key)
+        idx.get(version)
+        restored = self._load(live.key, version)    # verified before anything changes
+        from_version = live.version
+        replaced, _ = self.snapshot(live, kind=REPLACED, by=by, index=idx,
+                                    reason=f"replaced by {action} to v{version}")
+        new = idx.successor(live, restored, version)
+        self.store.save_index(idx)
+        gate = self.gates.get(live.key)
+        if gate is not None:
+            self.gates[new.key] = gate
+            gate.reset()
+        self._since[new.key] = 0
+        return new, replaced, [Change(action, live.key, from_version, new.version, by,
+                                      reason or f"{action} to v{version}", restored_version=version)]
+
+    def rollback(self, live: LiveModel, *, by: str = "operator", reason: str = "",
+                 action: str = "rollback") -> tuple[LiveModel, SnapshotInfo, list[Change]]:
+        target = self.index(live.key).rollback_target(live)
+        return self.restore(live, target, by=by, reason=reason or f"{action} to the previous version v{target}",
+                            action=action)
+
+    def pin(self, model: str, version: int, pinned: bool, *, by: str = "operator") -> tuple[SnapshotInfo, list[Change]]:
+        idx = self.index(model)
+        info = idx.set_pinned(version, pinned)
+        self.store.save_index(idx)
+        action = "pin" if pinned else "unpin"
+        return info, [Change(action, model, version, version, by, f"{action} v{version}")]
+
+    # ---- the learn agent's hooks ---------------------------------------
+    def learned(self, live: LiveModel, x: dict[str, Any], y: Any,
+                y_pred: Any) -> tuple[LiveModel | None, list[Change]]:
+        """After the live model learned one example: the gate's verdict, then the snapshot policy.
+
+        Returns the new live model when the gate rolled back (else None).
+        """
+        gate = self._gate(live)
+        if gate is not None:
+            verdict = gate.observe(x, y, y_pred)
+            if verdict is not None:
+                new, _, changes = self.restore(live, verdict.version, by="quality-gate", reason=verdict.reason,
+                                               action="auto_rollback")
+                return new, changes
+        self._since[live.key] = self._since.get(live.key, 0) + 1
+        self._last.setdefault(live.key, self.clock())
+        every = self.settings.snapshot_every_examples
+        if every and self._since[live.key] >= every:
+            return None, self.snapshot(live, kind=AUTO, by="policy",
+                                       reason=f"every {every} examples")[1]
+        return None, []
+
+    def due_by_time(self, live: LiveModel) -> bool:
+        every = self.settings.snapshot_every_seconds
+        return bool(every and self._since.get(live.key) and self.clock() - self._last[live.key] >= every)
+
+    def _gate(self, live: LiveModel) -> QualityGate | None:
+        if self.settings.gate is None:
+            return None
+        gate = self.gates.get(live.key)
+        if gate is None:
+            gate = self.gates[live.key] = QualityGate(self.settings.gate, live.spec.is_classifier)
+            ref = self.index(live.key).reference
+            if ref is not None:
+                try:
+                    gate.set_reference(self._load(live.key, ref), ref)
+                except VersionError:
+                    pass
+        return gate
+
+    def forget(self) -> None:
+        """Drop in-memory state (after a rebalance): gates restart from the index's reference."""
+        self.gates.clear()
+        self._since.clear()
+        self._last.clear()

@@ -1,0 +1,152 @@
+"""Snapshots, restores, rollbacks and the quality gate, with River alone (no Kafka)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from streamlearn.models import get_spec, learn, new_model, predict
+from streamlearn.models.versions import (AUTO, MANUAL, REPLACED, ModelVersions, VersionError, VersionIndex,
+                                         VersionSettings)
+
+KEY = b"test-signing-key"
+
+
+class DictStore:
+    def __init__(self) -> None:
+        self.indexes: dict[str, VersionIndex] = {}
+        self.blobs: dict[tuple[str, int], bytes] = {}
+
+    def load_index(self, model):
+        return self.indexes.get(model)
+
+    def save_index(self, index):
+        self.indexes[index.model] = index
+
+    def load_blob(self, model, version):
+        return self.blobs.get((model, version))
+
+    def save_blob(self, model, version, blob):
+        self.blobs[(model, version)] = blob
+
+    def delete_blob(self, model, version):
+        del self.blobs[(model, version)]
+
+
+def rows(n, seed=1, flip=range(0), change_at=None):
+    """x, y (as the labels say), truth: a linear concept; labels flipped in ``flip``; a new concept from change_at."""
+    rng = random.Random(seed)
+    for i in range(n):
+        x = {"a": rng.gauss(0, 1), "b": rng.gauss(0, 1)}
+        truth = x["a"] + x["b"] > 0
+        if change_at is not None and i >= change_at:
+            truth = x["a"] - x["b"] > 0
+        yield i, x, (not truth) if i in flip else truth, truth
+
+
+def train(versions, live, data):
+    """Progressive validation as the learn agent runs it; returns the live model, correctness per row, changes."""
+    correct, changes = [], []
+    for i, x, y, truth in data:
+        scored = learn(live, x, y)
+        correct.append(scored.y_pred == truth)
+        new, changed = versions.learned(live, x, y, scored.y_pred)
+        changes += [(i, c) for c in changed]
+        live = new or live
+    return live, correct, changes
+
+
+def probe(live, n=50):
+    return [predict(live, x).proba for _, x, _, _ in rows(n, seed=99)]
+
+
+def test_snapshot_restore_rollback_and_numbering():
+    store = DictStore()
+    versions = ModelVersions(store, KEY, VersionSettings(snapshot_every_examples=0, gate=None))
+    live = new_model("m", get_spec("logreg"))
+    live, _, _ = train(versions, live, rows(300))
+    at_snapshot = probe(live)
+    info, changes = versions.snapshot(live, reason="before the experiment")
+    assert (info.version, info.kind, info.learned, live.version, live.parent_version) == (1, MANUAL, 300, 2, 1)
+    assert [(c.action, c.from_version, c.to_version) for c in changes] == [("snapshot", 1, 2)]
+
+    live, _, _ = train(versions, live, rows(300, seed=2, flip=range(300)))   # bad labels
+    assert probe(live) != at_snapshot
+    new, replaced, changes = versions.restore(live, 1, reason="undo the bad labels")
+    assert (replaced.version, replaced.kind, replaced.learned) == (2, REPLACED, 600)
+    assert (new.version, new.parent_version, new.learned) == (3, 1, 300)
+    assert probe(new) == at_snapshot          # identical to the model the snapshot froze
+    assert (changes[0].action, changes[0].from_version, changes[0].to_version,
+            changes[0].restored_version) == ("restore", 2, 3, 1)
+
+    # rollback: the previous version that differs from the live model: the one the restore replaced
+    back, _, changes = versions.rollback(new)
+    assert changes[0].restored_version == 2 and back.learned == 600 and back.version == 5
+    assert [s.version for s in store.indexes["m"].snapshots] == [1, 2, 4]
+
+
+def test_bad_commands_change_nothing():
+    store = DictStore()
+    versions = ModelVersions(store, KEY, VersionSettings(snapshot_every_examples=0, gate=None))
+    live = new_model("m", get_spec("logreg"))
+    with pytest.raises(VersionError) as err:
+        versions.rollback(live)
+    assert err.value.reason == "no_earlier_version"
+    live, _, _ = train(versions, live, rows(50))
+    versions.snapshot(live)
+    with pytest.raises(VersionError) as err:
+        versions.restore(live, 7)
+    assert err.value.reason == "unknown_version"
+    store.blobs[("m", 1)] = store.blobs[("m", 1)][:-1] + b"x"          # tampered with
+    before = store.indexes["m"].to_json(), live.version
+    with pytest.raises(VersionError) as err:
+        versions.restore(live, 1)
+    assert err.value.reason == "bad_snapshot"
+    assert (store.indexes["m"].to_json(), live.version) == before
+
+
+def test_retention_keeps_last_k_automatic_and_every_manual_or_pinned():
+    store = DictStore()
+    versions = ModelVersions(store, KEY, VersionSettings(snapshot_every_examples=10, keep_auto=3, gate=None))
+    live = new_model("m", get_spec("logreg"))
+    live, _, _ = train(versions, live, rows(25))
+    versions.snapshot(live, kind=MANUAL)                 # v3
+    versions.pin("m", 1, True)
+    live, _, _ = train(versions, live, rows(60, seed=3))
+    index = store.indexes["m"]
+    kinds = {s.version: (s.kind, s.pinned) for s in index.snapshots}
+    assert kinds[1] == (AUTO, True) and kinds[3] == (MANUAL, False)
+    autos = [v for v, (k, p) in kinds.items() if k == AUTO and not p]
+    assert len(autos) == 3 and autos == sorted(autos)[-3:]
+    assert set(store.blobs) == {("m", v) for v in kinds}
+
+
+def run_gate(data, spec="logreg", gate=True):
+    settings = VersionSettings(snapshot_every_examples=250) if gate else VersionSettings(
+        snapshot_every_examples=250, gate=None)
+    versions = ModelVersions(DictStore(), KEY, settings)
+    return train(versions, new_model("m", get_spec(spec)), data)
+
+
+@pytest.mark.parametrize("spec", ["logreg", "hoeffding_adaptive_tree"])
+def test_gate_rolls_back_a_burst_of_flipped_labels(spec):
+    burst = range(4000, 4800)
+    _, correct, changes = run_gate(rows(7000, flip=burst), spec)
+    _, unguarded, _ = run_gate(rows(7000, flip=burst), spec, gate=False)
+    rollbacks = [(i, c) for i, c in changes if c.action == "auto_rollback"]
+    assert len(rollbacks) == 1, rollbacks
+    at, change = rollbacks[0]
+    assert burst.stop <= at < burst.stop + 300 and change.by == "quality-gate" and "ADWIN" in change.reason
+    after = slice(at + 1, at + 201)
+    before = slice(burst.start - 200, burst.start)
+    # recovers at once: as good as before the burst, and better than without the gate
+    assert sum(correct[after]) >= sum(correct[before]) - 10
+    assert sum(correct[after]) > sum(unguarded[after]) + 20
+
+
+@pytest.mark.parametrize("spec", ["logreg", "hoeffding_adaptive_tree", "arf"])
+def test_gate_lets_a_lasting_concept_change_be_learned(spec):
+    _, correct, changes = run_gate(rows(8000, change_at=4000), spec)
+    assert [c for _, c in changes if c.action == "auto_rollback"] == []
+    assert sum(correct[-1000:]) / 1000 > 0.9       # the model adapted to the new concept
