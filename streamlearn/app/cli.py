@@ -7,6 +7,7 @@
     streamlearn status [URL ...]                       are the workers alive and ready
     streamlearn bench [--events N] [--specs ...]       throughput and latency against a raw Kafka baseline
     streamlearn settings                               every setting, its env var and value
+    streamlearn models ACTION MODEL_KEY [VERSION]      status|versions|snapshot|restore|rollback|pin|unpin
 """
 
 from __future__ import annotations
@@ -111,6 +112,42 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                  rates=[float(r) for r in args.rates.split(",")], as_json=args.json))
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """Send a command on the control topic, wait for its result, print it; non-zero exit on error."""
+    import json
+
+    from streamlearn.streams import codec
+    from streamlearn.streams.topics import TopicNames
+
+    from .control import ControlClient
+
+    if codec.COMMANDS[args.action] and args.version is None:
+        print(f"streamlearn models {args.action}: a VERSION is required", file=sys.stderr)
+        return 2
+    s = _settings(args)
+    timeout = args.timeout or s.command_timeout_seconds
+
+    async def call() -> dict:
+        client = ControlClient(s.bootstrap_servers, TopicNames.with_prefix(s.topic_prefix), timeout)
+        try:
+            return await client.call(args.action, args.model, version=args.version, reason=args.reason or "",
+                                     by=args.by)
+        finally:
+            await client.stop()
+
+    try:
+        result = asyncio.run(call())
+    except Exception as exc:  # noqa: BLE001 - Kafka unreachable, topic missing: say so
+        print(f"streamlearn models {args.action}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, default=str))
+    if not result["ok"]:
+        print(f"streamlearn models {args.action} {args.model}: {result['error']}: {result['detail']}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     s = _settings(args)
     docs = Settings.env_names()
@@ -168,6 +205,19 @@ def parser() -> argparse.ArgumentParser:
     ss.add_argument("url", nargs="*", help="worker URLs (default: this host's STREAMLEARN_WEB_PORT)")
     ss.add_argument("--timeout", type=float, default=3.0)
     ss.set_defaults(func=cmd_status)
+
+    import getpass
+
+    from streamlearn.streams.codec import COMMANDS
+
+    m = common(sub.add_parser("models", help="model versions: status, versions, snapshot, restore, rollback, pin"))
+    m.add_argument("action", choices=list(COMMANDS), help="what to do")
+    m.add_argument("model", help="the model key")
+    m.add_argument("version", type=int, nargs="?", help="version (restore, pin, unpin)")
+    m.add_argument("--reason", help="why (kept in the snapshot index and the audit trail)")
+    m.add_argument("--by", default=f"cli:{getpass.getuser()}", help="who asks (audit trail)")
+    m.add_argument("--timeout", type=float, help="seconds to wait for the result (STREAMLEARN_COMMAND_TIMEOUT_SECONDS)")
+    m.set_defaults(func=cmd_models)
 
     st = common(sub.add_parser("settings", help="print every setting with its env var"))
     st.set_defaults(func=cmd_settings)

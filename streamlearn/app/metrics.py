@@ -59,6 +59,25 @@ class Metrics:
         self.replayed_skips = Counter(
             "streamlearn_replay_skipped_total",
             "Training examples skipped on replay because the model's checkpoint already had them.", registry=r)
+        self.snapshots = Counter(
+            "streamlearn_snapshots_total", "Model snapshots written, by kind (auto, manual, replaced).", ["kind"],
+            registry=r)
+        self.snapshot_bytes = Histogram(
+            "streamlearn_snapshot_size_bytes", "Size of written snapshots.",
+            buckets=(1e3, 1e4, 1e5, 2.5e5, 5e5, 1e6, 2e6), registry=r)
+        self.snapshot_seconds = Histogram(
+            "streamlearn_snapshot_duration_seconds", "Time to serialize, sign and write a snapshot.",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.rollbacks = Counter(
+            "streamlearn_rollbacks_total",
+            "Live models replaced by a snapshot: by an operator (restore, rollback) or the quality gate.",
+            ["trigger"], registry=r)
+        self.version_changes = Counter(
+            "streamlearn_version_changes_total", "Version changes (every record on the audit topic), by action.",
+            ["action"], registry=r)
+        self.commands = Counter(
+            "streamlearn_commands_total", "Operator commands answered, by command and outcome (ok or error reason).",
+            ["command", "outcome"], registry=r)
         self.live_models = Gauge(
             "streamlearn_live_models", "Live models held by this worker.", registry=r)
         self.pending_events = Gauge(
@@ -101,6 +120,21 @@ class Metrics:
 
     def replay_skipped(self) -> None:
         self.replayed_skips.inc()
+
+    def snapshot_written(self, kind: str, size: int, seconds: float) -> None:
+        self.snapshots.labels(kind).inc()
+        self.snapshot_bytes.observe(size)
+        self.snapshot_seconds.observe(seconds)
+
+    def version_changed(self, action: str) -> None:
+        self.version_changes.labels(action).inc()
+        if action in ("restore", "rollback"):
+            self.rollbacks.labels("operator").inc()
+        elif action == "auto_rollback":
+            self.rollbacks.labels("quality_gate").inc()
+
+    def command_answered(self, command: str, outcome: str) -> None:
+        self.commands.labels(command, outcome).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -51,6 +51,16 @@ class Settings:
     checkpoint_every_examples: int = _setting(1000, "Checkpoint a partition's changed models after this many examples.")
     checkpoint_every_seconds: float = _setting(5.0, "... or after this many seconds, whichever comes first.")
     max_checkpoint_bytes: int = _setting(900_000, "Largest checkpoint written (keep under the broker's message.max.bytes); larger ones are refused and counted.")
+    snapshot_every_examples: int = _setting(1000, "Snapshot a model after this many examples learned (0: never by count).")
+    snapshot_every_seconds: float = _setting(0.0, "... and/or after this many seconds, if it learned anything since (0: never by time).")
+    snapshot_keep: int = _setting(10, "Automatic snapshots kept per model (the newest); manual, pinned and pre-restore snapshots are always kept.")
+    quality_gate: bool = _setting(True, "Roll a model back automatically when it is significantly worse than a recent snapshot.")
+    gate_window: int = _setting(500, "Quality gate: examples over which the live model and its reference snapshot are compared.")
+    gate_z_threshold: float = _setting(3.0, "Quality gate: how significant (sign test z) the reference's advantage must be to roll back.")
+    gate_min_discordant: int = _setting(30, "Quality gate: fewest examples the two models must disagree on before it may decide.")
+    gate_steady_examples: int = _setting(1000, "Quality gate: examples without a rise in the error before a snapshot becomes the reference; a change lasting longer is learned, not rolled back.")
+    warm_start_rules: str = _setting("", "New keys start from a template key's latest snapshot: `pattern=template_key,...`, fnmatch patterns, first match wins.")
+    command_timeout_seconds: float = _setting(10.0, "How long the CLI and HTTP wait for a command's result; the owner does not execute it later.")
     signing_key: str = _setting(DEV_SIGNING_KEY, "HMAC-SHA256 key signing checkpoints and snapshots; set a secret in production.")
     session_timeout_seconds: float = _setting(6.0, "Kafka consumer session timeout: how soon a dead worker's partitions move (the broker's group.min.session.timeout.ms is 6 s by default).")
     heartbeat_interval_seconds: float = _setting(1.0, "Kafka consumer heartbeat interval.")
@@ -91,6 +101,11 @@ class Settings:
             raise SettingsError("partitions must be at least 1")
         if self.checkpoint_every_examples < 1 or self.checkpoint_every_seconds <= 0:
             raise SettingsError("checkpoint_every_examples and checkpoint_every_seconds must be positive")
+        if self.snapshot_every_examples < 0 or self.snapshot_every_seconds < 0 or self.snapshot_keep < 1:
+            raise SettingsError("snapshot_every_* must be >= 0 and snapshot_keep at least 1")
+        if self.gate_window < 10 or self.gate_min_discordant < 1 or self.gate_z_threshold <= 0:
+            raise SettingsError("gate_window must be at least 10, gate_min_discordant and gate_z_threshold positive")
+        _ = self.warm_starts
         if self.log_format not in ("text", "json"):
             raise SettingsError("log_format must be 'text' or 'json'")
         if self.offset_reset not in ("earliest", "latest"):
@@ -107,13 +122,11 @@ class Settings:
     # ---- derived ------------------------------------------------------
     @cached_property  # parsed once: spec_for runs for every new model key
     def rules(self) -> list[tuple[str, str]]:
-        out = []
-        for part in filter(None, (p.strip() for p in self.spec_rules.split(","))):
-            pattern, sep, spec = part.partition("=")
-            if not sep or not pattern.strip() or not spec.strip():
-                raise SettingsError(f"spec rule {part!r} is not `pattern=spec`")
-            out.append((pattern.strip(), spec.strip()))
-        return out
+        return _pairs(self.spec_rules, "spec rule", "pattern=spec")
+
+    @cached_property
+    def warm_starts(self) -> list[tuple[str, str]]:
+        return _pairs(self.warm_start_rules, "warm start rule", "pattern=template_key")
 
     @cached_property
     def params(self) -> dict[str, dict[str, Any]]:
@@ -139,6 +152,17 @@ class Settings:
         """The broker URL as a plain `host:port,...` list for Kafka clients."""
         hosts = self.broker.replace("kafka://", "").replace(";", ",")
         return ",".join(h.strip() for h in hosts.split(",") if h.strip())
+
+
+def _pairs(text: str, what: str, shape: str) -> list[tuple[str, str]]:
+    """``a=b,c=d`` as pairs."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        left, sep, right = part.partition("=")
+        if not sep or not left.strip() or not right.strip():
+            raise SettingsError(f"{what} {part!r} is not `{shape}`")
+        out.append((left.strip(), right.strip()))
+    return out
 
 
 def _parse(f: dataclasses.Field, raw: str, name: str) -> Any:

@@ -17,12 +17,16 @@ from faust.web import Request, Response, View
 
 from streamlearn import models
 from streamlearn.models import LiveModel, ModelRegistry, Spec
+from streamlearn.streams import codec
 from streamlearn.streams.agents import Agents, Options
 from streamlearn.streams.checkpoints import CheckpointPolicy, Checkpoints
 from streamlearn.streams.deadletter import DeadLetters
 from streamlearn.streams.pending import BoundedTable
 from streamlearn.streams.routing import partition_for
 from streamlearn.streams.topics import TopicNames, Topics, ensure_committed, ensure_topics
+from streamlearn.streams.versions import Audit, Commands, TableStore, WarmStart, snapshot_metrics, versions_of
+
+from .control import HTTP_STATUS, ControlClient
 
 from .logs import logging_config
 from .metrics import Metrics, StateCollector
@@ -44,6 +48,9 @@ class Worker:
     metrics: Metrics
     agents: Agents
     checkpoints: Checkpoints
+    versions: models.ModelVersions
+    store: TableStore
+    control: ControlClient
 
     async def ensure_topics(self) -> list[str]:
         s = self.settings
@@ -88,8 +95,8 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         return models.get_spec(s.spec_for(key))
 
     def factory(key: str, spec: Spec) -> LiveModel:
-        """A key's model: from its checkpoint when it has one, else fresh."""
-        return checkpoints.restore(key) or models.new_model(key, spec, params.get(spec.name))
+        """A key's model: from its checkpoint when it has one, else from its template, else fresh."""
+        return checkpoints.restore(key) or warm.start(key) or models.new_model(key, spec, params.get(spec.name))
 
     registry = ModelRegistry(factory)
     def table(name: str, help: str) -> faust.Table:
@@ -105,20 +112,42 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         log.warning("STREAMLEARN_SIGNING_KEY is the development default: set a secret key in production")
     checkpoints = Checkpoints(table("checkpoints", "Latest checkpoint of each live model (signed blob)."),
                               s.signing_key.encode(), s.max_checkpoint_bytes, metrics)
+    signing_key = s.signing_key.encode()
+    templates = app.GlobalTable("templates", default=None, partitions=1, recovery_buffer_size=1,
+                                use_partitioner=True, key_type=bytes, value_type=bytes,
+                                help="Latest snapshot of each warm-start template key, on every worker.")
+    store = TableStore(table("snapshot-index", "Snapshot index of each model (JSON)."),
+                       table("snapshots", "Snapshot blobs: [model, version] -> signed blob."),
+                       templates, {template for _, template in s.warm_starts})
+    gate = models.versions.GateSettings(s.gate_window, s.gate_z_threshold, s.gate_min_discordant,
+                                        s.gate_steady_examples) if s.quality_gate else None
+    versions = models.ModelVersions(
+        store, signing_key,
+        models.VersionSettings(s.snapshot_every_examples, s.snapshot_every_seconds, s.snapshot_keep, gate),
+        on_snapshot=snapshot_metrics(metrics))
+    audit = Audit(topics.audit, metrics)
+    warm = WarmStart(s.warm_starts, templates, signing_key, audit)
+    commands = Commands(versions=versions, registry=registry, audit=audit, results=topics.control_results,
+                        restore=checkpoints.restore, metrics=metrics, worker=f"{s.web_host}:{s.web_port}",
+                        max_message_bytes=s.max_message_bytes)
     agents = Agents(
         topics=topics, registry=registry, pending=pending, early=early,
         deadletters=DeadLetters(topics.deadletter, metrics), metrics=metrics,
         options=Options(s.partitions, s.default_model_key, s.max_message_bytes),
         spec_for=spec_for, checkpoints=checkpoints,
         policy=CheckpointPolicy(s.checkpoint_every_examples, s.checkpoint_every_seconds),
+        versions=versions, commands=commands, audit=audit,
     )
     app.agent(topics.features, name="route-features")(agents.route_features)
     app.agent(topics.feedback, name="route-feedback")(agents.route_feedback)
+    app.agent(topics.control, name="route-control")(agents.route_control)
     app.agent(topics.events, name="predict")(agents.predict)
     app.agent(topics.labels, name="join")(agents.join)
     app.agent(topics.training, name="learn")(agents.learn)
 
-    worker = Worker(s, app, topics, registry, pending, early, metrics, agents, checkpoints)
+    control = ControlClient(s.bootstrap_servers, names, s.command_timeout_seconds)
+    worker = Worker(s, app, topics, registry, pending, early, metrics, agents, checkpoints, versions, store,
+                    control)
     _bind_rebalance(worker)
     _bind_timers(worker)
     _bind_metrics(worker)
@@ -145,6 +174,7 @@ def _bind_rebalance(w: Worker) -> None:
         dropped = w.registry.keep_partitions(set())
         for state in (w.pending, w.early, w.agents):
             state.forget_partitions(set())
+        w.versions.forget()
         w.metrics.live_models.set(0)
         log.info("assigned partitions %s; %d live models will be restored from their checkpoints",
                  sorted(partitions), len(dropped))
@@ -206,31 +236,90 @@ def _bind_views(w: Worker) -> None:
     def owned() -> set[int]:
         return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == w.topics.names.events}
 
+    def local_models() -> list[dict[str, Any]]:
+        """The models of this worker: live ones, and checkpointed ones not loaded since the last rebalance."""
+        partitions = owned()
+        live = {m.key: {**m.describe(), "live": True} for _, m in registry}
+        for h in w.checkpoints.headers(lambda k: k not in live and
+                                       partition_for(k, w.settings.partitions) in partitions):
+            live[h.model] = {"model": h.model, "spec": h.spec, "version": h.version,
+                             "parent_version": h.parent_version, "learned": h.learned,
+                             "metric": {"value": h.metric}, "offset": h.offset, "live": False}
+        return list(live.values())
+
+    def owner_model(key: str) -> LiveModel | None:
+        """The key's live model on its owner (loaded from its checkpoint if needed)."""
+        live = registry.find(key)
+        partition = partition_for(key, w.settings.partitions)
+        if live is None and partition in owned() and w.checkpoints.table.get(key.encode()) is not None:
+            live = registry.get_or_create(partition, key, w.agents.spec_for(key))
+        return live
+
     @app.page("/models")
     class ModelsView(View):
         async def get(self, request: Request) -> Response:
-            """The models of this worker: live ones, and checkpointed ones not loaded since the last rebalance."""
-            partitions = owned()
-            live = {m.key: {**m.describe(), "live": True} for _, m in registry}
-            for h in w.checkpoints.headers(lambda k: k not in live and
-                                           partition_for(k, w.settings.partitions) in partitions):
-                live[h.model] = {"model": h.model, "spec": h.spec, "version": h.version,
-                                 "parent_version": h.parent_version, "learned": h.learned,
-                                 "metric": {"value": h.metric}, "offset": h.offset, "live": False}
-            return self.json({"models": sorted(live.values(), key=lambda d: d["model"])})
+            """Every model of the cluster (or of this worker only, with ``?local=1``)."""
+            found = local_models()
+            if request.query.get("local") not in ("1", "true"):
+                me = str(app.conf.canonical_url).rstrip("/")
+                for url in app.router.external_topics_metadata():
+                    peer = str(url).rstrip("/")
+                    if peer == me:
+                        continue
+                    try:
+                        async with app.http_client.get(f"{peer}/models?local=1", timeout=5) as response:
+                            found += (await response.json())["models"]
+                    except Exception as exc:  # noqa: BLE001 - a peer down must not hide the rest
+                        log.warning("GET /models: worker %s did not answer: %s", peer, exc)
+            return self.json({"models": sorted(found, key=lambda d: d["model"])})
 
     @app.page("/models/{key}")
     class ModelView(View):
         @app.topic_route(topic=w.topics.events, match_info="key")
         async def get(self, request: Request, key: str) -> Response:
-            """One model's status, answered by the worker owning the key (loaded from its checkpoint if needed)."""
-            live = registry.find(key)
-            partition = partition_for(key, w.settings.partitions)
-            if live is None and partition in owned() and w.checkpoints.table.get(key.encode()) is not None:
-                live = registry.get_or_create(partition, key, w.agents.spec_for(key))
+            """One model's status, answered by the worker owning the key."""
+            live = owner_model(key)
             if live is None:
-                return self.json({"error": f"no model {key!r}", "model": key}, status=404)
+                return self.json({"error": "unknown_model", "detail": f"no model {key!r}", "model": key},
+                                 status=404)
             return self.json({**live.describe(), "live": True})
+
+    @app.page("/models/{key}/versions")
+    class VersionsView(View):
+        @app.topic_route(topic=w.topics.events, match_info="key")
+        async def get(self, request: Request, key: str) -> Response:
+            """Every version of a model (read from the owner's snapshot index)."""
+            live = owner_model(key)
+            index = w.store.load_index(key)
+            if live is None and index is None:
+                return self.json({"error": "unknown_model", "detail": f"no model {key!r}", "model": key},
+                                 status=404)
+            return self.json(versions_of(live, index or models.versions.VersionIndex(key)))
+
+    def command_view(command: str) -> type:
+        class CommandView(View):
+            async def post(self, request: Request, key: str) -> Response:
+                """Sent on the control topic, executed by the owner's learn agent; answers with its result."""
+                try:
+                    body = await request.json() if request.body_exists else {}
+                except ValueError:
+                    body = None
+                version = body.get("version") if isinstance(body, dict) else None
+                bad = ("the body must be a JSON object" if not isinstance(body, dict) else
+                       "version must be a positive integer" if version is not None and (
+                           isinstance(version, bool) or not isinstance(version, int) or version < 1) else
+                       f"{command} needs a version" if codec.COMMANDS[command] and version is None else None)
+                if bad:
+                    return self.json({"ok": False, "error": "bad_request", "detail": bad, "model": key}, status=400)
+                result = await w.control.call(command, key, version=version, reason=str(body.get("reason") or ""),
+                                              by=str(body.get("by") or "http"))
+                status = 200 if result["ok"] else HTTP_STATUS.get(result["error"], 400)
+                return self.json(result, status=status)
+        CommandView.__name__ = f"{command.title()}View"
+        return CommandView
+
+    for command in ("snapshot", "restore", "rollback", "pin", "unpin"):
+        app.page(f"/models/{{key}}/{command}")(command_view(command))
 
 
 async def prepare(worker: Worker) -> None:
@@ -240,7 +329,7 @@ async def prepare(worker: Worker) -> None:
         log.info("created %d topics", len(created))
     n = worker.topics.names
     await ensure_committed(worker.settings.bootstrap_servers, worker.settings.app_id,
-                           [n.features, n.feedback, n.events, n.labels, n.training])
+                           [n.features, n.feedback, n.control, n.events, n.labels, n.training])
 
 
 def run(worker: Worker) -> None:

@@ -2,12 +2,17 @@
 
 from .specs import CLASSIFICATION, REGRESSION, SPECS, Spec, UnknownSpec, get_spec
 from .state import LiveModel, ModelRegistry, Prediction, Scored, learn, new_model, predict
+from . import versions
+from .versions import ModelVersions, VersionError, VersionSettings
 
 __all__ = [
     "CLASSIFICATION",
     "REGRESSION",
     "SPECS",
     "LiveModel",
+    "ModelVersions",
+    "VersionError",
+    "VersionSettings",
     "ModelRegistry",
     "Prediction",
     "Scored",
@@ -17,4 +22,5 @@ __all__ = [
     "learn",
     "new_model",
     "predict",
+    "versions",
 ]

@@ -62,6 +62,7 @@ class Header:
     metric: float
     created_at: float
     river_version: str
+    warm_start: dict[str, Any] | None = None
 
 
 def _rebuild_gaussian(state: dict[str, Any]) -> proba.Gaussian:
@@ -91,6 +92,7 @@ def dump(live: LiveModel, key: bytes, created_at: float) -> bytes:
         "model": live.key, "spec": live.spec.name, "version": live.version,
         "parent_version": live.parent_version, "learned": live.learned, "offset": live.offset,
         "metric": live.metric.get(), "created_at": created_at, "river_version": river.__version__,
+        "warm_start": live.warm_start,
     }
     hbytes = json.dumps(header, separators=(",", ":")).encode()
     body = _HLEN.pack(len(hbytes)) + hbytes + zlib.compress(_dumps((live.model, live.metric)), 6)
@@ -117,7 +119,8 @@ def load(blob: bytes, key: bytes) -> LiveModel:
     spec = get_spec(header.spec)
     live = LiveModel(key=header.model, spec=spec, model=model, version=header.version,
                      parent_version=header.parent_version, learned=header.learned,
-                     metric=metric if metric is not None else new_metric(spec), offset=header.offset)
+                     metric=metric if metric is not None else new_metric(spec), offset=header.offset,
+                     warm_start=header.warm_start)
     return live
 
 

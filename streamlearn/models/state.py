@@ -51,6 +51,8 @@ class LiveModel:
     # offset of the last training example learned (-1: none); examples at or
     # below it are already inside this model and are skipped on replay
     offset: int = -1
+    # where a warm-started model came from: {"template", "version", "learned"}
+    warm_start: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.metric is None:
@@ -68,6 +70,7 @@ class LiveModel:
             "metric": {"name": type(self.metric).__name__, "value": self.metric.get()},
             "created_at": self.created_at,
             "offset": self.offset,
+            "warm_start": self.warm_start,
         }
 
 
@@ -132,6 +135,9 @@ class ModelRegistry:
         for p in [p for p in self._partitions if p not in assigned]:
             dropped.extend(self._partitions.pop(p).values())
         return dropped
+
+    def partition(self, partition: int) -> list[LiveModel]:
+        return list(self._partitions.get(partition, {}).values())
 
     def find(self, key: str) -> LiveModel | None:
         for models in self._partitions.values():

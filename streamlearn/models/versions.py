@@ -108,7 +108,6 @@ class VersionIndex:
         restored.version = self.next_version
         restored.parent_version = target
         restored.offset = live.offset          # it starts where the replaced model stopped
-        self.next_version += 1
         return restored
 
     def rollback_target(self, live: LiveModel) -> int:
@@ -184,8 +183,10 @@ class ModelVersions:
     """
 
     def __init__(self, store: Store, signing_key: bytes, settings: VersionSettings,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 on_snapshot: Callable[[SnapshotInfo, float], None] | None = None) -> None:
         self.store = store
+        self.on_snapshot = on_snapshot
         self.signing_key = signing_key
         self.settings = settings
         self.clock = clock
@@ -212,6 +213,7 @@ class ModelVersions:
         """Freeze the live model as a snapshot; the live model goes on as the next version."""
         idx = index or self.index(live.key)
         now = self.clock()
+        started = time.perf_counter()
         from_version = live.version
         # the blob is the live model as it is, under the snapshot's version number
         version = max(live.version, idx.next_version)
@@ -229,6 +231,8 @@ class ModelVersions:
         self.store.save_index(idx)
         self._since[live.key] = 0
         self._last[live.key] = now
+        if self.on_snapshot is not None:
+            self.on_snapshot(info, time.perf_counter() - started)
         return info, [Change("snapshot", live.key, from_version, live.version, by,
                              reason or f"{kind} snapshot v{info.version}")]
 

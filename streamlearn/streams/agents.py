@@ -2,7 +2,9 @@
 
     features --route_features--> internal.events   --predict--> predictions  (+ pending features)
     feedback --route_feedback--> internal.labels   --join-----> internal.training (or parked as early)
-                                 internal.training --learn----> the live model
+    control  --route_control---> internal.training
+                                 internal.training --learn----> the live model (examples, and commands
+                                                                in order with them: see versions.py)
 
 Routers decode and validate raw bytes, then re-publish the original bytes to
 the partition that owns the model key (see routing.py), with a header
@@ -29,8 +31,9 @@ from .codec import (BAD_LABEL, EXPIRED_EVENT, MODEL_ERROR, SPEC_MISMATCH, UNKNOW
 from .checkpoints import CheckpointPolicy, Checkpoints, CheckpointTooLarge
 from .deadletter import Counters, DeadLetters
 from .pending import BoundedTable, join_key
-from .routing import TICK_HEADER, is_tick, origin_header, origin_of, partition_for
+from .routing import COMMAND_HEADER, TICK_HEADER, is_command, is_tick, origin_header, origin_of, partition_for
 from .topics import Topics
+from .versions import Audit, Commands
 
 log = logging.getLogger("streamlearn.agents")
 
@@ -51,7 +54,8 @@ class Agents:
 
     def __init__(self, *, topics: Topics, registry: ModelRegistry, pending: BoundedTable, early: BoundedTable,
                  deadletters: DeadLetters, metrics: Counters, options: Options,
-                 spec_for: Callable[[str], Spec], checkpoints: Checkpoints, policy: CheckpointPolicy) -> None:
+                 spec_for: Callable[[str], Spec], checkpoints: Checkpoints, policy: CheckpointPolicy,
+                 versions: models.ModelVersions, commands: Commands, audit: Audit) -> None:
         self.topics = topics
         self.registry = registry
         self.pending = pending
@@ -62,6 +66,9 @@ class Agents:
         self.spec_for = spec_for
         self.checkpoints = checkpoints
         self.policy = policy
+        self.versions = versions
+        self.commands = commands
+        self.audit = audit
         self.held: dict[int, list] = {}  # training events learned but not yet covered by a checkpoint
 
     # ---- routers: any partition in, the owner's partition out ----------
@@ -90,6 +97,23 @@ class Agents:
                 await self.dead.send(rejected, msg)
                 continue
             await self._route(self.topics.labels, label.model, msg)
+
+    async def route_control(self, stream: faust.StreamT) -> None:
+        """Operator commands: checked here, executed by the model's learn agent, in order with its learning."""
+        async for event in stream.events():
+            msg = event.message
+            self.metrics.consumed(msg.topic)
+            try:
+                cmd = codec.decode_command(msg.value, msg.key, max_bytes=self.options.max_message_bytes)
+            except Rejected as rejected:
+                await self.dead.send(rejected, msg)
+                await self.commands.answer(None, codec.request_id_of(msg.value), ok=False,
+                                           error=rejected.reason, detail=rejected.detail)
+                continue
+            await self.topics.training.send(
+                key=cmd.model.encode(), value=msg.value,
+                partition=partition_for(cmd.model, self.options.partitions),
+                headers=[origin_header(msg.topic, msg.partition, msg.offset), (COMMAND_HEADER, b"1")])
 
     async def _route(self, topic: faust.TopicT, model: str, msg) -> None:
         await topic.send(
@@ -208,7 +232,13 @@ class Agents:
             msg = event.message
             partition = msg.partition
             self.held.setdefault(partition, []).append(event)
-            if not is_tick(msg.headers):
+            if is_tick(msg.headers):
+                self._snapshot_on_time(partition)
+            elif is_command(msg.headers):
+                changed = await self.commands.run(partition, msg)
+                if changed is not None:
+                    self.policy.changed(partition, changed)
+            else:
                 await self._learn_one(partition, msg)
             if self.policy.due(partition):
                 self._checkpoint(partition)
@@ -231,6 +261,20 @@ class Agents:
             live.offset = msg.offset
             self.policy.learned(partition, live)
         self.metrics.learned(example.model, scored.correct)
+        new, changes = self.versions.learned(live, example.features, example.label, scored.y_pred)
+        if changes:   # a snapshot, or the quality gate rolled back: checkpoint the new version at once
+            if new is not None:
+                self.registry.put(partition, new)
+            self.audit.record(changes)
+            self.policy.changed(partition, new or live)
+
+    def _snapshot_on_time(self, partition: int) -> None:
+        for live in self.registry.partition(partition):
+            if self.versions.due_by_time(live):
+                _, changes = self.versions.snapshot(live, kind=models.versions.AUTO, by="policy",
+                                                    reason=f"every {self.versions.settings.snapshot_every_seconds:g}s")
+                self.audit.record(changes)
+                self.policy.changed(partition, live)
 
     def _checkpoint(self, partition: int) -> None:
         for live in self.policy.done(partition):

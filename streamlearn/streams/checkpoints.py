@@ -96,6 +96,7 @@ class CheckpointPolicy:
         self.clock = clock
         self._since: dict[int, int] = {}
         self._last: dict[int, float] = {}
+        self._now: set[int] = set()
         self.dirty: dict[int, dict[str, LiveModel]] = {}
 
     def learned(self, partition: int, live: LiveModel) -> None:
@@ -103,9 +104,17 @@ class CheckpointPolicy:
         self._since[partition] = self._since.get(partition, 0) + 1
         self._last.setdefault(partition, self.clock())
 
+    def changed(self, partition: int, live: LiveModel | None) -> None:
+        """The model's version changed: checkpoint the partition now (a new version must survive a crash)."""
+        if live is not None:
+            self.dirty.setdefault(partition, {})[live.key] = live
+        self._now.add(partition)
+
     def due(self, partition: int) -> bool:
         if not self.dirty.get(partition):
             return False
+        if partition in self._now:
+            return True
         return (self._since.get(partition, 0) >= self.every_examples
                 or self.clock() - self._last.get(partition, self.clock()) >= self.every_seconds)
 
@@ -114,9 +123,11 @@ class CheckpointPolicy:
         models = list(self.dirty.pop(partition, {}).values())
         self._since.pop(partition, None)
         self._last.pop(partition, None)
+        self._now.discard(partition)
         return models
 
     def forget_partitions(self, keep: set[int]) -> None:
+        self._now &= keep
         for d in (self.dirty, self._since, self._last):
             for p in [p for p in d if p not in keep]:
                 del d[p]

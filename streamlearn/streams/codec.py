@@ -31,6 +31,13 @@ BAD_LABEL = "bad_label"
 UNKNOWN_EVENT = "unknown_event"
 EXPIRED_EVENT = "expired_event"
 MODEL_ERROR = "model_error"
+UNKNOWN_COMMAND = "unknown_command"
+UNKNOWN_MODEL = "unknown_model"
+EXPIRED_COMMAND = "expired"
+
+# Operator commands: name -> whether it needs a version
+COMMANDS = {"status": False, "versions": False, "snapshot": False, "restore": True, "rollback": False,
+            "pin": True, "unpin": True}
 
 _DUMPS_OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
@@ -72,6 +79,23 @@ class Example:
     features: dict[str, Any]
     label: Any
     ts: float | None = None
+
+
+@dataclass(slots=True)
+class Command:
+    """An operator's command for one model key (control topic, CLI or HTTP)."""
+
+    request_id: str
+    command: str
+    model: str
+    version: int | None = None
+    reason: str = ""
+    by: str = "operator"
+    deadline: float | None = None   # epoch seconds: not executed after it (the caller gave up)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "command": self.command, "model": self.model,
+                "version": self.version, "reason": self.reason, "by": self.by, "deadline": self.deadline}
 
 
 # ---- decoding -------------------------------------------------------------
@@ -193,6 +217,48 @@ def decode_example(raw: bytes) -> Example:
     return Example(obj["event_id"], obj["model"], obj["features"], obj["label"], obj.get("ts"))
 
 
+def decode_command(raw: bytes | None, key: bytes | None, *, max_bytes: int) -> Command:
+    """A command from the control topic: ``{"request_id", "command", "model", "version"?, "reason"?, "by"?, "deadline"?}``."""
+    obj = _load(raw, max_bytes)
+    rid = obj.get("request_id")
+    if rid is None:
+        raise Rejected(MISSING_FIELD, "request_id is required")
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == "":
+        raise Rejected(BAD_FIELD, "request_id must be a non-empty string")
+    rid = str(rid)
+    name = obj.get("command")
+    if name is None:
+        raise Rejected(MISSING_FIELD, "command is required", rid)
+    if name not in COMMANDS:
+        raise Rejected(UNKNOWN_COMMAND, f"unknown command {name!r}; known: {', '.join(COMMANDS)}", rid)
+    model = obj.get("model")
+    if model is None and key:
+        model = key.decode("utf-8", "replace")
+    if not isinstance(model, str) or not model:
+        raise Rejected(MISSING_FIELD if model is None else BAD_FIELD,
+                       "model (the model key) is required, as a field or as the Kafka key", rid)
+    version = obj.get("version")
+    if COMMANDS[name] and version is None:
+        raise Rejected(MISSING_FIELD, f"{name} needs a version", rid)
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+        raise Rejected(BAD_FIELD, "version must be a positive integer", rid)
+    for text in ("reason", "by"):
+        if obj.get(text) is not None and not isinstance(obj[text], str):
+            raise Rejected(BAD_FIELD, f"{text} must be a string", rid)
+    deadline = obj.get("deadline")
+    if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float))):
+        raise Rejected(BAD_FIELD, "deadline must be epoch seconds", rid)
+    return Command(rid, name, model, version, obj.get("reason") or "", obj.get("by") or "operator",
+                   None if deadline is None else float(deadline))
+
+
+def request_id_of(raw: bytes | None) -> str | None:
+    """The request id of a command we could not decode, when one can be found (to answer it)."""
+    obj = _lenient(raw) if raw else None
+    rid = obj.get("request_id") if isinstance(obj, dict) else None
+    return str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) else None
+
+
 # ---- encoding -------------------------------------------------------------
 
 def dumps(obj: Any) -> bytes:
@@ -253,3 +319,15 @@ def encode_deadletter(*, reason: str, detail: str, topic: str, partition: int, o
         "value_b64": b64(value),
         "rejected_at": time.time(),
     })
+
+
+def encode_command(cmd: Command) -> bytes:
+    return orjson.dumps(cmd.to_json())
+
+
+def encode_result(*, request_id: str | None, model: str | None, command: str | None, ok: bool,
+                  error: str | None = None, detail: str = "", result: Any = None, worker: str = "") -> bytes:
+    """The answer to a command, on the control-results topic."""
+    return orjson.dumps({"request_id": request_id, "model": model, "command": command, "ok": ok,
+                         "error": error, "detail": detail, "result": result, "worker": worker,
+                         "answered_at": time.time()}, option=_DUMPS_OPTS)

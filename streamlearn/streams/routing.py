@@ -14,6 +14,7 @@ from aiokafka.partitioner import murmur2
 
 ORIGIN_HEADER = "streamlearn-origin"
 TICK_HEADER = "streamlearn-tick"
+COMMAND_HEADER = "streamlearn-command"
 
 
 def partition_for(model_key: str, partitions: int) -> int:
@@ -32,6 +33,11 @@ def _items(headers) -> list[tuple[str, bytes]]:
 def is_tick(headers) -> bool:
     """Whether a message on an internal topic is a timer's tick, not data."""
     return any(name == TICK_HEADER for name, _ in _items(headers))
+
+
+def is_command(headers) -> bool:
+    """Whether a message on the training topic is an operator's command, not an example."""
+    return any(name == COMMAND_HEADER for name, _ in _items(headers))
 
 
 def origin_of(headers, topic: str, partition: int, offset: int) -> tuple[str, int, int]:

@@ -69,8 +69,11 @@ class Topics:
     names: TopicNames
     features: faust.TopicT
     feedback: faust.TopicT
+    control: faust.TopicT
     predictions: faust.TopicT
+    control_results: faust.TopicT
     deadletter: faust.TopicT
+    audit: faust.TopicT
     events: faust.TopicT
     labels: faust.TopicT
     training: faust.TopicT
@@ -85,8 +88,11 @@ class Topics:
             names=names,
             features=topic(names.features),
             feedback=topic(names.feedback),
+            control=topic(names.control),
             predictions=topic(names.predictions),
+            control_results=topic(names.control_results),
             deadletter=topic(names.deadletter),
+            audit=topic(names.audit),
             events=topic(names.events, partitions),
             labels=topic(names.labels, partitions),
             training=topic(names.training, partitions),

@@ -29,7 +29,10 @@ from .harness import PARTITIONS, Collector, Producer
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 N_KEYS = 20
-SETTINGS = dict(checkpoint_every_examples=300, checkpoint_every_seconds=1.0)
+# automatic snapshots on (a version change checkpoints at once, mid-stream); the quality gate off:
+# a rollback would rightly make a model differ from River trained once on all its examples
+SETTINGS = dict(checkpoint_every_examples=300, checkpoint_every_seconds=1.0, snapshot_every_examples=200,
+                quality_gate=False)
 
 
 def make_event(rng: random.Random, i: int) -> tuple[str, dict, bool]:

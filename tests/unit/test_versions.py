@@ -82,8 +82,8 @@ def test_snapshot_restore_rollback_and_numbering():
 
     # rollback: the previous version that differs from the live model: the one the restore replaced
     back, _, changes = versions.rollback(new)
-    assert changes[0].restored_version == 2 and back.learned == 600 and back.version == 5
-    assert [s.version for s in store.indexes["m"].snapshots] == [1, 2, 4]
+    assert changes[0].restored_version == 2 and back.learned == 600 and back.version == 4
+    assert [s.version for s in store.indexes["m"].snapshots] == [1, 2, 3]
 
 
 def test_bad_commands_change_nothing():
