@@ -3,6 +3,7 @@
     streamlearn worker [--web-port N] [--broker URL]   run one worker
     streamlearn replay DATASET [options]               publish a dataset as events and labels
     streamlearn watch [--seconds S]                    live predictions and online accuracy
+    streamlearn plot PATH.png [--model KEY]            online accuracy over time, version changes marked
     streamlearn topics                                 create the topics (workers also do at start)
     streamlearn status [URL ...]                       are the workers alive and ready
     streamlearn bench [--events N] [--specs ...]       throughput and latency against a raw Kafka baseline
@@ -61,11 +62,39 @@ def cmd_replay(args: argparse.Namespace) -> int:
             iter_dataset(args.dataset, args.target), bootstrap_servers=s.bootstrap_servers,
             features_topic=names.features, feedback_topic=names.feedback, keys=args.keys,
             key_prefix=args.key_prefix, label_delay=args.label_delay, rate=args.rate, limit=args.limit,
-            keyed=not args.unkeyed, progress=not args.no_progress, run_id=args.run_id))
+            keyed=not args.unkeyed, progress=not args.no_progress, run_id=args.run_id,
+            flip=_span(args.flip)))
     except ReplayError as exc:
         print(f"streamlearn replay: {exc}", file=sys.stderr)
         return 2
     print(f"published {sent} events and {sent} labels")
+    return 0
+
+
+def _span(text: str | None) -> range:
+    if not text:
+        return range(0)
+    start, _, count = text.partition(":")
+    return range(int(start), int(start) + int(count or 1))
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import read_topics, render, series
+
+    s = _settings(args)
+    records = asyncio.run(read_topics(s))
+    found = series(records, window=args.window, models=args.model or None)
+    if not found:
+        print("streamlearn plot: no labelled predictions found", file=sys.stderr)
+        return 1
+    path = render(found, args.path)
+    for sr in found:
+        changes = [c for c in sr.changes if c["action"] != "snapshot"]
+        print(f"{sr.model}: {len(sr.times)} labelled predictions, final accuracy {sr.accuracy[-1]:.3f}, "
+              f"{sum(c['action'] == 'snapshot' for c in sr.changes)} snapshots"
+              + "".join(f"\n  {c['action']} v{c['from_version']} -> v{c['to_version']} by {c['by']}: {c['reason']}"
+                        for c in changes))
+    print(f"wrote {path}")
     return 0
 
 
@@ -183,12 +212,19 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--unkeyed", action="store_true", help="no Kafka key; the model key goes in the message")
     r.add_argument("--run-id", help="event ids are RUN_ID-i (default: random)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--flip", metavar="START:COUNT", help="inject bad labels: flip COUNT labels from event START")
     r.set_defaults(func=cmd_replay)
 
     wa = common(sub.add_parser("watch", help="show live predictions and online accuracy"))
     wa.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: until Ctrl-C)")
     wa.add_argument("--every", type=float, default=1.0, help="seconds between status lines")
     wa.set_defaults(func=cmd_watch)
+
+    pl = common(sub.add_parser("plot", help="PNG of online accuracy over time, with version changes marked"))
+    pl.add_argument("path", help="PNG file to write")
+    pl.add_argument("--model", action="append", help="only this model key (repeatable)")
+    pl.add_argument("--window", type=int, default=200, help="rolling accuracy over this many labelled predictions")
+    pl.set_defaults(func=cmd_plot)
 
     t = common(sub.add_parser("topics", help="create missing topics and check partition counts"))
     t.set_defaults(func=cmd_topics)

@@ -25,6 +25,8 @@ BUNDLED = {
     "bananas": datasets.Bananas,
     "trump_approval": datasets.TrumpApproval,
     "chick_weights": datasets.ChickWeights,
+    # an endless synthetic stream (use --limit): SEA concepts, a linear boundary with 10% noise
+    "sea": lambda: datasets.synth.SEA(variant=0, seed=42),
 }
 
 
@@ -60,7 +62,7 @@ def iter_dataset(name: str, target: str | None = None) -> Iterator[tuple[dict[st
 
 
 def _numeric(features: dict[str, Any]) -> dict[str, Any]:
-    """CSV values arrive as strings: turn the numeric-looking ones into numbers."""
+    """CSV values arrive as strings: turn the numeric-looking ones into numbers (names are strings in JSON)."""
     out = {}
     for k, v in features.items():
         if isinstance(v, str):
@@ -68,7 +70,7 @@ def _numeric(features: dict[str, Any]) -> dict[str, Any]:
                 v = float(v)
             except ValueError:
                 pass
-        out[k] = v
+        out[k if isinstance(k, str) else str(k)] = v
     return out
 
 
@@ -87,12 +89,15 @@ def _label(y: Any) -> Any:
 async def replay(pairs: Iterable[tuple[dict[str, Any], Any]], *, bootstrap_servers: str,
                  features_topic: str, feedback_topic: str, keys: int = 1, key_prefix: str = "replay",
                  label_delay: int = 0, rate: float = 0.0, limit: int | None = None,
-                 keyed: bool = True, run_id: str | None = None, progress: bool = True) -> int:
+                 keyed: bool = True, run_id: str | None = None, progress: bool = True,
+                 flip: range = range(0)) -> int:
     """Publish events and their labels; returns how many events were sent.
 
     ``label_delay`` is counted in events: the label of event *i* is sent right
     after event *i + label_delay*. ``rate`` is events per second (0: as fast as
-    the producer goes).
+    the producer goes). Events whose index is in ``flip`` get a wrong label
+    (boolean labels negated), with the true one in ``true_label``: bad data
+    injected on purpose, to watch the quality gate roll back.
     """
     run_id = run_id or uuid.uuid4().hex[:8]
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5, acks="all")
@@ -107,6 +112,10 @@ async def replay(pairs: Iterable[tuple[dict[str, Any], Any]], *, bootstrap_serve
             key = model.encode() if keyed else None
             event = {"event_id": eid, "features": _numeric(x), "ts": time.time()}
             label = {"event_id": eid, "label": _label(y)}
+            if i in flip:
+                if not isinstance(label["label"], bool):
+                    raise ReplayError("--flip needs boolean labels")
+                label.update(label=not label["label"], true_label=label["label"])
             if not keyed:
                 event["model"] = label["model"] = model
             await producer.send(features_topic, orjson.dumps(event), key=key)

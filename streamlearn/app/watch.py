@@ -50,7 +50,7 @@ async def watch(settings: Settings, seconds: float = 0.0, every: float = 1.0) ->
                         last = obj
                         predictions[eid] = obj
                     else:
-                        labels[eid] = obj.get("label")
+                        labels[eid] = obj.get("true_label", obj.get("label"))  # injected bad labels: score the truth
                     if eid in predictions and eid in labels:
                         ok = predictions.pop(eid).get("prediction") == labels.pop(eid)
                         total += 1

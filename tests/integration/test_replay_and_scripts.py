@@ -122,3 +122,27 @@ def test_bench_command_measures_baseline_and_pipeline(cluster):
         assert res["events_per_s"] > 0 and 0 <= res["p50_ms"] <= res["p95_ms"] <= res["p99_ms"]
     assert pipe["ratio_to_baseline"] == pytest.approx(pipe["events_per_s"] / base["events_per_s"])
     assert "events/s" in r.stderr  # the table
+
+
+async def test_injected_bad_labels_are_rolled_back_and_plotted(cluster, tmp_path):
+    """What the demo shows: a replay with a burst of flipped labels, the quality gate's rollback, the PNG."""
+    w = cluster.start_worker(snapshot_every_examples=250)
+    cluster.wait_ready()
+    r = streamlearn(cluster, "replay", "sea", "--limit", "4000", "--flip", "2000:800", "--label-delay", "5", "--rate", "200",
+                    "--key-prefix", "demo", "--run-id", "g", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    async with Collector(cluster.bootstrap, cluster.topics.audit) as audit:
+        rollback = await audit.wait_for_one(lambda c: c["action"] == "auto_rollback", timeout=90)
+    assert rollback["model"] == "demo" and rollback["by"] == "quality-gate"
+    deadline = asyncio.get_running_loop().time() + 60
+    while w.metric("streamlearn_examples_learned_total") < 4000:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.2)
+    png = tmp_path / "accuracy.png"
+    r = streamlearn(cluster, "plot", str(png))
+    assert r.returncode == 0, r.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    assert "demo: 4000 labelled predictions" in r.stdout and "auto_rollback" in r.stdout
+    # accuracy against the true labels is back up at the end
+    final = float(r.stdout.split("final accuracy ")[1].split(",")[0])
+    assert final > 0.9, r.stdout
