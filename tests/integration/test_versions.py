@@ -139,6 +139,13 @@ async def test_snapshot_restore_rollback_three_ways_and_audit(cluster):
             assert [(s["version"], s["kind"], s["pinned"]) for s in versions["snapshots"]] == [
                 (1, "manual", False), (2, "replaced", True), (3, "replaced", False)]
             assert versions["snapshots"][0]["reason"] == "known good" and versions["live"]["version"] == 4
+        other_key = next(f"k{i}" for i in range(100) if owner_of(cluster, split, f"k{i}") is other)
+        await train(p, cluster, other_key, 0, 5)
+        await wait_learned(other, other_key, 5)
+        for w in (w0, w1):     # GET /models: every model of the cluster, from any worker
+            listed = {m["model"]: m for m in w.get("/models")[1]["models"]}
+            assert set(listed) == {key, other_key} and listed[key]["version"] == 4
+            assert [m["model"] for m in w.get("/models?local=1")[1]["models"]] == [key if w is owner else other_key]
         code, res, _ = cli(cluster, "versions", key)
         assert code == 0 and [s["version"] for s in res["result"]["snapshots"]] == [1, 2, 3]
         code, res, _ = cli(cluster, "status", key)
