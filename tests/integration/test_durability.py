@@ -83,7 +83,7 @@ def learned_everywhere(workers) -> dict[str, int]:
     out: dict[str, int] = {}
     for w in workers:
         if w.alive:
-            for m in w.get("/models")[1]["models"]:
+            for m in w.get("/models?local=1")[1]["models"]:
                 out[m["model"]] = m["learned"]
     return out
 

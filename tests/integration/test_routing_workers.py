@@ -17,7 +17,7 @@ def owners(workers, keys) -> dict[str, list[str]]:
     """Which workers hold a live model of each key."""
     held: dict[str, list[str]] = {k: [] for k in keys}
     for w in workers:
-        for m in w.get("/models")[1]["models"]:
+        for m in w.get("/models?local=1")[1]["models"]:
             held.setdefault(m["model"], []).append(w.name)
     return held
 
