@@ -246,3 +246,15 @@ class Collector:
         """The first record matching predicate, waiting for it."""
         values = await self.wait_for(lambda v: any(predicate(x) for x in v), timeout, "a matching record")
         return next(x for x in values if predicate(x))
+
+
+async def wait_learned(worker: WorkerProc, key: str, n: int, timeout: float = 30.0) -> dict:
+    """The model's status once it has learned at least n examples (asked over HTTP)."""
+    deadline = time.monotonic() + timeout
+    body: dict = {}
+    while time.monotonic() < deadline:
+        status, body = worker.get(f"/models/{key}")
+        if status == 200 and body["learned"] >= n:
+            return body
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"model {key} did not learn {n} examples: {body}")

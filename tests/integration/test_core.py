@@ -6,20 +6,9 @@ import time
 
 import pytest
 
-from .harness import Collector, Producer
+from .harness import wait_learned, Collector, Producer
 
 pytestmark = pytest.mark.integration
-
-
-async def wait_learned(worker, key: str, n: int, timeout: float = 20.0) -> dict:
-    deadline = time.monotonic() + timeout
-    body: dict = {}
-    while time.monotonic() < deadline:
-        status, body = worker.get(f"/models/{key}")
-        if status == 200 and body["learned"] >= n:
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"model {key} did not learn {n} examples: {body}")
 
 
 async def test_prediction_contract_and_learning(cluster):

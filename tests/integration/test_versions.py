@@ -16,7 +16,7 @@ import pytest
 from streamlearn.models import checkpoint
 from streamlearn.streams.routing import partition_for
 
-from .harness import PARTITIONS, Collector, Producer
+from .harness import wait_learned, PARTITIONS, Collector, Producer
 
 pytestmark = pytest.mark.integration
 
@@ -51,17 +51,6 @@ def owner_of(cluster, split: dict[str, list[int]], key: str):
     p = partition_for(key, PARTITIONS)
     name = next(n for n, parts in split.items() if p in parts)
     return next(w for w in cluster.workers if w.name == name)
-
-
-async def wait_learned(worker, key: str, n: int, timeout: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout
-    body: dict = {}
-    while time.monotonic() < deadline:
-        status, body = worker.get(f"/models/{key}")
-        if status == 200 and body["learned"] >= n:
-            return body
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"model {key} did not learn {n} examples: {body}")
 
 
 async def train(p: Producer, cluster, key: str, start: int, n: int, flip: bool = False, seed: int = 1) -> None:

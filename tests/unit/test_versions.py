@@ -150,3 +150,21 @@ def test_gate_lets_a_lasting_concept_change_be_learned(spec):
     _, correct, changes = run_gate(rows(8000, change_at=4000), spec)
     assert [c for _, c in changes if c.action == "auto_rollback"] == []
     assert sum(correct[-1000:]) / 1000 > 0.9       # the model adapted to the new concept
+
+
+def test_time_policy_snapshots_only_models_that_learned_since():
+    now = [1000.0]
+    store = DictStore()
+    versions = ModelVersions(store, KEY, VersionSettings(snapshot_every_examples=0, snapshot_every_seconds=30,
+                                                         gate=None), clock=lambda: now[0])
+    live = new_model("m", get_spec("logreg"))
+    assert not versions.due_by_time(live)              # learned nothing yet
+    live, _, _ = train(versions, live, rows(10))
+    now[0] += 29
+    assert not versions.due_by_time(live)
+    now[0] += 2
+    assert versions.due_by_time(live)
+    info, _ = versions.snapshot(live, kind=AUTO, by="policy", reason="every 30s")
+    assert info.size > 100 and info.created_at == now[0] and info.metric is not None
+    now[0] += 60
+    assert not versions.due_by_time(live)              # nothing learned since that snapshot
