@@ -73,3 +73,21 @@ async def test_predict_join_learn(worker):
         for ex in worker.topics.training.sent:
             await learn.put(ex["value"], key=b"m", partition=p)
     assert worker.registry.find("m").learned == 2
+
+
+async def test_control_router_answers_malformed_commands_and_routes_valid_ones_to_training(worker):
+    results = Recorder("control-results")
+    worker.agents.commands.results = results
+    async with worker.app.agents["route-control"].test_context() as agent:
+        await agent.put(orjson.dumps({"request_id": "r1", "command": "rollback", "model": "tenant-7"}),
+                        key=None, partition=3)
+        await agent.put(orjson.dumps({"request_id": "r2", "command": "restore", "model": "tenant-7"}),
+                        key=None, partition=0)
+        await agent.put(b"{nope", key=b"tenant-7", partition=1)
+    [routed] = worker.topics.training.sent
+    assert routed["partition"] == partition_for("tenant-7", 8) and routed["key"] == b"tenant-7"
+    assert ("streamlearn-command", b"1") in routed["headers"]
+    answers = results.values()
+    assert [(a["request_id"], a["ok"], a["error"]) for a in answers] == [
+        ("r2", False, "missing_field"), (None, False, "not_json")]
+    assert [d["reason"] for d in worker.topics.deadletter.values()] == ["missing_field", "not_json"]
