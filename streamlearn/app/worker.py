@@ -113,9 +113,13 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     checkpoints = Checkpoints(table("checkpoints", "Latest checkpoint of each live model (signed blob)."),
                               s.signing_key.encode(), s.max_checkpoint_bytes, metrics)
     signing_key = s.signing_key.encode()
-    templates = app.GlobalTable("templates", default=None, partitions=1, recovery_buffer_size=1,
-                                use_partitioner=True, key_type=bytes, value_type=bytes,
-                                help="Latest snapshot of each warm-start template key, on every worker.")
+    # Only with warm-start rules: a global table makes every worker a standby of its
+    # changelog, which brings back Faust's standby recovery (disabled above); with it,
+    # learning stalled after scale-in in the durability test (2 runs of 3).
+    templates: Any = app.GlobalTable(
+        "templates", default=None, partitions=1, recovery_buffer_size=1, use_partitioner=True,
+        key_type=bytes, value_type=bytes, help="Latest snapshot of each warm-start template key, on every worker.",
+    ) if s.warm_starts else {}
     store = TableStore(table("snapshot-index", "Snapshot index of each model (JSON)."),
                        table("snapshots", "Snapshot blobs: [model, version] -> signed blob."),
                        templates, {template for _, template in s.warm_starts})
