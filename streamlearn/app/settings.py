@@ -142,16 +142,26 @@ class Settings:
 
     def spec_for(self, model_key: str) -> str:
         """The spec name the rules choose for a model key."""
-        for pattern, spec in self.rules:
-            if fnmatch.fnmatchcase(model_key, pattern):
-                return spec
-        return self.default_spec
+        return _first_match(self.rules, model_key) or self.default_spec
+
+    def template_for(self, model_key: str) -> str | None:
+        """The warm-start template key of a new model key (never the template itself), if a rule names one."""
+        template = _first_match(self.warm_starts, model_key)
+        return template if template != model_key else None
 
     @property
     def bootstrap_servers(self) -> str:
         """The broker URL as a plain `host:port,...` list for Kafka clients."""
         hosts = self.broker.replace("kafka://", "").replace(";", ",")
         return ",".join(h.strip() for h in hosts.split(",") if h.strip())
+
+
+def _first_match(rules: list[tuple[str, str]], key: str) -> str | None:
+    """The value of the first ``(fnmatch pattern, value)`` rule whose pattern matches key."""
+    for pattern, value in rules:
+        if fnmatch.fnmatchcase(key, pattern):
+            return value
+    return None
 
 
 def _pairs(text: str, what: str, shape: str) -> list[tuple[str, str]]:

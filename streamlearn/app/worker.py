@@ -130,7 +130,7 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         models.VersionSettings(s.snapshot_every_examples, s.snapshot_every_seconds, s.snapshot_keep, gate),
         on_snapshot=snapshot_metrics(metrics))
     audit = Audit(topics.audit, metrics)
-    warm = WarmStart(s.warm_starts, templates, signing_key, audit)
+    warm = WarmStart(s.template_for, templates, signing_key, audit)
     commands = Commands(versions=versions, registry=registry, audit=audit, results=topics.control_results,
                         restore=checkpoints.restore, metrics=metrics, worker=f"{s.web_host}:{s.web_port}",
                         max_message_bytes=s.max_message_bytes)

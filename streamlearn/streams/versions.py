@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import time
 from typing import Any, Callable, MutableMapping, Protocol
@@ -96,18 +95,12 @@ class Audit:
 class WarmStart:
     """New keys matching a pattern start from a template key's latest snapshot."""
 
-    def __init__(self, rules: list[tuple[str, str]], templates: MutableMapping[bytes, bytes],
+    def __init__(self, template_for: Callable[[str], str | None], templates: MutableMapping[bytes, bytes],
                  signing_key: bytes, audit: Audit) -> None:
-        self.rules = rules
+        self.template_for = template_for
         self.templates = templates
         self.signing_key = signing_key
         self.audit = audit
-
-    def template_for(self, key: str) -> str | None:
-        for pattern, template in self.rules:
-            if key != template and fnmatch.fnmatchcase(key, pattern):
-                return template
-        return None
 
     def start(self, key: str) -> LiveModel | None:
         """A new model for key from its template's latest snapshot; None when no rule or no snapshot."""
