@@ -21,7 +21,8 @@ from streamlearn.streams import codec
 from streamlearn.streams.agents import Agents, Options
 from streamlearn.streams.checkpoints import CheckpointPolicy, Checkpoints
 from streamlearn.streams.deadletter import DeadLetters
-from streamlearn.streams.pending import BoundedTable
+from streamlearn.streams.outbox import Outbox
+from streamlearn.streams.pending import BoundedTable, table_writer
 from streamlearn.streams.routing import partition_for
 from streamlearn.streams.topics import TopicNames, Topics, ensure_committed, ensure_topics
 from streamlearn.streams.versions import Audit, Commands, TableStore, WarmStart, snapshot_metrics, versions_of
@@ -104,10 +105,12 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         return app.Table(name, default=None, partitions=s.partitions, help=help,
                          key_type=bytes, value_type=bytes)
 
-    pending = BoundedTable(table("pending", "Features of predicted events waiting for their label."),
-                           s.partitions, s.pending_ttl_seconds, s.pending_max_per_partition)
-    early = BoundedTable(table("early-labels", "Labels that arrived before their event's features."),
-                         s.partitions, s.label_wait_seconds, s.pending_max_per_partition)
+    def bounded(name: str, help: str, ttl: float) -> BoundedTable:
+        t = table(name, help)
+        return BoundedTable(t, s.partitions, ttl, s.pending_max_per_partition, write=table_writer(t))
+
+    pending = bounded("pending", "Features of predicted events waiting for their label.", s.pending_ttl_seconds)
+    early = bounded("early-labels", "Labels that arrived before their event's features.", s.label_wait_seconds)
     if s.signing_key == DEV_SIGNING_KEY:
         log.warning("STREAMLEARN_SIGNING_KEY is the development default: set a secret key in production")
     checkpoints = Checkpoints(table("checkpoints", "Latest checkpoint of each live model (signed blob)."),
@@ -137,10 +140,11 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     agents = Agents(
         topics=topics, registry=registry, pending=pending, early=early,
         deadletters=DeadLetters(topics.deadletter, metrics), metrics=metrics,
-        options=Options(s.partitions, s.default_model_key, s.max_message_bytes),
+        options=Options(s.partitions, s.default_model_key, s.max_message_bytes, s.batch_max, s.batch_wait_ms / 1000),
         spec_for=spec_for, checkpoints=checkpoints,
         policy=CheckpointPolicy(s.checkpoint_every_examples, s.checkpoint_every_seconds),
         versions=versions, commands=commands, audit=audit,
+        outbox=lambda: Outbox(app, on_retry=lambda topic: metrics.error("send")),
     )
     app.agent(topics.features, name="route-features")(agents.route_features)
     app.agent(topics.feedback, name="route-feedback")(agents.route_feedback)
@@ -162,6 +166,10 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
 def _bind_rebalance(w: Worker) -> None:
     owned_topics = {w.topics.names.events, w.topics.names.labels, w.topics.names.training}
 
+    @w.app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: set, **kwargs: Any) -> None:
+        w.agents.owned = set()  # until the new assignment: route everything
+
     @w.app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: set, **kwargs: Any) -> None:
         """Start every assignment from the tables, never from memory.
@@ -180,6 +188,7 @@ def _bind_rebalance(w: Worker) -> None:
             state.forget_partitions(set())
         w.versions.forget()
         w.metrics.live_models.set(0)
+        w.agents.owned = partitions
         log.info("assigned partitions %s; %d live models will be restored from their checkpoints",
                  sorted(partitions), len(dropped))
 

@@ -8,9 +8,18 @@
 
 Routers decode and validate raw bytes, then re-publish the original bytes to
 the partition that owns the model key (see routing.py), with a header
-recording where the message came from. Everything after a router runs in the
-worker owning the key. Decisions about models are the pure functions of
+recording where the message came from. A message that already sits in its
+owner's partition number, on the worker that owns it (producers keyed by
+model with Kafka's default partitioner), is predicted or joined by the router
+itself, saving the hop. Everything after a router runs in the worker owning
+the key. Decisions about models are the pure functions of
 ``streamlearn.models``.
+
+Routers, predict and join take their input in batches (Faust's
+``noack_take``: up to ``batch_max`` events, waiting at most ``batch_wait``
+for more) and send through an ``Outbox``, which acks a batch once all it
+produced is delivered. The learn agent acks when a checkpoint covers its
+examples (and what it sent is delivered).
 """
 
 from __future__ import annotations
@@ -30,12 +39,29 @@ from .codec import (BAD_LABEL, EXPIRED_EVENT, MODEL_ERROR, SPEC_MISMATCH, UNKNOW
                     Example, Rejected)
 from .checkpoints import CheckpointPolicy, Checkpoints, CheckpointTooLarge
 from .deadletter import Counters, DeadLetters
+from .outbox import Outbox
 from .pending import BoundedTable, join_key
 from .routing import COMMAND_HEADER, TICK_HEADER, is_command, is_tick, origin_header, origin_of, partition_for
 from .topics import Topics
 from .versions import Audit, Commands
 
 log = logging.getLogger("streamlearn.agents")
+
+
+def _current(app: faust.App, batch, handled: list):
+    """The events of a batch, as long as they belong to the consumer's current generation.
+
+    A rebalance may come while a batch is handled: the rest of it may belong
+    to partitions now owned by another worker, which reads them again from
+    the committed offset. Handling them here too would write join state into
+    a partition we no longer own; they are skipped, and not acked (a worker
+    that kept the partition gets them again after Faust's seek).
+    """
+    for event in batch:
+        if not app.flow_control.is_active() or event.message.generation_id != app.consumer_generation_id:
+            continue
+        handled.append(event)
+        yield event
 
 
 class Duplicate(Exception):
@@ -47,6 +73,8 @@ class Options:
     partitions: int
     default_model: str
     max_message_bytes: int
+    batch_max: int = 500        # most input events handled as one batch
+    batch_wait: float = 0.005   # seconds a batch waits to fill
 
 
 class Agents:
@@ -55,7 +83,8 @@ class Agents:
     def __init__(self, *, topics: Topics, registry: ModelRegistry, pending: BoundedTable, early: BoundedTable,
                  deadletters: DeadLetters, metrics: Counters, options: Options,
                  spec_for: Callable[[str], Spec], checkpoints: Checkpoints, policy: CheckpointPolicy,
-                 versions: models.ModelVersions, commands: Commands, audit: Audit) -> None:
+                 versions: models.ModelVersions, commands: Commands, audit: Audit,
+                 outbox: Callable[[], Outbox]) -> None:
         self.topics = topics
         self.registry = registry
         self.pending = pending
@@ -69,83 +98,111 @@ class Agents:
         self.versions = versions
         self.commands = commands
         self.audit = audit
+        self.outbox = outbox
+        self.owned: set[int] = set()  # partitions of the internal topics assigned to this worker
         self.held: dict[int, list] = {}  # training events learned but not yet covered by a checkpoint
 
     # ---- routers: any partition in, the owner's partition out ----------
+    async def _batches(self, stream: faust.StreamT):
+        """The stream's events in batches; ``out`` acks what was handled once what it produced is delivered."""
+        out = self.outbox()
+        async for batch in stream.noack_take(self.options.batch_max, within=self.options.batch_wait):
+            handled: list = []
+            yield _current(stream.app, batch, handled), out
+            out.ack_when_delivered(stream, handled)
+
     async def route_features(self, stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            msg = event.message
-            self.metrics.consumed(msg.topic)
-            try:
-                ev = self._decode_event(msg.value, msg.key)
-            except Rejected as rejected:
-                await self.dead.send(rejected, msg)
-                continue
-            if ev.spec is not None and ev.spec not in models.SPECS:
-                await self.dead.send(Rejected(UNKNOWN_SPEC, str(models.UnknownSpec(ev.spec)), ev.event_id),
-                                     msg, model=ev.model)
-                continue
-            await self._route(self.topics.events, ev.model, msg)
+        async for batch, out in self._batches(stream):
+            for event in batch:
+                msg = event.message
+                self.metrics.consumed(msg.topic)
+                try:
+                    ev = self._decode_event(msg.value, msg.key)
+                except Rejected as rejected:
+                    await self.dead.send(rejected, msg, out)
+                    continue
+                if ev.spec is not None and ev.spec not in models.SPECS:
+                    await self.dead.send(Rejected(UNKNOWN_SPEC, str(models.UnknownSpec(ev.spec)), ev.event_id),
+                                         msg, out, model=ev.model)
+                    continue
+                if self._at_owner(msg.partition, ev.model):
+                    await self._predict(msg, ev, out)
+                else:
+                    await self._route(out, self.topics.events, ev.model, msg)
 
     async def route_feedback(self, stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            msg = event.message
-            self.metrics.consumed(msg.topic)
-            try:
-                label = self._decode_label(msg.value, msg.key)
-            except Rejected as rejected:
-                await self.dead.send(rejected, msg)
-                continue
-            await self._route(self.topics.labels, label.model, msg)
+        async for batch, out in self._batches(stream):
+            for event in batch:
+                msg = event.message
+                self.metrics.consumed(msg.topic)
+                try:
+                    label = self._decode_label(msg.value, msg.key)
+                except Rejected as rejected:
+                    await self.dead.send(rejected, msg, out)
+                    continue
+                if self._at_owner(msg.partition, label.model):
+                    await self._join_label(msg, label, out)
+                else:
+                    await self._route(out, self.topics.labels, label.model, msg)
 
     async def route_control(self, stream: faust.StreamT) -> None:
         """Operator commands: checked here, executed by the model's learn agent, in order with its learning."""
-        async for event in stream.events():
-            msg = event.message
-            self.metrics.consumed(msg.topic)
-            try:
-                cmd = codec.decode_command(msg.value, msg.key, max_bytes=self.options.max_message_bytes)
-            except Rejected as rejected:
-                await self.dead.send(rejected, msg)
-                await self.commands.answer(None, codec.request_id_of(msg.value), ok=False,
-                                           error=rejected.reason, detail=rejected.detail)
-                continue
-            await self.topics.training.send(
-                key=cmd.model.encode(), value=msg.value,
-                partition=partition_for(cmd.model, self.options.partitions),
-                headers=[origin_header(msg.topic, msg.partition, msg.offset), (COMMAND_HEADER, b"1")])
+        async for batch, out in self._batches(stream):
+            for event in batch:
+                msg = event.message
+                self.metrics.consumed(msg.topic)
+                try:
+                    cmd = codec.decode_command(msg.value, msg.key, max_bytes=self.options.max_message_bytes)
+                except Rejected as rejected:
+                    await self.dead.send(rejected, msg, out)
+                    await self.commands.answer(None, codec.request_id_of(msg.value), ok=False,
+                                               error=rejected.reason, detail=rejected.detail)
+                    continue
+                await self._route(out, self.topics.training, cmd.model, msg, (COMMAND_HEADER, b"1"))
 
-    async def _route(self, topic: faust.TopicT, model: str, msg) -> None:
-        await topic.send(
-            key=model.encode(),
-            value=msg.value,
-            partition=partition_for(model, self.options.partitions),
-            headers=[origin_header(msg.topic, msg.partition, msg.offset)],
-        )
+    def _at_owner(self, partition: int, model: str) -> bool:
+        """Whether a message consumed at ``partition`` of an input topic is already where its model lives.
+
+        Producers that key by model with Kafka's default partitioner (and input
+        topics with as many partitions as the internal ones) put every message
+        there; handling it at once saves a hop through the internal topic.
+        """
+        return partition in self.owned and partition == partition_for(model, self.options.partitions)
+
+    async def _route(self, out: Outbox, topic: faust.TopicT, model: str, msg, *headers: tuple[str, bytes]) -> None:
+        await out.send(topic, key=model.encode(), value=msg.value,
+                       partition=partition_for(model, self.options.partitions),
+                       headers=[origin_header(msg.topic, msg.partition, msg.offset), *headers])
 
     # ---- owner side ---------------------------------------------------
     async def predict(self, stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            msg = event.message
-            started = time.perf_counter()
-            try:
-                ev = self._decode_event(msg.value, msg.key)
-                live = self._model(msg.partition, ev.model, ev.spec, ev.event_id)
-                prediction = self._guarded(models.predict, live, ev.features, event_id=ev.event_id)
-            except Rejected as rejected:
-                await self.dead.send(rejected, msg, model=msg.key.decode() if msg.key else None)
-                continue
-            predicted_at = time.time()
-            await self.topics.predictions.send(
-                key=msg.key,
-                value=codec.encode_prediction(ev, prediction.label, prediction.proba, prediction.version,
-                                              prediction.learned, predicted_at),
-            )
-            self.metrics.predicted(ev.model, time.perf_counter() - started,
-                                   None if ev.ts is None else predicted_at - ev.ts)
-            await self._remember(msg.partition, ev)
+        async for batch, out in self._batches(stream):
+            for event in batch:
+                msg = event.message
+                try:
+                    ev = self._decode_event(msg.value, msg.key)
+                except Rejected as rejected:
+                    await self.dead.send(rejected, msg, out, model=msg.key.decode() if msg.key else None)
+                    continue
+                await self._predict(msg, ev, out)
 
-    async def _remember(self, partition: int, ev: codec.FeatureEvent) -> None:
+    async def _predict(self, msg, ev: codec.FeatureEvent, out: Outbox) -> None:
+        """Answer an event in the partition that owns its model (``msg.partition``)."""
+        started = time.perf_counter()
+        try:
+            live = self._model(msg.partition, ev.model, ev.spec, ev.event_id)
+            prediction = self._guarded(models.predict, live, ev.features, event_id=ev.event_id)
+        except Rejected as rejected:
+            await self.dead.send(rejected, msg, out, model=ev.model)
+            return
+        predicted_at = time.time()
+        await out.send(self.topics.predictions, key=ev.model.encode(), value=codec.encode_prediction(
+            ev, prediction.label, prediction.proba, prediction.version, prediction.learned, predicted_at))
+        self.metrics.predicted(ev.model, time.perf_counter() - started,
+                               None if ev.ts is None else predicted_at - ev.ts)
+        await self._remember(msg.partition, ev, out)
+
+    async def _remember(self, partition: int, ev: codec.FeatureEvent, out: Outbox) -> None:
         """Keep the features for the label; if the label came first, train now."""
         key = join_key(ev.model, ev.event_id)
         before = self.pending.get(key)
@@ -154,31 +211,42 @@ class Agents:
         if early is not None and not early["expired"]:
             self.early.delete(partition, key)
             labelled = True
-            await self._train(partition, Example(ev.event_id, ev.model, ev.features, early["label"], early["ts"]))
+            await self._train(partition, Example(ev.event_id, ev.model, ev.features, early["label"], early["ts"]), out)
         self.pending.put(partition, key, {"f": ev.features, "l": labelled})
 
     async def join(self, stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            msg = event.message
-            if is_tick(msg.headers):
-                await self._expire(msg.partition)
-                continue
-            try:
-                label = self._decode_label(msg.value, msg.key)
-                self._check_label(msg.partition, label)
-                example = self._join(msg, label)
-            except Rejected as rejected:
-                await self.dead.send(rejected, msg, model=msg.key.decode() if msg.key else None)
-                continue
-            except Duplicate:
-                self.metrics.duplicate_label()
-                log.info("ignored a second label for event_id=%s model=%s", label.event_id, label.model)
-                continue
-            if example is None:  # parked until the event's features arrive
-                for entry in self.early.evict(msg.partition):
-                    await self._dead_parked(entry)
-                continue
-            await self._train(msg.partition, example)
+        async for batch, out in self._batches(stream):
+            for event in batch:
+                await self._join_one(event.message, out)
+
+    async def _join_one(self, msg, out: Outbox) -> None:
+        if is_tick(msg.headers):
+            await self._expire(msg.partition, out)
+            return
+        try:
+            label = self._decode_label(msg.value, msg.key)
+        except Rejected as rejected:
+            await self.dead.send(rejected, msg, out, model=msg.key.decode() if msg.key else None)
+            return
+        await self._join_label(msg, label, out)
+
+    async def _join_label(self, msg, label: codec.Label, out: Outbox) -> None:
+        """Join a label with its event's features in the partition that owns its model (``msg.partition``)."""
+        try:
+            self._check_label(msg.partition, label)
+            example = self._join(msg, label)
+        except Rejected as rejected:
+            await self.dead.send(rejected, msg, out, model=label.model)
+            return
+        except Duplicate:
+            self.metrics.duplicate_label()
+            log.info("ignored a second label for event_id=%s model=%s", label.event_id, label.model)
+            return
+        if example is None:  # parked until the event's features arrive
+            for entry in self.early.evict(msg.partition):
+                await self._dead_parked(entry, out)
+            return
+        await self._train(msg.partition, example, out)
 
     def _join(self, msg, label: codec.Label) -> Example | None:
         """The training example of a label, or None when the label must wait for its features."""
@@ -207,27 +275,28 @@ class Agents:
         self.pending.put(msg.partition, key, entry, fresh=False)
         return Example(label.event_id, label.model, entry["f"], label.label, label.ts)
 
-    async def _train(self, partition: int, example: Example) -> None:
-        await self.topics.training.send(key=example.model.encode(), value=codec.encode_example(example),
-                                        partition=partition)
+    async def _train(self, partition: int, example: Example, out: Outbox) -> None:
+        await out.send(self.topics.training, key=example.model.encode(), value=codec.encode_example(example),
+                       partition=partition)
 
-    async def _expire(self, partition: int) -> None:
+    async def _expire(self, partition: int, out: Outbox) -> None:
         """A tick: evict what outlived its TTL in this partition."""
         self.pending.evict(partition)
         for entry in self.early.evict(partition):
-            await self._dead_parked(entry)
+            await self._dead_parked(entry, out)
 
-    async def _dead_parked(self, entry: dict) -> None:
+    async def _dead_parked(self, entry: dict, out: Outbox) -> None:
         topic, partition, offset = entry["src"]
         rejected = Rejected(UNKNOWN_EVENT, f"no features of event {entry['event_id']!r} arrived within "
                                            f"{self.early.ttl:g}s of its label", entry["event_id"])
-        await self.dead.send_record(rejected, topic=topic, partition=partition, offset=offset,
+        await self.dead.send_record(rejected, out, topic=topic, partition=partition, offset=offset,
                                     key=entry["model"].encode(), value=codec.unb64(entry["value"]),
                                     model=entry["model"])
 
     async def learn(self, stream: faust.StreamT) -> None:
         """Learn training examples in order; checkpoint, then ack (see checkpoints.py)."""
         acks = stream.noack()
+        out = self.outbox()
         async for event in acks.events():
             msg = event.message
             partition = msg.partition
@@ -239,13 +308,12 @@ class Agents:
                 if changed is not None:
                     self.policy.changed(partition, changed)
             else:
-                await self._learn_one(partition, msg)
+                await self._learn_one(partition, msg, out)
             if self.policy.due(partition):
                 self._checkpoint(partition)
-                for held in self.held.pop(partition, []):
-                    await acks.ack(held)
+                out.ack_when_delivered(acks, self.held.pop(partition, []))
 
-    async def _learn_one(self, partition: int, msg) -> None:
+    async def _learn_one(self, partition: int, msg, out: Outbox) -> None:
         example = codec.decode_example(msg.value)
         live = (self.registry.get(partition, example.model)
                 or self.registry.get_or_create(partition, example.model, self.spec_for(example.model)))
@@ -255,7 +323,7 @@ class Agents:
         try:
             scored = self._guarded(models.learn, live, example.features, example.label, event_id=example.event_id)
         except Rejected as rejected:
-            await self.dead.send(rejected, msg, model=example.model)
+            await self.dead.send(rejected, msg, out, model=example.model)
             return
         finally:
             live.offset = msg.offset

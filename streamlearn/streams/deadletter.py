@@ -8,6 +8,7 @@ from typing import Protocol
 import faust
 
 from .codec import Rejected, encode_deadletter
+from .outbox import Outbox
 from .routing import origin_of
 
 log = logging.getLogger("streamlearn.deadletter")
@@ -30,13 +31,13 @@ class DeadLetters:
         self.topic = topic
         self.metrics = metrics
 
-    async def send(self, rejected: Rejected, message, *, model: str | None = None) -> None:
+    async def send(self, rejected: Rejected, message, out: Outbox, *, model: str | None = None) -> None:
         """Dead-letter the message being processed, with where it first came from."""
         topic, partition, offset = origin_of(message.headers, message.topic, message.partition, message.offset)
-        await self.send_record(rejected, topic=topic, partition=partition, offset=offset,
+        await self.send_record(rejected, out, topic=topic, partition=partition, offset=offset,
                                key=message.key, value=message.value, model=model)
 
-    async def send_record(self, rejected: Rejected, *, topic: str, partition: int, offset: int,
+    async def send_record(self, rejected: Rejected, out: Outbox, *, topic: str, partition: int, offset: int,
                           key: bytes | None, value: bytes | None, model: str | None = None) -> None:
         """Dead-letter bytes first consumed at topic/partition/offset."""
         self.metrics.deadletter(rejected.reason)
@@ -44,7 +45,8 @@ class DeadLetters:
                     rejected.event_id, model, rejected.reason, topic, partition, offset, rejected.detail,
                     extra={"event_id": rejected.event_id, "model": model, "reason": rejected.reason,
                            "source": f"{topic}/{partition}/{offset}"})
-        await self.topic.send(
+        await out.send(
+            self.topic,
             key=key,
             value=encode_deadletter(
                 reason=rejected.reason, detail=rejected.detail, topic=topic, partition=partition,

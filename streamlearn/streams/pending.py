@@ -11,9 +11,11 @@ model key on a rebalance.
 Bounds: an entry older than its time-to-live is refused at lookup (a late
 label is told its event *expired*); it is evicted, oldest first, once twice
 the time-to-live has passed, whenever its partition is written or ticked; a
-partition never holds more than ``max_per_partition`` entries. Eviction runs
-inside an agent because a Faust table can only be written while processing
-an event of the partition written to (a timer sends ticks for that).
+partition never holds more than ``max_per_partition`` entries.
+
+Writes name their partition (the owner's, where the agent consumed the key's
+message): Faust's own ``table[key] = value`` takes it from the event being
+iterated, and there is none while an agent handles a batch (``take``).
 """
 
 from __future__ import annotations
@@ -32,12 +34,38 @@ def join_key(model: str, event_id: str) -> bytes:
     return model.encode() + SEP + event_id.encode()
 
 
+Write = Callable[[int, bytes, "bytes | None"], None]
+
+
+def table_writer(table: Any) -> Write:
+    """``write(partition, key, value)`` for a Faust table: its changelog in that partition, then its store."""
+    def write(partition: int, key: bytes, value: bytes | None) -> None:
+        if value is None:
+            table.send_changelog(partition, key, None, value_serializer="raw")
+            table.data.pop(key, None)
+        else:
+            table.send_changelog(partition, key, value)
+            table.data[key] = value
+    return write
+
+
+def dict_writer(table: MutableMapping[bytes, bytes]) -> Write:
+    def write(partition: int, key: bytes, value: bytes | None) -> None:
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = value
+    return write
+
+
 class BoundedTable:
     """A table of ``{"t": time, ...}`` JSON entries with a TTL and a per-partition size bound."""
 
     def __init__(self, table: MutableMapping[bytes, bytes], partitions: int, ttl: float,
-                 max_per_partition: int, clock: Callable[[], float] = time.time) -> None:
-        self.table = table
+                 max_per_partition: int, clock: Callable[[], float] = time.time,
+                 write: Write | None = None) -> None:
+        self.table = table  # read from; written through ``write``
+        self.write = write or dict_writer(table)
         self.partitions = partitions
         self.ttl = ttl
         self.max_per_partition = max_per_partition
@@ -62,12 +90,13 @@ class BoundedTable:
             entry["t"] = self.clock()
             index.pop(key, None)
             index[key] = entry["t"]
-        self.table[key] = codec.dumps(entry)  # write back, or the changelog misses it
+        self.write(partition, key, codec.dumps(entry))  # write back, or the changelog misses it
         return self.evict(partition)
 
     def delete(self, partition: int, key: bytes) -> None:
         self._partition_index(partition).pop(key, None)
-        self.table.pop(key, None)
+        if key in self.table:
+            self.write(partition, key, None)
 
     def evict(self, partition: int) -> list[dict]:
         """Remove the partition's expired entries and those over the size bound, oldest first."""
@@ -79,8 +108,9 @@ class BoundedTable:
             if t >= cutoff and len(index) <= self.max_per_partition:
                 break
             index.popitem(last=False)
-            raw = self.table.pop(key, None)
+            raw = self.table.get(key)
             if raw is not None:
+                self.write(partition, key, None)
                 evicted.append(codec.loads(raw))
         return evicted
 

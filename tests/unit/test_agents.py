@@ -24,15 +24,27 @@ class Recorder:
         return [orjson.loads(s["value"]) for s in self.sent]
 
 
+class RecordingOutbox:
+    """Stands in for the producer: hands each send to the topic's recorder, acks at once."""
+
+    async def send(self, topic, **kwargs):
+        await topic.send(**kwargs)
+
+    def ack_when_delivered(self, stream, events):
+        for event in events:
+            event.ack()
+
+
 @pytest.fixture
 def worker(tmp_path):
     w = create_worker(Settings.from_env({}, data_dir=str(tmp_path), label_wait_seconds=60))
     for name in ("predictions", "deadletter", "events", "labels", "training"):
         setattr(w.topics, name, Recorder(name))
     w.agents.topics = w.topics
+    w.agents.outbox = RecordingOutbox
     w.agents.dead.topic = w.topics.deadletter
     for table in (w.pending.table, w.early.table):
-        table._send_changelog = lambda *a, **k: None  # no broker to write the changelog to
+        table.send_changelog = lambda *a, **k: None  # no broker to write the changelog to
     return w
 
 
@@ -45,6 +57,27 @@ async def test_router_sends_each_event_to_the_owner_partition(worker):
     assert routed["headers"][0][1].endswith(b"/5/0")
     [dead] = worker.topics.deadletter.values()
     assert dead["reason"] == "not_json" and dead["partition"] == 2
+
+
+async def test_routers_answer_at_once_what_already_sits_in_its_owners_partition(worker):
+    p = partition_for("tenant-7", 8)
+    worker.agents.owned = {p}
+    async with worker.app.agents["route-features"].test_context() as agent:
+        await agent.put(orjson.dumps({"event_id": "e1", "features": {"a": 1.0}}), key=b"tenant-7", partition=p)
+        await agent.put(orjson.dumps({"event_id": "e2", "features": {"a": 1.0}}), key=b"tenant-7",
+                        partition=(p + 1) % 8)   # elsewhere (another partitioner): routed
+    assert [pr["event_id"] for pr in worker.topics.predictions.values()] == ["e1"]
+    assert [orjson.loads(r["value"])["event_id"] for r in worker.topics.events.sent] == ["e2"]
+    async with worker.app.agents["route-feedback"].test_context() as agent:
+        await agent.put(orjson.dumps({"event_id": "e1", "label": True}), key=b"tenant-7", partition=p)
+    [example] = worker.topics.training.sent
+    assert example["partition"] == p and orjson.loads(example["value"])["event_id"] == "e1"
+    assert worker.topics.labels.sent == []
+
+    worker.agents.owned = set()  # the partition is not (or no longer) this worker's: route
+    async with worker.app.agents["route-features"].test_context() as agent:
+        await agent.put(orjson.dumps({"event_id": "e3", "features": {"a": 1.0}}), key=b"tenant-7", partition=p)
+    assert len(worker.topics.predictions.sent) == 1 and len(worker.topics.events.sent) == 2
 
 
 async def test_predict_join_learn(worker):
