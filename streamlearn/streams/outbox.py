@@ -51,10 +51,6 @@ class Outbox:
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._deliveries)
-
     async def _deliver(self, stream: faust.StreamT, events: list, sent: list) -> None:
         while sent:
             results = await asyncio.gather(*(future for future, _ in sent), return_exceptions=True)

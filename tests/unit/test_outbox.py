@@ -1,0 +1,67 @@
+"""The outbox acks inputs only once their outputs are delivered, and sends failed ones again."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from aiokafka.errors import KafkaTimeoutError
+
+from streamlearn.streams.outbox import Outbox
+
+
+class FlakyProducer:
+    """Delivery futures we resolve by hand; the first send to a topic in ``fail_first`` fails."""
+
+    def __init__(self, fail_first: set[str]) -> None:
+        self.fail_first = set(fail_first)
+        self.sent: list[tuple] = []
+        self.futures: list[asyncio.Future] = []
+
+    async def send(self, topic, key, value, partition, timestamp, headers):
+        self.sent.append((topic, value))
+        future = asyncio.get_running_loop().create_future()
+        if topic in self.fail_first:
+            self.fail_first.discard(topic)
+            future.set_exception(KafkaTimeoutError("batch expired"))
+        self.futures.append(future)
+        return future
+
+
+class Stream:
+    def __init__(self) -> None:
+        self.acked: list[str] = []
+
+    async def ack(self, event) -> None:
+        self.acked.append(event)
+
+
+async def test_acks_after_delivery_and_resends_what_failed():
+    producer = FlakyProducer(fail_first={"out.b"})
+    retries: list[str] = []
+    out = Outbox(SimpleNamespace(producer=producer), on_retry=retries.append, retry_backoff=0.01)
+    stream = Stream()
+
+    await out.send("out.a", key=b"k", value=b"1")
+    await out.send("out.b", key=b"k", value=b"2")
+    out.ack_when_delivered(stream, ["e1", "e2"])
+    await asyncio.sleep(0.05)
+    assert stream.acked == []                      # out.a not yet delivered (and out.b failed)
+
+    producer.futures[0].set_result(None)           # out.a delivered
+    await asyncio.sleep(0.05)
+    assert retries == ["out.b"] and producer.sent[-1] == ("out.b", b"2")   # out.b sent again
+    assert stream.acked == []                      # ... and not yet delivered
+
+    producer.futures[-1].set_result(None)
+    await asyncio.sleep(0.05)
+    assert stream.acked == ["e1", "e2"]
+
+
+async def test_a_batch_that_sent_nothing_is_acked_at_once():
+    out = Outbox(SimpleNamespace(producer=FlakyProducer(set())))
+    stream = Stream()
+    out.ack_when_delivered(stream, ["e1"])
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert stream.acked == ["e1"]
