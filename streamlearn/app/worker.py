@@ -199,7 +199,7 @@ def _bind_timers(w: Worker) -> None:
     s = w.settings
     @w.app.timer(max(0.5, min(s.label_wait_seconds / 4, s.pending_ttl_seconds / 4, s.checkpoint_every_seconds / 2)))
     async def tick_partitions() -> None:
-        """Tables are written only in an event's context: tick our partitions to evict and checkpoint."""
+        """Tick our partitions: join evicts expired join state, learn checkpoints and snapshots on time, each in order with its partition's messages."""
         owned = {tp.partition for tp in w.app.assignor.assigned_actives() if tp.topic == labels}
         await w.agents.tick(owned)
 

@@ -73,8 +73,8 @@ class Options:
     partitions: int
     default_model: str
     max_message_bytes: int
-    batch_max: int = 500        # most input events handled as one batch
-    batch_wait: float = 0.005   # seconds a batch waits to fill
+    batch_max: int       # most input events handled as one batch
+    batch_wait: float    # seconds a batch waits to fill
 
 
 class Agents:
@@ -125,10 +125,11 @@ class Agents:
                     await self.dead.send(Rejected(UNKNOWN_SPEC, str(models.UnknownSpec(ev.spec)), ev.event_id),
                                          msg, out, model=ev.model)
                     continue
-                if self._at_owner(msg.partition, ev.model):
+                owner = self._owner(ev.model)
+                if self._here(msg, owner):
                     await self._predict(msg, ev, out)
                 else:
-                    await self._route(out, self.topics.events, ev.model, msg)
+                    await self._route(out, self.topics.events, ev.model, owner, msg)
 
     async def route_feedback(self, stream: faust.StreamT) -> None:
         async for batch, out in self._batches(stream):
@@ -140,10 +141,11 @@ class Agents:
                 except Rejected as rejected:
                     await self.dead.send(rejected, msg, out)
                     continue
-                if self._at_owner(msg.partition, label.model):
+                owner = self._owner(label.model)
+                if self._here(msg, owner):
                     await self._join_label(msg, label, out)
                 else:
-                    await self._route(out, self.topics.labels, label.model, msg)
+                    await self._route(out, self.topics.labels, label.model, owner, msg)
 
     async def route_control(self, stream: faust.StreamT) -> None:
         """Operator commands: checked here, executed by the model's learn agent, in order with its learning."""
@@ -158,20 +160,25 @@ class Agents:
                     await self.commands.answer(None, codec.request_id_of(msg.value), ok=False,
                                                error=rejected.reason, detail=rejected.detail)
                     continue
-                await self._route(out, self.topics.training, cmd.model, msg, (COMMAND_HEADER, b"1"))
+                await self._route(out, self.topics.training, cmd.model, self._owner(cmd.model), msg,
+                                  (COMMAND_HEADER, b"1"))
 
-    def _at_owner(self, partition: int, model: str) -> bool:
-        """Whether a message consumed at ``partition`` of an input topic is already where its model lives.
+    def _owner(self, model: str) -> int:
+        """The partition of the internal topics that owns a model key."""
+        return partition_for(model, self.options.partitions)
+
+    def _here(self, msg, owner: int) -> bool:
+        """Whether a message of an input topic already sits in its owner's partition, on this worker.
 
         Producers that key by model with Kafka's default partitioner (and input
         topics with as many partitions as the internal ones) put every message
         there; handling it at once saves a hop through the internal topic.
         """
-        return partition in self.owned and partition == partition_for(model, self.options.partitions)
+        return msg.partition == owner and owner in self.owned
 
-    async def _route(self, out: Outbox, topic: faust.TopicT, model: str, msg, *headers: tuple[str, bytes]) -> None:
-        await out.send(topic, key=model.encode(), value=msg.value,
-                       partition=partition_for(model, self.options.partitions),
+    async def _route(self, out: Outbox, topic: faust.TopicT, model: str, owner: int, msg,
+                     *headers: tuple[str, bytes]) -> None:
+        await out.send(topic, key=model.encode(), value=msg.value, partition=owner,
                        headers=[origin_header(msg.topic, msg.partition, msg.offset), *headers])
 
     # ---- owner side ---------------------------------------------------
