@@ -59,6 +59,13 @@ class Metrics:
         self.replayed_skips = Counter(
             "streamlearn_replay_skipped_total",
             "Training examples skipped on replay because the model's checkpoint already had them.", registry=r)
+        self.repeats_skipped = Counter(
+            "streamlearn_repeats_skipped_total",
+            "Training examples not learned because their model had learned that event already "
+            "(a label handled again after a crash).", registry=r)
+        self.agent_crashes = Counter(
+            "streamlearn_agent_crashes_total", "Agents that died with an exception (Faust restarts them).",
+            ["agent"], registry=r)
         self.snapshots = Counter(
             "streamlearn_snapshots_total", "Model snapshots written, by kind (auto, manual, replaced).", ["kind"],
             registry=r)
@@ -117,6 +124,12 @@ class Metrics:
 
     def checkpoint_restored(self) -> None:
         self.checkpoints_restored.inc()
+
+    def repeat_skipped(self) -> None:
+        self.repeats_skipped.inc()
+
+    def agent_crashed(self, agent: str) -> None:
+        self.agent_crashes.labels(agent).inc()
 
     def replay_skipped(self) -> None:
         self.replayed_skips.inc()

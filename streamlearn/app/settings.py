@@ -47,6 +47,7 @@ class Settings:
     pending_ttl_seconds: float = _setting(3600.0, "How long an event's features wait for their label.")
     label_wait_seconds: float = _setting(60.0, "How long a label that arrived before its event's features waits for them.")
     pending_max_per_partition: int = _setting(100_000, "Most events waiting for a label (and labels waiting for an event), per partition; the oldest go first.")
+    dedup_window: int = _setting(10_000, "Event ids each model remembers, inside its checkpoint, so that an example repeated after a crash is learned once (see docs/checkpoints.md).")
     max_message_bytes: int = _setting(1_000_000, "Input messages larger than this are dead-lettered as oversized.")
     checkpoint_every_examples: int = _setting(1000, "Checkpoint a partition's changed models after this many examples.")
     checkpoint_every_seconds: float = _setting(5.0, "... or after this many seconds, whichever comes first.")
@@ -107,6 +108,8 @@ class Settings:
             raise SettingsError("snapshot_every_* must be >= 0 and snapshot_keep at least 1")
         if self.gate_window < 10 or self.gate_min_discordant < 1 or self.gate_z_threshold <= 0:
             raise SettingsError("gate_window must be at least 10, gate_min_discordant and gate_z_threshold positive")
+        if self.dedup_window < 1:
+            raise SettingsError("dedup_window must be at least 1")
         if self.batch_max < 1 or self.batch_wait_ms <= 0:
             raise SettingsError("batch_max must be at least 1 and batch_wait_ms positive")
         _ = self.warm_starts

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ from streamlearn.streams.deadletter import DeadLetters
 from streamlearn.streams.outbox import Outbox
 from streamlearn.streams.pending import BoundedTable, table_writer
 from streamlearn.streams.routing import partition_for
-from streamlearn.streams.topics import TopicNames, Topics, ensure_committed, ensure_topics
+from streamlearn.streams.topics import Changelog, TopicNames, Topics, ensure_committed, ensure_topics
 from streamlearn.streams.versions import Audit, Commands, TableStore, WarmStart, snapshot_metrics, versions_of
 
 from .control import HTTP_STATUS, ControlClient
@@ -34,6 +35,9 @@ from .metrics import Metrics, StateCollector
 from .settings import DEV_SIGNING_KEY, Settings
 
 log = logging.getLogger("streamlearn")
+
+# An agent that crashed within this many seconds makes /ready answer 503 (it may be crash-looping).
+CRASH_WINDOW_SECONDS = 30.0
 
 
 @dataclass
@@ -55,7 +59,10 @@ class Worker:
 
     async def ensure_topics(self) -> list[str]:
         s = self.settings
-        return await ensure_topics(s.bootstrap_servers, self.topics.names, s.partitions, s.replication_factor)
+        changelogs = [Changelog(t.changelog_topic.get_topic_name(), t.partitions or s.partitions)
+                      for t in self.app.tables.values()]
+        return await ensure_topics(s.bootstrap_servers, self.topics.names, s.partitions, s.replication_factor,
+                                   changelogs=changelogs)
 
 
 def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
@@ -97,7 +104,9 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
 
     def factory(key: str, spec: Spec) -> LiveModel:
         """A key's model: from its checkpoint when it has one, else from its template, else fresh."""
-        return checkpoints.restore(key) or warm.start(key) or models.new_model(key, spec, params.get(spec.name))
+        live = checkpoints.restore(key) or warm.start(key) or models.new_model(key, spec, params.get(spec.name))
+        live.recent.resize(s.dedup_window)
+        return live
 
     registry = ModelRegistry(factory)
     def table(name: str, help: str) -> faust.Table:
@@ -146,12 +155,13 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         versions=versions, commands=commands, audit=audit,
         outbox=lambda: Outbox(app, on_retry=lambda topic: metrics.error("send")),
     )
-    app.agent(topics.features, name="route-features")(agents.route_features)
-    app.agent(topics.feedback, name="route-feedback")(agents.route_feedback)
-    app.agent(topics.control, name="route-control")(agents.route_control)
-    app.agent(topics.events, name="predict")(agents.predict)
-    app.agent(topics.labels, name="join")(agents.join)
-    app.agent(topics.training, name="learn")(agents.learn)
+    for topic, name, body in ((topics.features, "route-features", agents.route_features),
+                              (topics.feedback, "route-feedback", agents.route_feedback),
+                              (topics.control, "route-control", agents.route_control),
+                              (topics.events, "predict", agents.predict),
+                              (topics.labels, "join", agents.join),
+                              (topics.training, "learn", agents.learn)):
+        app.agent(topic, name=name)(agents.watched(name, body))
 
     control = ControlClient(s.bootstrap_servers, names, s.command_timeout_seconds)
     worker = Worker(s, app, topics, registry, pending, early, metrics, agents, checkpoints, versions, store,
@@ -238,13 +248,20 @@ def _bind_views(w: Worker) -> None:
 
     @app.page("/ready")
     async def ready(web: Any, request: Request) -> Response:
-        """Ready: partitions assigned, not rebalancing, tables recovered."""
+        """Ready: partitions assigned, not rebalancing, tables recovered, no agent crashed lately."""
         owned = sorted({tp.partition for tp in app.assignor.assigned_actives()
                         if tp.topic == w.topics.names.events})
         recovered = app.tables.recovery.completed.is_set()
-        is_ready = bool(owned) and recovered and not app.rebalancing
-        return web.json({"ready": is_ready, "partitions": owned, "recovered": recovered,
-                         "rebalancing": bool(app.rebalancing)}, status=200 if is_ready else 503)
+        now = time.time()
+        crashed = {name: f"crashed {now - at:.0f}s ago: {why}" for name, (at, why) in w.agents.crashes.items()
+                   if now - at < CRASH_WINDOW_SECONDS}
+        is_ready = bool(owned) and recovered and not app.rebalancing and not crashed
+        reason = ("agents crashed: " + "; ".join(f"{n} {c}" for n, c in crashed.items()) if crashed else
+                  "no partitions assigned" if not owned else "recovering tables" if not recovered else
+                  "rebalancing" if app.rebalancing else None)
+        return web.json({"ready": is_ready, "reason": reason, "partitions": owned, "recovered": recovered,
+                         "rebalancing": bool(app.rebalancing), "crashed_agents": crashed},
+                        status=200 if is_ready else 503)
 
     def owned() -> set[int]:
         return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == w.topics.names.events}

@@ -1,7 +1,7 @@
 """The River side: model specs, live model state, predict and learn. No Kafka here."""
 
 from .specs import CLASSIFICATION, REGRESSION, SPECS, Spec, UnknownSpec, get_spec
-from .state import LiveModel, ModelRegistry, Prediction, Scored, learn, new_model, predict
+from .state import LiveModel, ModelRegistry, Prediction, RecentEvents, Scored, learn, new_model, predict
 from . import versions
 from .versions import ModelVersions, VersionError, VersionSettings
 
@@ -15,6 +15,7 @@ __all__ = [
     "VersionSettings",
     "ModelRegistry",
     "Prediction",
+    "RecentEvents",
     "Scored",
     "Spec",
     "UnknownSpec",

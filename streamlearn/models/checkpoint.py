@@ -95,7 +95,7 @@ def dump(live: LiveModel, key: bytes, created_at: float) -> bytes:
         "warm_start": live.warm_start,
     }
     hbytes = json.dumps(header, separators=(",", ":")).encode()
-    body = _HLEN.pack(len(hbytes)) + hbytes + zlib.compress(_dumps((live.model, live.metric)), 6)
+    body = _HLEN.pack(len(hbytes)) + hbytes + zlib.compress(_dumps((live.model, live.metric, live.recent)), 6)
     return MAGIC + hmac.new(key, body, hashlib.sha256).digest() + body
 
 
@@ -114,13 +114,15 @@ def load(blob: bytes, key: bytes) -> LiveModel:
     if header.river_version != river.__version__:
         raise CheckpointError(f"checkpoint of {header.model!r} was made with River {header.river_version}, "
                               f"this worker runs {river.__version__}: pickles do not cross River releases")
-    model, metric = pickle.loads(zlib.decompress(body[4 + n:]))
+    model, metric, *rest = pickle.loads(zlib.decompress(body[4 + n:]))
     _intern_keys(model)
     spec = get_spec(header.spec)
     live = LiveModel(key=header.model, spec=spec, model=model, version=header.version,
                      parent_version=header.parent_version, learned=header.learned,
                      metric=metric if metric is not None else new_metric(spec), offset=header.offset,
                      warm_start=header.warm_start)
+    if rest:   # checkpoints before exactly-once against producers have no recent event ids
+        live.recent = rest[0]
     return live
 
 

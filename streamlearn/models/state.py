@@ -9,6 +9,7 @@ models are dropped in one step.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -36,6 +37,53 @@ class Scored:
     correct: bool | None
 
 
+class RecentEvents:
+    """The event ids of the last ``size`` examples a model learned: it learns none of them again.
+
+    A training example can reach the learner twice: a label handled again
+    after a crash (its input was not yet committed) is joined again. Such a
+    repeat follows its original within the examples of the few seconds
+    before the crash, so remembering the last ``size`` event ids of each
+    model catches it (docs/checkpoints.md says why, and the limits). Kept
+    inside the model's checkpoint, so it is exactly as old as the model.
+    """
+
+    __slots__ = ("size", "_order", "_ids")
+
+    def __init__(self, size: int = 10_000, ids: list[str] | None = None) -> None:
+        self.size = size
+        self._order: deque[str] = deque()
+        self._ids: set[str] = set()
+        for event_id in ids or ():
+            self.add(event_id)
+
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, event_id: str) -> None:
+        if event_id in self._ids:
+            return
+        self._order.append(event_id)
+        self._ids.add(event_id)
+        while len(self._order) > self.size:
+            self._ids.discard(self._order.popleft())
+
+    def resize(self, size: int) -> None:
+        self.size = size
+        while len(self._order) > size:
+            self._ids.discard(self._order.popleft())
+
+    def ids(self) -> list[str]:
+        """Oldest first."""
+        return list(self._order)
+
+    def __reduce__(self):
+        return RecentEvents, (self.size, self.ids())
+
+
 @dataclass
 class LiveModel:
     """One model key's live model and what we know about it."""
@@ -53,6 +101,8 @@ class LiveModel:
     offset: int = -1
     # where a warm-started model came from: {"template", "version", "learned"}
     warm_start: dict[str, Any] | None = None
+    # event ids of the last examples learned: a repeat of one is skipped
+    recent: RecentEvents = field(default_factory=RecentEvents)
 
     def __post_init__(self) -> None:
         if self.metric is None:
@@ -93,8 +143,15 @@ def predict(live: LiveModel, x: dict[str, Any]) -> Prediction:
     return Prediction(live.model.predict_one(x), None, live.version, live.learned)
 
 
-def learn(live: LiveModel, x: dict[str, Any], y: Any) -> Scored:
-    """Progressive validation: score what the model predicts for ``x``, then learn ``(x, y)``."""
+def learn(live: LiveModel, x: dict[str, Any], y: Any, event_id: str | None = None) -> Scored | None:
+    """Progressive validation: score what the model predicts for ``x``, then learn ``(x, y)``.
+
+    With ``event_id``: None, learning nothing, when the model learned that event already.
+    """
+    if event_id is not None:
+        if event_id in live.recent:
+            return None
+        live.recent.add(event_id)
     y_pred = live.model.predict_one(x)
     if y_pred is not None:
         live.metric.update(y, y_pred)

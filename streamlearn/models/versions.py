@@ -108,6 +108,7 @@ class VersionIndex:
         restored.version = self.next_version
         restored.parent_version = target
         restored.offset = live.offset          # it starts where the replaced model stopped
+        restored.recent = live.recent          # ... and never learns again what the replaced one learned
         return restored
 
     def rollback_target(self, live: LiveModel) -> int:

@@ -20,6 +20,12 @@ Routers, predict and join take their input in batches (Faust's
 for more) and send through an ``Outbox``, which acks a batch once all it
 produced is delivered. The learn agent acks when a checkpoint covers its
 examples (and what it sent is delivered).
+
+No input can stop an agent: what cannot be decoded is dead-lettered with its
+reason, and an unexpected exception while handling one event (a bug of ours,
+a River error) dead-letters that event as ``internal_error`` and the batch
+goes on. Should an agent die anyway, the events it had taken and not handled
+are kept and handled first when Faust restarts it.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import faust
 
@@ -35,8 +41,8 @@ from streamlearn import models
 from streamlearn.models import LiveModel, ModelRegistry, Spec
 
 from . import codec
-from .codec import (BAD_LABEL, EXPIRED_EVENT, MODEL_ERROR, SPEC_MISMATCH, UNKNOWN_EVENT, UNKNOWN_SPEC,
-                    Example, Rejected)
+from .codec import (BAD_LABEL, EXPIRED_EVENT, INTERNAL_ERROR, MODEL_ERROR, SPEC_MISMATCH, UNKNOWN_EVENT,
+                    UNKNOWN_SPEC, Example, Rejected)
 from .checkpoints import CheckpointPolicy, Checkpoints, CheckpointTooLarge
 from .deadletter import Counters, DeadLetters
 from .outbox import Outbox
@@ -48,8 +54,8 @@ from .versions import Audit, Commands
 log = logging.getLogger("streamlearn.agents")
 
 
-def _current(app: faust.App, batch, handled: list):
-    """The events of a batch, as long as they belong to the consumer's current generation.
+def _current(app: faust.App, event) -> bool:
+    """Whether an event belongs to the consumer's current generation.
 
     A rebalance may come while a batch is handled: the rest of it may belong
     to partitions now owned by another worker, which reads them again from
@@ -57,11 +63,10 @@ def _current(app: faust.App, batch, handled: list):
     a partition we no longer own; they are skipped, and not acked (a worker
     that kept the partition gets them again after Faust's seek).
     """
-    for event in batch:
-        if not app.flow_control.is_active() or event.message.generation_id != app.consumer_generation_id:
-            continue
-        handled.append(event)
-        yield event
+    return app.flow_control.is_active() and event.message.generation_id == app.consumer_generation_id
+
+
+Handler = Callable[[Any, "Outbox"], Awaitable[None]]
 
 
 class Duplicate(Exception):
@@ -101,67 +106,112 @@ class Agents:
         self.outbox = outbox
         self.owned: set[int] = set()  # partitions of the internal topics assigned to this worker
         self.held: dict[int, list] = {}  # training events learned but not yet covered by a checkpoint
+        # agent name -> (stream, events it had taken but not handled when it crashed)
+        self.unfinished: dict[str, tuple[Any, list]] = {}
+        self.crashes: dict[str, tuple[float, str]] = {}  # agent name -> (time, exception) of its last crash
 
-    # ---- routers: any partition in, the owner's partition out ----------
-    async def _batches(self, stream: faust.StreamT):
-        """The stream's events in batches; ``out`` acks what was handled once what it produced is delivered."""
+    # ---- the batch loop: any input, one event at a time, never an exception out ----
+    async def _consume(self, name: str, stream: faust.StreamT, handle: Handler) -> None:
+        """Handle a stream's events in batches; ack each batch once what it produced is delivered."""
         out = self.outbox()
+        left = self.unfinished.pop(name, None)
+        if left is not None:
+            log.warning("agent %s restarted: handling the %d events it had taken first", name, len(left[1]))
+            await self._handle_batch(name, left[0], left[1], handle, out)
         async for batch in stream.noack_take(self.options.batch_max, within=self.options.batch_wait):
-            handled: list = []
-            yield _current(stream.app, batch, handled), out
+            await self._handle_batch(name, stream, batch, handle, out)
+
+    async def _handle_batch(self, name: str, stream: faust.StreamT, batch: list, handle: Handler,
+                            out: Outbox) -> None:
+        handled: list = []
+        i = 0
+        try:
+            for i, event in enumerate(batch):
+                if _current(stream.app, event):
+                    await self._guarded_handle(handle, event.message, out)
+                    handled.append(event)
+        except Exception:
+            # Should anything escape the guard, keep what is left for the restarted agent.
+            self.unfinished[name] = (stream, batch[i:])
+            raise
+        finally:
             out.ack_when_delivered(stream, handled)
 
+    async def _guarded_handle(self, handle: Handler, msg, out: Outbox) -> None:
+        """Handle one message; an unexpected exception dead-letters it (``internal_error``) instead of the agent."""
+        try:
+            await handle(msg, out)
+        except Exception as exc:  # noqa: BLE001 - one event must never stop the agent
+            self.metrics.error("internal")
+            log.exception("internal error handling %s/%d/%d", msg.topic, msg.partition, msg.offset)
+            await self.dead.send(Rejected(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"), msg, out)
+
+    def watched(self, name: str, body: Callable[[faust.StreamT], Awaitable[None]]):
+        """The agent body ``body``, its crashes counted, logged and shown by ``/ready`` (Faust restarts it)."""
+        async def agent(stream: faust.StreamT) -> None:
+            try:
+                await body(stream)
+            except Exception as exc:
+                self.crashes[name] = (time.time(), f"{type(exc).__name__}: {exc}")
+                self.metrics.agent_crashed(name)
+                log.error("agent %s crashed (%s: %s); Faust restarts it", name, type(exc).__name__, exc,
+                          exc_info=exc)
+                raise
+        agent.__doc__ = body.__doc__
+        return agent
+
+    # ---- routers: any partition in, the owner's partition out ----------
     async def route_features(self, stream: faust.StreamT) -> None:
-        async for batch, out in self._batches(stream):
-            for event in batch:
-                msg = event.message
-                self.metrics.consumed(msg.topic)
-                try:
-                    ev = self._decode_event(msg.value, msg.key)
-                except Rejected as rejected:
-                    await self.dead.send(rejected, msg, out)
-                    continue
-                if ev.spec is not None and ev.spec not in models.SPECS:
-                    await self.dead.send(Rejected(UNKNOWN_SPEC, str(models.UnknownSpec(ev.spec)), ev.event_id),
-                                         msg, out, model=ev.model)
-                    continue
-                owner = self._owner(ev.model)
-                if self._here(msg, owner):
-                    await self._predict(msg, ev, out)
-                else:
-                    await self._route(out, self.topics.events, ev.model, owner, msg)
+        await self._consume("route-features", stream, self._on_feature)
 
     async def route_feedback(self, stream: faust.StreamT) -> None:
-        async for batch, out in self._batches(stream):
-            for event in batch:
-                msg = event.message
-                self.metrics.consumed(msg.topic)
-                try:
-                    label = self._decode_label(msg.value, msg.key)
-                except Rejected as rejected:
-                    await self.dead.send(rejected, msg, out)
-                    continue
-                owner = self._owner(label.model)
-                if self._here(msg, owner):
-                    await self._join_label(msg, label, out)
-                else:
-                    await self._route(out, self.topics.labels, label.model, owner, msg)
+        await self._consume("route-feedback", stream, self._on_feedback)
 
     async def route_control(self, stream: faust.StreamT) -> None:
         """Operator commands: checked here, executed by the model's learn agent, in order with its learning."""
-        async for batch, out in self._batches(stream):
-            for event in batch:
-                msg = event.message
-                self.metrics.consumed(msg.topic)
-                try:
-                    cmd = codec.decode_command(msg.value, msg.key, max_bytes=self.options.max_message_bytes)
-                except Rejected as rejected:
-                    await self.dead.send(rejected, msg, out)
-                    await self.commands.answer(None, codec.request_id_of(msg.value), ok=False,
-                                               error=rejected.reason, detail=rejected.detail)
-                    continue
-                await self._route(out, self.topics.training, cmd.model, self._owner(cmd.model), msg,
-                                  (COMMAND_HEADER, b"1"))
+        await self._consume("route-control", stream, self._on_control)
+
+    async def _on_feature(self, msg, out: Outbox) -> None:
+        self.metrics.consumed(msg.topic)
+        try:
+            ev = self._decode_event(msg.value, msg.key)
+        except Rejected as rejected:
+            await self.dead.send(rejected, msg, out)
+            return
+        if ev.spec is not None and ev.spec not in models.SPECS:
+            await self.dead.send(Rejected(UNKNOWN_SPEC, str(models.UnknownSpec(ev.spec)), ev.event_id),
+                                 msg, out, model=ev.model)
+            return
+        owner = self._owner(ev.model)
+        if self._here(msg, owner):
+            await self._predict(msg, ev, out)
+        else:
+            await self._route(out, self.topics.events, ev.model, owner, msg)
+
+    async def _on_feedback(self, msg, out: Outbox) -> None:
+        self.metrics.consumed(msg.topic)
+        try:
+            label = self._decode_label(msg.value, msg.key)
+        except Rejected as rejected:
+            await self.dead.send(rejected, msg, out)
+            return
+        owner = self._owner(label.model)
+        if self._here(msg, owner):
+            await self._join_label(msg, label, out)
+        else:
+            await self._route(out, self.topics.labels, label.model, owner, msg)
+
+    async def _on_control(self, msg, out: Outbox) -> None:
+        self.metrics.consumed(msg.topic)
+        try:
+            cmd = codec.decode_command(msg.value, msg.key, max_bytes=self.options.max_message_bytes)
+        except Rejected as rejected:
+            await self.dead.send(rejected, msg, out)
+            await self.commands.answer(None, codec.request_id_of(msg.value), ok=False,
+                                       error=rejected.reason, detail=rejected.detail)
+            return
+        await self._route(out, self.topics.training, cmd.model, self._owner(cmd.model), msg,
+                          (COMMAND_HEADER, b"1"))
 
     def _owner(self, model: str) -> int:
         """The partition of the internal topics that owns a model key."""
@@ -183,15 +233,15 @@ class Agents:
 
     # ---- owner side ---------------------------------------------------
     async def predict(self, stream: faust.StreamT) -> None:
-        async for batch, out in self._batches(stream):
-            for event in batch:
-                msg = event.message
-                try:
-                    ev = self._decode_event(msg.value, msg.key)
-                except Rejected as rejected:
-                    await self.dead.send(rejected, msg, out, model=msg.key.decode() if msg.key else None)
-                    continue
-                await self._predict(msg, ev, out)
+        await self._consume("predict", stream, self._on_event)
+
+    async def _on_event(self, msg, out: Outbox) -> None:
+        try:
+            ev = self._decode_event(msg.value, msg.key)
+        except Rejected as rejected:
+            await self.dead.send(rejected, msg, out, model=_text(msg.key))
+            return
+        await self._predict(msg, ev, out)
 
     async def _predict(self, msg, ev: codec.FeatureEvent, out: Outbox) -> None:
         """Answer an event in the partition that owns its model (``msg.partition``)."""
@@ -213,18 +263,27 @@ class Agents:
         """Keep the features for the label; if the label came first, train now."""
         key = join_key(ev.model, ev.event_id)
         before = self.pending.get(key)
-        labelled = bool(before and before["l"])
-        early = self.early.get(key) if not labelled else None
+        if before is not None and before["l"]:
+            if before.get("early"):
+                # These features released a label that waited for them, and
+                # are handled again (a crash came before their input was
+                # committed): the example may not have reached the training
+                # topic; send it again, the learner learns an event once.
+                await self._train(partition, _labelled(ev.event_id, ev.model, before), out)
+            return
+        early = self.early.get(key)
         if early is not None and not early["expired"]:
-            self.early.delete(partition, key)
-            labelled = True
-            await self._train(partition, Example(ev.event_id, ev.model, ev.features, early["label"], early["ts"]), out)
-        self.pending.put(partition, key, {"f": ev.features, "l": labelled})
+            # The waiting label stays in ``early`` until evicted (it is then
+            # known as released by this mark): were it deleted, a crash could
+            # keep the deletion and lose the mark with the example unsent.
+            entry = {"f": ev.features, "l": early["src"], "y": early["label"], "lt": early["ts"], "early": True}
+            self.pending.put(partition, key, entry)
+            await self._train(partition, _labelled(ev.event_id, ev.model, entry), out)
+            return
+        self.pending.put(partition, key, {"f": ev.features, "l": None})
 
     async def join(self, stream: faust.StreamT) -> None:
-        async for batch, out in self._batches(stream):
-            for event in batch:
-                await self._join_one(event.message, out)
+        await self._consume("join", stream, self._join_one)
 
     async def _join_one(self, msg, out: Outbox) -> None:
         if is_tick(msg.headers):
@@ -233,7 +292,7 @@ class Agents:
         try:
             label = self._decode_label(msg.value, msg.key)
         except Rejected as rejected:
-            await self.dead.send(rejected, msg, out, model=msg.key.decode() if msg.key else None)
+            await self.dead.send(rejected, msg, out, model=_text(msg.key))
             return
         await self._join_label(msg, label, out)
 
@@ -256,31 +315,41 @@ class Agents:
         await self._train(msg.partition, example, out)
 
     def _join(self, msg, label: codec.Label) -> Example | None:
-        """The training example of a label, or None when the label must wait for its features."""
+        """The training example of a label, or None when the label must wait for its features.
+
+        The event's entry is marked with where the label came from (its
+        origin: topic, partition, offset of the producer's message). Another
+        label for the event is a duplicate; the *same* label again is a replay
+        after a crash, whose example is sent again (see docs/checkpoints.md).
+        """
         key = join_key(label.model, label.event_id)
+        origin = list(origin_of(msg.headers, msg.topic, msg.partition, msg.offset))
         entry = self.pending.get(key)
         if entry is not None and entry["l"]:
-            raise Duplicate(label.event_id)
-        if label.features is not None:                      # the label brings its own features
-            if entry is not None:
-                entry["l"] = True
-                self.pending.put(msg.partition, key, entry, fresh=False)
-            return Example(label.event_id, label.model, label.features, label.label, label.ts)
-        if entry is None:
-            if self.early.get(key) is not None:
+            if entry["l"] != origin:
                 raise Duplicate(label.event_id)
-            topic, partition, offset = origin_of(msg.headers, msg.topic, msg.partition, msg.offset)
+            return _labelled(label.event_id, label.model, entry)
+        if label.features is not None:                      # the label brings its own features
+            self.pending.put(msg.partition, key, {**(entry or {}), "f": label.features, "l": origin,
+                                                  "y": label.label, "lt": label.ts}, fresh=entry is None)
+            return Example(label.event_id, label.model, label.features, label.label, label.ts, origin)
+        if entry is None:
+            early = self.early.get(key)
+            if early is not None:
+                if early["src"] == origin:
+                    return None                              # a replay of the label that waits already
+                raise Duplicate(label.event_id)
             self.early.put(msg.partition, key, {
                 "label": label.label, "ts": label.ts, "event_id": label.event_id, "model": label.model,
-                "src": [topic, partition, offset], "value": codec.b64(msg.value),
+                "src": origin, "value": codec.b64(msg.value),
             })
             return None
         if entry["expired"]:
             raise Rejected(EXPIRED_EVENT, f"features of event {label.event_id!r} expired "
                                           f"(older than {self.pending.ttl:g}s)", label.event_id)
-        entry["l"] = True
+        entry.update(l=origin, y=label.label, lt=label.ts)
         self.pending.put(msg.partition, key, entry, fresh=False)
-        return Example(label.event_id, label.model, entry["f"], label.label, label.ts)
+        return _labelled(label.event_id, label.model, entry)
 
     async def _train(self, partition: int, example: Example, out: Outbox) -> None:
         await out.send(self.topics.training, key=example.model.encode(), value=codec.encode_example(example),
@@ -293,6 +362,10 @@ class Agents:
             await self._dead_parked(entry, out)
 
     async def _dead_parked(self, entry: dict, out: Outbox) -> None:
+        """An evicted early label: dead-lettered ``unknown_event``, unless its features came and released it."""
+        mark = self.pending.get(join_key(entry["model"], entry["event_id"]))
+        if mark is not None and mark["l"] == entry["src"]:
+            return
         topic, partition, offset = entry["src"]
         rejected = Rejected(UNKNOWN_EVENT, f"no features of event {entry['event_id']!r} arrived within "
                                            f"{self.early.ttl:g}s of its label", entry["event_id"])
@@ -304,21 +377,32 @@ class Agents:
         """Learn training examples in order; checkpoint, then ack (see checkpoints.py)."""
         acks = stream.noack()
         out = self.outbox()
+        left = self.unfinished.pop("learn", None)
+        if left is not None:
+            for event in left[1]:
+                await self._learn_event(left[0], event, out)
         async for event in acks.events():
-            msg = event.message
-            partition = msg.partition
-            self.held.setdefault(partition, []).append(event)
-            if is_tick(msg.headers):
-                self._snapshot_on_time(partition)
-            elif is_command(msg.headers):
-                changed = await self.commands.run(partition, msg)
-                if changed is not None:
-                    self.policy.changed(partition, changed)
-            else:
-                await self._learn_one(partition, msg, out)
-            if self.policy.due(partition):
-                self._checkpoint(partition)
-                out.ack_when_delivered(acks, self.held.pop(partition, []))
+            try:
+                await self._learn_event(acks, event, out)
+            except Exception:
+                self.unfinished["learn"] = (acks, [event])
+                raise
+
+    async def _learn_event(self, acks: faust.StreamT, event, out: Outbox) -> None:
+        msg = event.message
+        partition = msg.partition
+        if is_tick(msg.headers):
+            self._snapshot_on_time(partition)
+        elif is_command(msg.headers):
+            changed = await self.commands.run(partition, msg)
+            if changed is not None:
+                self.policy.changed(partition, changed)
+        else:
+            await self._guarded_handle(lambda m, o: self._learn_one(partition, m, o), msg, out)
+        self.held.setdefault(partition, []).append(event)
+        if self.policy.due(partition):
+            self._checkpoint(partition)
+            out.ack_when_delivered(acks, self.held.pop(partition, []))
 
     async def _learn_one(self, partition: int, msg, out: Outbox) -> None:
         example = codec.decode_example(msg.value)
@@ -328,13 +412,17 @@ class Agents:
             self.metrics.replay_skipped()  # already inside the model's checkpoint
             return
         try:
-            scored = self._guarded(models.learn, live, example.features, example.label, event_id=example.event_id)
+            scored = self._guarded(models.learn, live, example.features, example.label, example.event_id,
+                                   event_id=example.event_id)
         except Rejected as rejected:
             await self.dead.send(rejected, msg, out, model=example.model)
             return
         finally:
             live.offset = msg.offset
             self.policy.learned(partition, live)
+        if scored is None:   # the model learned this event already (a repeat after a crash)
+            self.metrics.repeat_skipped()
+            return
         self.metrics.learned(example.model, scored.correct)
         new, changes = self.versions.learned(live, example.features, example.label, scored.y_pred)
         if changes:   # a snapshot, or the quality gate rolled back: checkpoint the new version at once
@@ -407,3 +495,12 @@ class Agents:
             self.metrics.error(step.__name__)
             log.exception("model %s failed on event_id=%s", step.__name__, event_id)
             raise Rejected(MODEL_ERROR, f"{step.__name__} failed: {type(exc).__name__}: {exc}", event_id) from None
+
+
+def _labelled(event_id: str, model: str, entry: dict[str, Any]) -> Example:
+    """The training example recorded by a labelled join entry."""
+    return Example(event_id, model, entry["f"], entry["y"], entry.get("lt"), entry["l"])
+
+
+def _text(key: bytes | None) -> str | None:
+    return None if key is None else key.decode("utf-8", "replace")

@@ -31,6 +31,7 @@ BAD_LABEL = "bad_label"
 UNKNOWN_EVENT = "unknown_event"
 EXPIRED_EVENT = "expired_event"
 MODEL_ERROR = "model_error"
+INTERNAL_ERROR = "internal_error"
 UNKNOWN_COMMAND = "unknown_command"
 UNKNOWN_MODEL = "unknown_model"
 EXPIRED_COMMAND = "expired"
@@ -72,13 +73,18 @@ class Label:
 
 @dataclass(slots=True)
 class Example:
-    """A training example: an event's features joined with its label."""
+    """A training example: an event's features joined with its label.
+
+    ``origin`` is where its label was first consumed (topic, partition, offset
+    of the producer's message), for tracing a repeat to its source.
+    """
 
     event_id: str
     model: str
     features: dict[str, Any]
     label: Any
     ts: float | None = None
+    origin: list | None = None
 
 
 @dataclass(slots=True)
@@ -120,10 +126,15 @@ def _load(raw: bytes | None, max_bytes: int) -> dict[str, Any]:
 
 
 def _lenient(raw: bytes) -> Any:
-    """raw parsed with NaN/Infinity allowed (as the json module does), or None if still not JSON."""
+    """raw parsed with NaN/Infinity allowed (as the json module does), or None if still not JSON.
+
+    Only asked about bytes orjson refused, which include nesting past its depth
+    limit (1,024): the json module recurses there and raises RecursionError,
+    so anything it raises means "not JSON".
+    """
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except Exception:  # noqa: BLE001 - ValueError, UnicodeDecodeError, RecursionError, MemoryError
         return None
 
 
@@ -214,7 +225,7 @@ def decode_label(raw: bytes | None, key: bytes | None, *, default_model: str, ma
 def decode_example(raw: bytes) -> Example:
     """A training example from our own training topic."""
     obj = orjson.loads(raw)
-    return Example(obj["event_id"], obj["model"], obj["features"], obj["label"], obj.get("ts"))
+    return Example(obj["event_id"], obj["model"], obj["features"], obj["label"], obj.get("ts"), obj.get("origin"))
 
 
 def decode_command(raw: bytes | None, key: bytes | None, *, max_bytes: int) -> Command:
@@ -229,8 +240,8 @@ def decode_command(raw: bytes | None, key: bytes | None, *, max_bytes: int) -> C
     name = obj.get("command")
     if name is None:
         raise Rejected(MISSING_FIELD, "command is required", rid)
-    if name not in COMMANDS:
-        raise Rejected(UNKNOWN_COMMAND, f"unknown command {name!r}; known: {', '.join(COMMANDS)}", rid)
+    if not isinstance(name, str) or name not in COMMANDS:   # a list or object would not even hash
+        raise Rejected(UNKNOWN_COMMAND, f"unknown command {name!r:.200}; known: {', '.join(COMMANDS)}", rid)
     model = obj.get("model")
     if model is None and key:
         model = key.decode("utf-8", "replace")
@@ -294,14 +305,28 @@ def encode_prediction(event: FeatureEvent, label: Any, proba: dict[Any, float] |
 
 def encode_example(ex: Example) -> bytes:
     return orjson.dumps(
-        {"event_id": ex.event_id, "model": ex.model, "features": ex.features, "label": ex.label, "ts": ex.ts},
+        {"event_id": ex.event_id, "model": ex.model, "features": ex.features, "label": ex.label, "ts": ex.ts,
+         "origin": ex.origin},
         option=_DUMPS_OPTS,
     )
 
 
+# Rejected bytes kept in a deadletter record: the record carries them twice (as text and as base64),
+# so a large rejected message (up to the input limit, 1 MB by default) would make a record over the
+# broker's message size limit, which could never be delivered. Beyond this size they are cut.
+DEADLETTER_VALUE_MAX = 64 * 1024
+
+
 def encode_deadletter(*, reason: str, detail: str, topic: str, partition: int, offset: int,
                       key: bytes | None, value: bytes | None, event_id: str | None = None) -> bytes:
-    """A deadletter record: the rejected bytes (base64, and as text when UTF-8), where from, and why."""
+    """A deadletter record: the rejected bytes (base64, and as text when UTF-8), where from, and why.
+
+    Bytes beyond ``DEADLETTER_VALUE_MAX`` are cut (``value_size`` says how many there were); the
+    record's topic/partition/offset still point at the whole message.
+    """
+    size = None if value is None else len(value)
+    if value is not None and len(value) > DEADLETTER_VALUE_MAX:
+        value = value[:DEADLETTER_VALUE_MAX]
     text: str | None
     try:
         text = None if value is None else value.decode("utf-8")
@@ -309,14 +334,16 @@ def encode_deadletter(*, reason: str, detail: str, topic: str, partition: int, o
         text = None
     return orjson.dumps({
         "reason": reason,
-        "detail": detail,
-        "event_id": event_id,
+        "detail": detail[:2000],
+        "event_id": None if event_id is None else event_id[:1000],
         "topic": topic,
         "partition": partition,
         "offset": offset,
-        "key": None if key is None else key.decode("utf-8", "replace"),
+        "key": None if key is None else key[:1000].decode("utf-8", "replace"),
         "value": text,
         "value_b64": b64(value),
+        "value_size": size,
+        "value_truncated": size is not None and size > DEADLETTER_VALUE_MAX,
         "rejected_at": time.time(),
     })
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, fields
+from typing import Sequence
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -99,13 +100,27 @@ class Topics:
         )
 
 
+@dataclass(frozen=True)
+class Changelog:
+    """A table's changelog topic: compacted, with as many partitions as the table."""
+
+    name: str
+    partitions: int
+
+
 async def ensure_topics(bootstrap_servers: str, names: TopicNames, partitions: int,
-                        replication_factor: int = 1, timeout: float = 30.0) -> list[str]:
-    """Create the missing topics; check the internal ones' partition counts.
+                        replication_factor: int = 1, timeout: float = 30.0,
+                        changelogs: Sequence[Changelog] = ()) -> list[str]:
+    """Create the missing topics, table changelogs included; check partition counts.
 
     Returns the names created. Raises :class:`TopicLayoutError` when an
-    internal topic exists with another partition count: co-partitioning would
-    silently break, so we refuse to start instead.
+    internal topic or a changelog exists with another partition count:
+    co-partitioning would silently break, so we refuse to start instead.
+
+    Changelogs are created here too, before Faust starts: left to Faust, a
+    worker started seconds after a fresh broker could see a changelog with no
+    partitions yet in its metadata, and the first table write of an agent then
+    raised ``PartitionsMismatch`` (its agent crash-looping) until a restart.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout * 1000))
     deadline = asyncio.get_running_loop().time() + timeout
@@ -118,17 +133,22 @@ async def ensure_topics(bootstrap_servers: str, names: TopicNames, partitions: i
                 raise TopicLayoutError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from None
             await asyncio.sleep(1.0)
     try:
-        wanted = list(names.all().values())
+        counts = {n: partitions for n in names.all().values()}
+        counts.update({c.name: c.partitions for c in changelogs})
+        wanted = list(counts)
         existing = await _partition_counts(admin, wanted)
-        for name in names.internal():
-            if name in existing and existing[name] != partitions:
+        for name in [*names.internal(), *(c.name for c in changelogs)]:
+            if name in existing and existing[name] != counts[name]:
                 raise TopicLayoutError(
-                    f"topic {name} has {existing[name]} partitions but settings say {partitions}; "
-                    "internal topics must all have the configured partition count")
+                    f"topic {name} has {existing[name]} partitions but settings say {counts[name]}; "
+                    "internal topics and table changelogs must all have the configured partition count")
         missing = [n for n in wanted if n not in existing]
+        compacted = {c.name for c in changelogs}
         if missing:
             response = await admin.create_topics(
-                [NewTopic(n, partitions, replication_factor) for n in missing])
+                [NewTopic(n, counts[n], replication_factor,
+                          topic_configs={"cleanup.policy": "compact"} if n in compacted else {})
+                 for n in missing])
             for topic, code, message in getattr(response, "topic_errors", []):
                 if code not in (0, TopicAlreadyExistsError.errno):
                     raise TopicLayoutError(f"could not create topic {topic}: error {code} {message}")

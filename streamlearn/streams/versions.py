@@ -26,7 +26,7 @@ import orjson
 from streamlearn.models import LiveModel, ModelRegistry
 from streamlearn.models import checkpoint as blobs
 from streamlearn.models.checkpoint import CheckpointError
-from streamlearn.models.state import new_metric
+from streamlearn.models.state import RecentEvents, new_metric
 from streamlearn.models.versions import Change, ModelVersions, SnapshotInfo, VersionError, VersionIndex
 
 from . import codec
@@ -119,6 +119,7 @@ class WarmStart:
         source = live.version
         live.key, live.version, live.parent_version, live.offset = key, 1, None, -1
         live.metric = new_metric(live.spec)      # its own online metric, from its own examples
+        live.recent = RecentEvents(live.recent.size)   # the template's events are not this key's
         live.created_at = time.time()
         live.warm_start = {"template": template, "version": source, "learned": live.learned}
         self.audit.record([Change("warm_start", key, None, 1, "warm-start",

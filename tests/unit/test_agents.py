@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import orjson
 import pytest
 
@@ -32,7 +34,10 @@ class RecordingOutbox:
 
     def ack_when_delivered(self, stream, events):
         for event in events:
-            event.ack()
+            if isinstance(stream, FakeStream):
+                stream.acked.append(event.message.offset)
+            else:
+                event.ack()
 
 
 @pytest.fixture
@@ -80,6 +85,11 @@ async def test_routers_answer_at_once_what_already_sits_in_its_owners_partition(
     assert len(worker.topics.predictions.sent) == 1 and len(worker.topics.events.sent) == 2
 
 
+def origin(offset: int) -> list:
+    """The header of a label routed from offset ``offset`` of partition 3 of the feedback topic."""
+    return [("streamlearn-origin", f"streamlearn.feedback/3/{offset}".encode())]
+
+
 async def test_predict_join_learn(worker):
     p = partition_for("m", 8)
     async with worker.app.agents["predict"].test_context() as predict:
@@ -89,23 +99,127 @@ async def test_predict_join_learn(worker):
     assert worker.pending.get(b"m\x1fe1")["f"] == {"a": 1.0}
 
     async with worker.app.agents["join"].test_context() as join:
-        await join.put(orjson.dumps({"event_id": "e1", "label": True}), key=b"m", partition=p)
-        await join.put(orjson.dumps({"event_id": "e1", "label": False}), key=b"m", partition=p)  # duplicate
-        await join.put(orjson.dumps({"event_id": "e2", "label": True}), key=b"m", partition=p)   # too early
+        await join.put(orjson.dumps({"event_id": "e1", "label": True}), key=b"m", partition=p, headers=origin(10))
+        await join.put(orjson.dumps({"event_id": "e1", "label": False}), key=b"m", partition=p,
+                       headers=origin(11))                                                      # duplicate
+        await join.put(orjson.dumps({"event_id": "e2", "label": True}), key=b"m", partition=p,
+                       headers=origin(12))                                                      # too early
     [example] = worker.topics.training.sent
     assert example["partition"] == p
+    assert orjson.loads(example["value"])["origin"] == ["streamlearn.feedback", 3, 10]
     assert worker.metrics.duplicate_labels._value.get() == 1
     assert worker.early.get(b"m\x1fe2")["label"] is True
 
     # the features of e2 arrive after its label: the example is made then
     async with worker.app.agents["predict"].test_context() as predict:
         await predict.put(orjson.dumps({"event_id": "e2", "features": {"a": 2.0}}), key=b"m", partition=p)
-    assert len(worker.topics.training.sent) == 2 and worker.early.get(b"m\x1fe2") is None
+    assert len(worker.topics.training.sent) == 2
+    assert worker.pending.get(b"m\x1fe2")["l"] == ["streamlearn.feedback", 3, 12]   # released, by that label
 
     async with worker.app.agents["learn"].test_context() as learn:
         for ex in worker.topics.training.sent:
             await learn.put(ex["value"], key=b"m", partition=p)
     assert worker.registry.find("m").learned == 2
+
+
+async def test_a_label_handled_again_after_a_crash_is_sent_again_and_learned_once(worker):
+    """Replays (the same input again: its commit was lost) re-send their example; the learner skips repeats."""
+    p = partition_for("m", 8)
+    async with worker.app.agents["predict"].test_context() as predict:
+        await predict.put(orjson.dumps({"event_id": "e1", "features": {"a": 1.0}}), key=b"m", partition=p)
+    async with worker.app.agents["join"].test_context() as join:
+        for _ in range(2):   # the same label twice: a replay, not a duplicate
+            await join.put(orjson.dumps({"event_id": "e1", "label": True}), key=b"m", partition=p,
+                           headers=origin(10))
+        await join.put(orjson.dumps({"event_id": "e2", "label": False}), key=b"m", partition=p,
+                       headers=origin(11))                                             # waits for its features
+        await join.put(orjson.dumps({"event_id": "e3", "label": True, "features": {"a": 3.0}}), key=b"m",
+                       partition=p, headers=origin(12))                                # brings its features
+        await join.put(orjson.dumps({"event_id": "e3", "label": True, "features": {"a": 3.0}}), key=b"m",
+                       partition=p, headers=origin(12))                                # ... replayed
+    async with worker.app.agents["predict"].test_context() as predict:
+        for _ in range(2):   # e2's features release its label; handled again, they re-send its example
+            await predict.put(orjson.dumps({"event_id": "e2", "features": {"a": 2.0}}), key=b"m", partition=p)
+    assert worker.metrics.duplicate_labels._value.get() == 0
+    sent = [orjson.loads(ex["value"]) for ex in worker.topics.training.sent]
+    assert [ex["event_id"] for ex in sent] == ["e1", "e1", "e3", "e3", "e2", "e2"]
+    assert sent[4] == sent[5] and sent[4]["features"] == {"a": 2.0} and sent[4]["label"] is False
+
+    async with worker.app.agents["learn"].test_context() as learn:
+        for ex in worker.topics.training.sent:
+            await learn.put(ex["value"], key=b"m", partition=p)
+    live = worker.registry.find("m")
+    assert live.learned == 3 and worker.metrics.repeats_skipped._value.get() == 3
+
+    # evicting e2's early entry later does not dead-letter it: its features came
+    worker.early.clock = lambda: 1e12
+    async with worker.app.agents["join"].test_context() as join:
+        await join.put(b"", key=None, partition=p, headers=[("streamlearn-tick", b"1")])
+    assert worker.topics.deadletter.sent == [] and worker.early.get(b"m\x1fe2") is None
+
+
+async def test_an_exception_while_handling_one_event_dead_letters_it_and_the_batch_goes_on(worker, monkeypatch):
+    p = partition_for("m", 8)
+    real = worker.agents._predict
+
+    async def flaky(msg, ev, out):
+        if ev.event_id == "boom":
+            raise ZeroDivisionError("a bug of ours")
+        await real(msg, ev, out)
+
+    monkeypatch.setattr(worker.agents, "_predict", flaky)
+    async with worker.app.agents["predict"].test_context() as predict:
+        for eid in ("a", "boom", "b"):
+            await predict.put(orjson.dumps({"event_id": eid, "features": {"x": 1.0}}), key=b"m", partition=p)
+    assert [pr["event_id"] for pr in worker.topics.predictions.values()] == ["a", "b"]
+    [dead] = worker.topics.deadletter.values()
+    assert dead["reason"] == "internal_error" and "ZeroDivisionError" in dead["detail"]
+    assert worker.metrics.errors.labels("internal")._value.get() == 1
+    assert worker.agents.crashes == {}
+
+
+async def test_an_agent_that_dies_handles_what_it_had_taken_after_its_restart(worker):
+    """Were the guard itself to fail, the events left in the batch are handled first by the restarted agent."""
+    p = partition_for("m", 8)
+    fail = ["dead letters down", "dead letters down"]   # the rejection, then the guard's internal_error
+
+    async def broken_dead_letter(*args, **kwargs):
+        if fail:
+            raise ConnectionError(fail.pop())
+
+    worker.agents.dead.send = broken_dead_letter
+    body = worker.agents.watched("predict", worker.agents.predict)
+    batch = [SimpleNamespace(message=SimpleNamespace(topic="t", partition=p, offset=i, key=b"m", headers=[],
+                                                     generation_id=0, value=v))
+             for i, v in enumerate([orjson.dumps({"event_id": "a", "features": {}}), b"{bad",
+                                    orjson.dumps({"event_id": "b", "features": {}})])]
+    stream = FakeStream([batch], [])
+    with pytest.raises(ConnectionError):
+        await body(stream)
+    assert [pr["event_id"] for pr in worker.topics.predictions.values()] == ["a"]
+    assert stream.acked == [0]
+    assert "predict" in worker.agents.crashes and worker.metrics.agent_crashes.labels("predict")._value.get() == 1
+
+    restarted = FakeStream([], [])
+    await body(restarted)       # Faust's restart: a new stream; what was left is handled first
+    assert [pr["event_id"] for pr in worker.topics.predictions.values()] == ["a", "b"]
+    assert stream.acked == [0, 1, 2]      # acked on the stream the events came from
+
+
+class FakeStream:
+    """Just what the batch loop uses of a Faust stream."""
+
+    def __init__(self, batches: list, acked: list) -> None:
+        self.batches = batches
+        self.acked = acked
+        self.app = SimpleNamespace(flow_control=SimpleNamespace(is_active=lambda: True), consumer_generation_id=0)
+
+    async def noack_take(self, max_, within):
+        for batch in self.batches:
+            yield batch
+
+    async def ack(self, event) -> None:
+        self.acked.append(event.message.offset)
 
 
 async def test_control_router_answers_malformed_commands_and_routes_valid_ones_to_training(worker):

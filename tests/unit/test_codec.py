@@ -91,3 +91,37 @@ def test_prediction_and_deadletter_encoding():
     assert (dl["topic"], dl["partition"], dl["offset"], dl["key"], dl["reason"]) == ("t", 1, 2, "k", "not_json")
     ex = codec.Example("e", "m", {"a": 1}, True, 5.0)
     assert codec.decode_example(codec.encode_example(ex)) == ex
+
+
+def test_every_malformed_message_of_the_corpus_is_rejected_with_a_reason():
+    from tests.malformed import CONTROL, FEATURES, corpus
+
+    items = corpus(max_bytes=100_000)
+    assert len(items) >= 1000
+    accepted, reasons = [], {}
+    for kind, key, value, shape in items:
+        try:
+            if kind == FEATURES:
+                codec.decode_event(value, key, default_model="d", max_bytes=100_000)
+            elif kind == CONTROL:
+                codec.decode_command(value, key, max_bytes=100_000)
+            else:
+                codec.decode_label(value, key, default_model="d", max_bytes=100_000)
+        except codec.Rejected as rejected:
+            reasons[rejected.reason] = reasons.get(rejected.reason, 0) + 1
+            continue
+        accepted.append((kind, shape, value[:80]))
+    assert accepted == []
+    assert {"not_json", "oversized", "bad_field", "missing_field", "not_an_object", "non_finite_number",
+            "bad_key", "unknown_command"} <= set(reasons)
+
+
+def test_an_integer_beyond_64_bits_is_a_number():
+    """JSON numbers are doubles for most clients: a feature 2**100 is read as 1.2676506002282294e+30."""
+    ev = codec.decode_event(b'{"event_id": "e", "features": {"a": 1267650600228229401496703205376}}', None,
+                            default_model="d", max_bytes=1000)
+    assert ev.features["a"] == float(2**100)
+    with pytest.raises(codec.Rejected) as rejected:   # but not as an id
+        codec.decode_event(b'{"event_id": 1267650600228229401496703205376, "features": {}}', None,
+                           default_model="d", max_bytes=1000)
+    assert rejected.value.reason == "bad_field"
