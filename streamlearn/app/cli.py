@@ -8,6 +8,7 @@
     streamlearn status [URL ...]                       are the workers alive and ready
     streamlearn bench [--events N] [--specs ...]       throughput and latency against a raw Kafka baseline
     streamlearn settings                               every setting, its env var and value
+    streamlearn models list [--json]                   the cluster's models: key, spec, version, learned, metric, worker
     streamlearn models ACTION MODEL_KEY [VERSION]      status|versions|snapshot|restore|rollback|pin|unpin
 """
 
@@ -150,6 +151,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     from .control import ControlClient
 
+    if args.action == "list":
+        return _list_models(args)
+    if args.model is None:
+        print(f"streamlearn models {args.action}: a MODEL_KEY is required", file=sys.stderr)
+        return 2
     if codec.COMMANDS[args.action] and args.version is None:
         print(f"streamlearn models {args.action}: a VERSION is required", file=sys.stderr)
         return 2
@@ -167,13 +173,43 @@ def cmd_models(args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(call())
     except Exception as exc:  # noqa: BLE001 - Kafka unreachable, topic missing: say so
-        print(f"streamlearn models {args.action}: {exc}", file=sys.stderr)
+        print(f"streamlearn models {args.action}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2, default=str))
     if not result["ok"]:
         print(f"streamlearn models {args.action} {args.model}: {result['error']}: {result['detail']}",
               file=sys.stderr)
         return 1
+    return 0
+
+
+def _list_models(args: argparse.Namespace) -> int:
+    """Every model of the cluster, as one worker's ``GET /models`` sees it: a table, or JSON."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    s = _settings(args)
+    url = (args.url or f"http://{s.web_host}:{s.web_port}").rstrip("/") + "/models"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout or s.command_timeout_seconds) as r:
+            found = json.loads(r.read())["models"]
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"streamlearn models list: no answer from {url}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    rows = [("MODEL", "SPEC", "VERSION", "LEARNED", "METRIC", "WORKER")]
+    for m in found:
+        metric = m.get("metric") or {}
+        value = metric.get("value")
+        rows.append((m["model"], m["spec"], f"v{m['version']}", str(m["learned"]),
+                     "-" if value is None else f"{metric.get('name', '')} {value:.4f}".strip(),
+                     m.get("worker", "")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     return 0
 
 
@@ -246,13 +282,16 @@ def parser() -> argparse.ArgumentParser:
 
     from streamlearn.streams.codec import COMMANDS
 
-    m = common(sub.add_parser("models", help="model versions: status, versions, snapshot, restore, rollback, pin"))
-    m.add_argument("action", choices=list(COMMANDS), help="what to do")
-    m.add_argument("model", help="the model key")
+    m = common(sub.add_parser("models", help="the cluster's models (list); a model's versions: status, versions, "
+                                             "snapshot, restore, rollback, pin, unpin"))
+    m.add_argument("action", choices=["list", *COMMANDS], help="what to do")
+    m.add_argument("model", nargs="?", help="the model key (every action but list)")
     m.add_argument("version", type=int, nargs="?", help="version (restore, pin, unpin)")
     m.add_argument("--reason", help="why (kept in the snapshot index and the audit trail)")
     m.add_argument("--by", default=f"cli:{getpass.getuser()}", help="who asks (audit trail)")
     m.add_argument("--timeout", type=float, help="seconds to wait for the result (STREAMLEARN_COMMAND_TIMEOUT_SECONDS)")
+    m.add_argument("--url", help="list: the worker to ask (default: this host's STREAMLEARN_WEB_PORT)")
+    m.add_argument("--json", action="store_true", help="list: JSON instead of a table")
     m.set_defaults(func=cmd_models)
 
     st = common(sub.add_parser("settings", help="print every setting with its env var"))

@@ -76,19 +76,24 @@ class ControlClient:
     async def call(self, command: str, model: str, *, version: int | None = None, reason: str = "",
                    by: str = "operator", timeout: float | None = None) -> dict[str, Any]:
         """Send a command and wait for its result (an error result with reason ``timeout`` if none comes)."""
-        await self.start()
-        assert self._producer is not None
         wait = self.timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait      # one budget for connecting, sending and the answer
         cmd = codec.Command(request_id=uuid.uuid4().hex, command=command, model=model, version=version,
                             reason=reason, by=by, deadline=time.time() + wait)
-        waiter = self._waiting[cmd.request_id] = asyncio.get_running_loop().create_future()
+        waiter = self._waiting[cmd.request_id] = loop.create_future()
         try:
-            await self._producer.send_and_wait(self.names.control, codec.encode_command(cmd), key=model.encode())
-            return await asyncio.wait_for(waiter, wait)
+            await asyncio.wait_for(self.start(), wait)
+            assert self._producer is not None
+            await asyncio.wait_for(self._producer.send_and_wait(self.names.control, codec.encode_command(cmd),
+                                                                key=model.encode()),
+                                   max(deadline - loop.time(), 0.001))
+            return await asyncio.wait_for(waiter, max(deadline - loop.time(), 0.001))
         except asyncio.TimeoutError:
             return {"request_id": cmd.request_id, "model": model, "command": command, "ok": False,
                     "error": TIMEOUT, "detail": f"no owner of model {model!r} answered within {wait:g}s "
-                                                f"(workers down or rebalancing?); the command will not run",
+                                                f"(Kafka unreachable, workers down or rebalancing?); "
+                                                f"the command will not run",
                     "result": None}
         finally:
             self._waiting.pop(cmd.request_id, None)

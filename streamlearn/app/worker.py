@@ -162,6 +162,7 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
                               (topics.labels, "join", agents.join),
                               (topics.training, "learn", agents.learn)):
         app.agent(topic, name=name)(agents.watched(name, body))
+        metrics.agent_crashes.labels(name)   # a series at 0 from the start, for dashboards and alerts
 
     control = ControlClient(s.bootstrap_servers, names, s.command_timeout_seconds)
     worker = Worker(s, app, topics, registry, pending, early, metrics, agents, checkpoints, versions, store,
@@ -269,12 +270,13 @@ def _bind_views(w: Worker) -> None:
     def local_models() -> list[dict[str, Any]]:
         """The models of this worker: live ones, and checkpointed ones not loaded since the last rebalance."""
         partitions = owned()
-        live = {m.key: {**m.describe(), "live": True} for _, m in registry}
+        me = str(app.conf.canonical_url).rstrip("/")
+        live = {m.key: {**m.describe(), "live": True, "worker": me} for _, m in registry}
         for h in w.checkpoints.headers(lambda k: k not in live and
                                        partition_for(k, w.settings.partitions) in partitions):
             live[h.model] = {"model": h.model, "spec": h.spec, "version": h.version,
                              "parent_version": h.parent_version, "learned": h.learned,
-                             "metric": {"value": h.metric}, "offset": h.offset, "live": False}
+                             "metric": {"value": h.metric}, "offset": h.offset, "live": False, "worker": me}
         return list(live.values())
 
     def owner_model(key: str) -> LiveModel | None:

@@ -9,6 +9,7 @@ state is read over HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -28,6 +29,20 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from streamlearn.streams.topics import TopicNames
 
 PARTITIONS = 8
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def fresh_broker(home: Path):
+    """A broker of its own: a new KRaft cluster on fresh ports, its data under ``home``; stopped at the end."""
+    env = {**os.environ, "KAFKA_PORT": str(free_port()), "KAFKA_CONTROLLER_PORT": str(free_port()),
+           "KAFKA_HOME_DIR": str(home), "KAFKA_HEAP_OPTS": "-Xms128m -Xmx512m"}
+    kafka = [sys.executable, str(ROOT / "scripts" / "kafka")]
+    subprocess.run([*kafka, "start"], env=env, check=True, stdout=subprocess.DEVNULL)
+    try:
+        yield f"127.0.0.1:{env['KAFKA_PORT']}"
+    finally:
+        subprocess.run([*kafka, "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
 
 
 def free_port() -> int:
@@ -75,6 +90,12 @@ class WorkerProc:
             if line.startswith(want + " "):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
+
+    def metric_sum(self, name: str) -> float:
+        """The sum of a metric's samples over all its labels (0 when it has none)."""
+        _, text = self.get("/metrics")
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name + "{") or line.startswith(name + " "))
 
     @property
     def alive(self) -> bool:

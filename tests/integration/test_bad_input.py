@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import time
 
 import pytest
@@ -83,3 +85,72 @@ async def test_malformed_messages_are_dead_lettered_and_valid_ones_served(cluste
     log = w.log.read_text()
     assert "event_id=never-seen model=k reason=unknown_event" in log
     assert "event_id=s-1 model=k reason=unknown_spec" in log
+
+
+async def test_a_thousand_malformed_messages_of_every_shape_never_stop_a_worker(cluster):
+    """A generated corpus (tests/malformed.py) interleaved with valid events, through a real worker.
+
+    Every malformed message is dead-lettered (found by the position the producer got for it), every
+    valid event is answered once and every label learned once, and no agent crashes.
+    """
+    import random
+
+    from tests.malformed import corpus
+
+    w = cluster.start_worker(max_message_bytes=100_000, label_wait_seconds=3)
+    cluster.wait_ready()
+    t = cluster.topics
+    topic_of = {"features": t.features, "feedback": t.feedback, "control": t.control}
+    bad = corpus(seed=11, max_bytes=100_000)
+    rng = random.Random(5)
+    n_valid = 1000
+    labels_per_key: dict[str, int] = {}
+    sent_bad: dict[tuple[str, int, int], str] = {}
+    async with Producer(cluster.bootstrap, max_request_size=2_000_000) as p, \
+            Collector(cluster.bootstrap, t.predictions) as preds, \
+            Collector(cluster.bootstrap, t.deadletter) as dead:
+        valid = iter(range(n_valid))
+        for j, (kind, key, value, shape) in enumerate(bad):
+            meta = await p._p.send_and_wait(topic_of[kind], value, key=key)
+            sent_bad[(meta.topic, meta.partition, meta.offset)] = shape
+            i = next(valid, None)
+            if i is not None:
+                model = f"v{i % 4}"
+                x = {"a": rng.gauss(0, 1), "b\u00e9": rng.random(), "big": 2**70 if i % 11 == 0 else 1}
+                label = {"event_id": f"ok-{i}", "model": model, "label": x["a"] > 0}
+                if i % 7 == 0:
+                    label["features"] = x          # the label brings its features too
+                event = {"event_id": f"ok-{i}", "model": model, "features": x, "ts": time.time()}
+                first, second = (label, event) if i % 5 == 0 else (event, label)   # some labels come first
+                for msg in (first, second):   # the json module writes integers beyond 64 bits as they are
+                    await p.send(t.feedback if msg is label else t.features, json.dumps(msg).encode(),
+                                 key=model if i % 2 else None)
+                labels_per_key[model] = labels_per_key.get(model, 0) + 1
+        assert next(valid, None) is None, "the corpus is too small to interleave every valid event"
+
+        ids = await preds.wait_for(lambda v: len({x["event_id"] for x in v}) >= n_valid, timeout=90,
+                                   what=f"{n_valid} predictions")
+        records = await dead.wait_for(
+            lambda v: {(r["topic"], r["partition"], r["offset"]) for r in v} >= set(sent_bad), timeout=90,
+            what=f"{len(sent_bad)} deadletters")
+    print(f"\n{len(bad)} malformed messages of {len(set(s for *_, s in bad))} shapes; "
+          f"{len(records)} deadletter records; {n_valid} valid events")
+    reasons = {}
+    for r in records:
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    print("deadletters by reason:", dict(sorted(reasons.items())))
+    assert "internal_error" not in reasons and "unknown_event" not in reasons and "model_error" not in reasons
+    answered = [x["event_id"] for x in ids]
+    assert sorted(answered) == sorted(f"ok-{i}" for i in range(n_valid))   # each once: nothing crashed
+    learned = {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        learned = {m["model"]: m["learned"] for m in w.get("/models")[1]["models"]}
+        if learned == labels_per_key:
+            break
+        await asyncio.sleep(0.5)
+    assert learned == labels_per_key
+    assert w.metric_sum("streamlearn_agent_crashes_total") == 0
+    assert not [line for line in w.log.read_text().splitlines() if "crashed" in line]
+    status, body = w.get("/ready")
+    assert status == 200 and body["crashed_agents"] == {}

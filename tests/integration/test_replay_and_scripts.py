@@ -6,12 +6,13 @@ import asyncio
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import orjson
 import pytest
 
-from .harness import Collector, free_port
+from .harness import Collector, free_port, fresh_broker
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,25 +125,35 @@ def test_bench_command_measures_baseline_and_pipeline(cluster):
     assert "events/s" in r.stderr  # the table
 
 
-async def test_injected_bad_labels_are_rolled_back_and_plotted(cluster, tmp_path):
-    """What the demo shows: a replay with a burst of flipped labels, the quality gate's rollback, the PNG."""
-    w = cluster.start_worker(snapshot_every_examples=250)
-    cluster.wait_ready()
-    r = streamlearn(cluster, "replay", "sea", "--limit", "4000", "--flip", "2000:800", "--label-delay", "5", "--rate", "200",
-                    "--key-prefix", "demo", "--run-id", "g", "--no-progress")
-    assert r.returncode == 0, r.stderr
-    async with Collector(cluster.bootstrap, cluster.topics.audit) as audit:
-        rollback = await audit.wait_for_one(lambda c: c["action"] == "auto_rollback", timeout=90)
-    assert rollback["model"] == "demo" and rollback["by"] == "quality-gate"
-    deadline = asyncio.get_running_loop().time() + 60
-    while w.metric("streamlearn_examples_learned_total") < 4000:
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.2)
-    png = tmp_path / "accuracy.png"
-    r = streamlearn(cluster, "plot", str(png))
-    assert r.returncode == 0, r.stderr
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
-    assert "demo: 4000 labelled predictions" in r.stdout and "auto_rollback" in r.stdout
-    # accuracy against the true labels is back up at the end
-    final = float(r.stdout.split("final accuracy ")[1].split(",")[0])
-    assert final > 0.9, r.stdout
+async def test_the_demo_as_a_user_runs_it(tmp_path):
+    """scripts/demo itself, shortened through its options, on a broker of its own started just before.
+
+    It must learn every label, the quality gate must roll back the burst of bad labels (seen on the audit
+    topic), list the versions, write the PNG and stop cleanly.
+    """
+    with fresh_broker(tmp_path / "kafka") as bootstrap:
+        web_port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMLEARN_", "DEMO_", "KAFKA_"))}
+        env.update(KAFKA_PORT=bootstrap.rsplit(":", 1)[1], KAFKA_HOME_DIR=str(tmp_path / "kafka"),
+                   DEMO_WEB_PORT=str(web_port), DEMO_DIR=str(tmp_path / "demo"), DEMO_EVENTS="4000",
+                   DEMO_RATE="400", DEMO_KEYS="1", DEMO_FLIP="2000:800", DEMO_LABEL_DELAY="5", DEMO_STAY="0",
+                   STREAMLEARN_TOPIC_PREFIX="demo-test.", STREAMLEARN_APP_ID="demo-test")
+        demo = subprocess.run(["bash", str(ROOT / "scripts" / "demo")], env=env, capture_output=True, text=True,
+                              timeout=600, stdin=subprocess.DEVNULL)
+        out = demo.stdout
+        assert demo.returncode == 0, out[-3000:] + demo.stderr[-3000:]
+        assert "labels learned: 4000 of 4000" in out
+        async with Collector(bootstrap, "demo-test.audit") as audit:
+            rollback = await audit.wait_for_one(lambda c: c["action"] == "auto_rollback", timeout=30)
+        assert rollback["model"] == "demo" and rollback["by"] == "quality-gate"
+        versions = out.split("versions of demo")[1].split("\n\n")[0]
+        assert " auto " in versions and "live v" in versions
+        png = tmp_path / "demo" / "accuracy.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+        assert "demo: 4000 labelled predictions" in out and "auto_rollback" in out
+        final = float(out.split("final accuracy ")[1].split(",")[0])   # against the true labels
+        assert final > 0.9, out
+        assert "stopping ..." in out
+        with pytest.raises(OSError):     # the worker is gone
+            urllib.request.urlopen(f"http://127.0.0.1:{web_port}/health", timeout=2)
+        assert "Traceback" not in (tmp_path / "demo" / "worker.log").read_text()

@@ -227,6 +227,22 @@ async def test_bad_commands_get_clear_errors_and_change_nothing(cluster):
     assert expired["error"] == "expired"
     assert w.get(f"/models/{key}")[1]["version"] == 2 and w.get(f"/models/{key}/versions")[1]["snapshots"] == before
 
+    # the cluster's models: a table, and JSON for scripts
+    listing = subprocess.run([sys.executable, "-m", "streamlearn.app.cli", "models", "list", "--url", w.url],
+                             env=cluster.env(), capture_output=True, text=True, timeout=60)
+    header, row = listing.stdout.splitlines()
+    assert header.split() == ["MODEL", "SPEC", "VERSION", "LEARNED", "METRIC", "WORKER"]
+    assert row.split()[:4] == [key, "logreg", "v2", "50"] and row.endswith(w.url)
+    code, found, _ = cli(cluster, "list", "--url", w.url, "--json")
+    assert code == 0 and [(m["model"], m["learned"], m["worker"]) for m in found] == [(key, 50, w.url)]
+
+    # Kafka unreachable: a clear error, within the timeout
+    started = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "streamlearn.app.cli", "models", "status", key, "--timeout", "3"],
+                       env=cluster.env(broker="kafka://127.0.0.1:9"), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and time.monotonic() - started < 3 + 10, r.stderr
+    assert "streamlearn models status" in r.stderr and ("127.0.0.1" in r.stderr or "timeout" in r.stderr)
+
 
 def gate_row(rng: random.Random, concept_b: bool = False) -> tuple[dict, bool]:
     x = {"a": rng.gauss(0, 1), "b": rng.gauss(0, 1)}

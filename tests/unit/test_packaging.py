@@ -61,6 +61,7 @@ def test_dashboard_and_prometheus_config_use_metrics_the_workers_export():
     m.snapshot_written("auto", 100, 0.01)
     m.version_changed("auto_rollback")
     m.command_answered("restore", "ok")
+    m.agent_crashed("predict")
     exported = set(re.findall(r"^(streamlearn_\w+)", m.exposition().decode(), re.M))
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/streamlearn.json").read_text())
     used = {name for panel in dashboard["panels"] for target in panel["targets"]
