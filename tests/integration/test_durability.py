@@ -1,9 +1,10 @@
-"""Exact learning across failures: no example lost, none learned twice.
+"""Exact learning across failures, against what the producers sent: no label lost, none learned twice.
 
-The training topic is each model's write-ahead log. Whatever happens to the
-workers (SIGKILL mid-stream, scale out and in) or to the broker (restart),
-every key's final model must predict exactly like a River model trained once,
-in order, in process, on that key's examples in the training topic.
+Whatever happens to the workers (SIGKILL mid-stream, right after a
+checkpoint, during a rebalance; scale out and in) or to the broker (restart),
+each key's model must have learned exactly the distinct events the test
+published labels for, and predict exactly like a River model trained once, in
+process, on those examples in the order the pipeline learned them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -42,45 +44,71 @@ def make_event(rng: random.Random, i: int) -> tuple[str, dict, bool]:
     return key, x, y
 
 
-async def publish(cluster, p: Producer, start: int, stop: int, seed: int = 1) -> None:
+@dataclass
+class Sent:
+    """The producer's own record: each labelled event it published, by event id (a resent label is one event)."""
+
+    events: dict[str, tuple[str, dict, bool]] = field(default_factory=dict)   # event_id -> (key, features, label)
+
+    def per_key(self) -> dict[str, int]:
+        return dict(Counter(key for key, _, _ in self.events.values()))
+
+
+async def publish(cluster, p: Producer, start: int, stop: int, sent: Sent, seed: int = 1) -> None:
+    """Events and their labels, as producing services would send them, in every shape the pipeline takes.
+
+    A third unkeyed (model in the body: routed), the rest keyed by model (handled where they land); every
+    fifth label sent before its event's features (it waits for them); every seventh label carries the
+    features too; every 50th label sent twice (a producer's retry: one event, learned once).
+    """
     t = cluster.topics
     rng = random.Random(seed * 1_000_003 + start)
     for i in range(start, stop):
         key, x, y = make_event(rng, i)
-        if i % 3:   # keyed by model: handled where it lands (its owner's partition)
-            await p._p.send(t.features, orjson.dumps({"event_id": f"e{i}", "features": x}), key=key.encode())
-            await p._p.send(t.feedback, orjson.dumps({"event_id": f"e{i}", "label": y}), key=key.encode())
-        else:       # unkeyed, model in the body: lands anywhere, routed through the internal topics
-            await p._p.send(t.features, orjson.dumps({"event_id": f"e{i}", "model": key, "features": x}))
-            await p._p.send(t.feedback, orjson.dumps({"event_id": f"e{i}", "model": key, "label": y}))
+        eid = f"e{i}"
+        keyed = bool(i % 3)
+        event = {"event_id": eid, "features": x} if keyed else {"event_id": eid, "model": key, "features": x}
+        label = {"event_id": eid, "label": y} if keyed else {"event_id": eid, "model": key, "label": y}
+        if i % 7 == 0:
+            label["features"] = x
+        msgs = [(t.features, event), (t.feedback, label)]
+        if i % 5 == 0:
+            msgs.reverse()
+        if i % 50 == 0:
+            msgs.append((t.feedback, label))
+        for topic, msg in msgs:
+            await p._p.send(topic, orjson.dumps(msg), key=key.encode() if keyed else None)
+        sent.events[eid] = (key, x, y)
         if i % 500 == 0:
             await p._p.flush()
     await p._p.flush()
 
 
-async def training_log(bootstrap: str, topic: str) -> dict[str, list[dict]]:
-    """Every key's training examples, in the order of its partition of the training topic."""
+async def read_topic(bootstrap: str, topic: str) -> list:
+    """Every record of a topic, partition by partition, each in its order."""
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     await c.start()
     try:
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]   # every topic we create has PARTITIONS
         c.assign(tps)
         await c.seek_to_beginning(*tps)
         end = await c.end_offsets(tps)
-        by_key: dict[str, list[dict]] = defaultdict(list)
+        records: dict[TopicPartition, list] = defaultdict(list)
         done = {tp for tp in tps if end[tp] == 0}
         while len(done) < len(tps):
-            batch = await c.getmany(timeout_ms=1000)
-            for tp, msgs in batch.items():
+            for tp, msgs in (await c.getmany(timeout_ms=1000)).items():
                 for m in msgs:
-                    if m.value:  # ticks carry no value
-                        ex = orjson.loads(m.value)
-                        by_key[ex["model"]].append(ex)
+                    if m.offset < end[tp]:
+                        records[tp].append(m)
                     if m.offset + 1 >= end[tp]:
                         done.add(tp)
-        return by_key
+        return [m for tp in tps for m in records[tp]]
     finally:
         await c.stop()
+
+
+def workers_alive(cluster):
+    return [w for w in cluster.workers if w.alive]
 
 
 def learned_everywhere(workers) -> dict[str, int]:
@@ -92,49 +120,119 @@ def learned_everywhere(workers) -> dict[str, int]:
     return out
 
 
-async def assert_exact(cluster, workers, n_events: int | None) -> int:
-    """Every model equals River trained on its examples; with n_events, every label became an example.
+async def diagnose(cluster, sent: Sent, have: dict, expected: dict) -> str:
+    """Where the events of the keys that differ went: training topic, deadletters, worker logs."""
+    t = cluster.topics
+    keys = {k for k in expected if have.get(k) != expected[k]}
+    training = Counter()
+    for m in await read_topic(cluster.bootstrap, t.training):
+        if m.value and not any(h == "streamlearn-command" for h, _ in m.headers or ()):
+            training[orjson.loads(m.value)["event_id"]] += 1
+    dead = [orjson.loads(m.value) for m in await read_topic(cluster.bootstrap, t.deadletter)]
+    lines = []
+    for eid, (key, _, _) in sent.events.items():
+        if key in keys and training[eid] != 1:
+            lines.append(f"{eid} ({key}): {training[eid]} examples in the training topic; deadletters: "
+                         f"{[d['reason'] for d in dead if d.get('event_id') == eid]}")
+    lines.append(f"all deadletters: {Counter(d['reason'] for d in dead)}")
+    from streamlearn.models.checkpoint import read_header
+    from streamlearn.streams.routing import partition_for
+    latest = {}
+    for m in await read_topic(cluster.bootstrap, f"{cluster.app_id}-checkpoints-changelog"):
+        if m.value:
+            latest[m.key.decode()] = (m.offset, read_header(m.value, b"streamlearn-development-key"))
+    c = AIOKafkaConsumer(bootstrap_servers=cluster.bootstrap, group_id=cluster.app_id, enable_auto_commit=False)
+    await c.start()
+    try:
+        for key in sorted(keys):
+            tp = TopicPartition(t.training, partition_for(key, PARTITIONS))
+            committed = await c.committed(tp)
+            end = (await c.end_offsets([tp]))[tp]
+            h = latest.get(key, (None, None))[1]
+            lines.append(f"{key}: training partition {tp.partition} committed {committed} end {end}; latest "
+                         f"checkpoint learned {h and h.learned} offset {h and h.offset}")
+    finally:
+        await c.stop()
+    for w in workers_alive(cluster):
+        lines.append(f"{w.name}: " + ", ".join(
+            f"{n}={w.metric(n):g}" for n in ("streamlearn_examples_learned_total", "streamlearn_replay_skipped_total",
+                                            "streamlearn_repeats_skipped_total",
+                                            "streamlearn_checkpoints_restored_total")))
+        for key in sorted(keys):
+            lines.append(f"  {key} asked of {w.name}: {w.get('/models/' + key)[1]}")
+    for w in cluster.workers:
+        errors = [line for line in w.log.read_text(errors="replace").splitlines()
+                  if "ERROR" in line or "rejected" in line or "WARNING" in line][:15]
+        lines.append(f"--- {w.name}: " + "\n".join(errors))
+    return "\n".join(lines[:200])
 
-    Returns how many distinct events have an example in the training topic.
+
+async def assert_exact(cluster, workers, sent: Sent, crashes: int = 0) -> None:
+    """Every label the producer sent was learned exactly once, and every model equals River trained once.
+
+    Checked against the producer's record: each key's model has learned exactly the distinct events sent
+    for it, and predicts exactly like River trained in process on those examples (the producer's own
+    features and labels) in the order the pipeline learned them (the training topic, repeats skipped).
     """
     t = cluster.topics
-    deadline = time.monotonic() + 120
-    previous = None
-    while True:
-        log = await training_log(cluster.bootstrap, t.training)
-        expected = {k: len(v) for k, v in log.items()}
+    expected = sent.per_key()
+    deadline = time.monotonic() + 150
+    have: dict[str, int] = {}
+    while time.monotonic() < deadline:
         have = learned_everywhere(workers)
-        ids = {ex["event_id"] for v in log.values() for ex in v}
-        complete = len(ids) == n_events if n_events is not None else expected == previous
-        previous = expected
-        if complete and have == expected:
+        assert all(have.get(k, 0) <= n for k, n in expected.items()), f"learned more than sent: {have} {expected}"
+        if have == expected:
             break
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not settled: {len(ids)}/{n_events} examples; learned {have} vs log {expected}")
         await asyncio.sleep(1.0)
-    assert len(log) == N_KEYS
+    if have != expected:
+        raise AssertionError(f"learned {have}, sent {expected}\n" + await diagnose(cluster, sent, have, expected))
+
+    # the order the pipeline learned them: each key's partition of the training topic, first occurrences
+    order: dict[str, list[str]] = defaultdict(list)
+    seen: set[str] = set()
+    repeats = 0
+    for m in await read_topic(cluster.bootstrap, t.training):
+        if not m.value or any(h == "streamlearn-command" for h, _ in m.headers or ()):
+            continue
+        ex = orjson.loads(m.value)
+        if ex["event_id"] in seen:
+            repeats += 1
+            continue
+        seen.add(ex["event_id"])
+        key, x, y = sent.events[ex["event_id"]]
+        assert (ex["model"], ex["features"], ex["label"]) == (key, x, y), ex
+        order[key].append(ex["event_id"])
+    assert seen == set(sent.events)
+    predictions = Counter(orjson.loads(m.value)["event_id"] for m in await read_topic(cluster.bootstrap,
+                                                                                     t.predictions))
+    twice = sum(n - 1 for eid, n in predictions.items() if n > 1)
+    assert set(predictions) == set(sent.events)           # every event answered
+    print(f"\n{len(sent.events)} labelled events; {repeats} examples reached the training topic again "
+          f"(skipped by the learner); {twice} predictions answered again"
+          + (f" ({twice / crashes:.0f} per crash)" if crashes else ""))
 
     # probe every key's live model through Kafka, and compare with River in process
     rng = random.Random(99)
     probes = [{"a": rng.gauss(0, 1), "b": rng.gauss(0, 1), "c": rng.random()} for _ in range(10)]
     async with Producer(cluster.bootstrap) as p, Collector(cluster.bootstrap, t.predictions) as preds:
-        for key in log:
+        for key in order:
             for j, x in enumerate(probes):
                 await p.send(t.features, {"event_id": f"probe-{key}-{j}", "features": x}, key=key)
-        wanted = {f"probe-{k}-{j}" for k in log for j in range(len(probes))}
+        wanted = {f"probe-{k}-{j}" for k in order for j in range(len(probes))}
         values = await preds.wait_for(lambda v: wanted <= {x["event_id"] for x in v}, timeout=60,
                                       what="probe predictions")
     served = {v["event_id"]: v for v in values if v["event_id"].startswith("probe-")}
-    for key, examples in log.items():
+    assert len(order) == N_KEYS
+    for key, ids in order.items():
         model = get_spec("logreg").build()
-        for ex in examples:
-            model.learn_one(ex["features"], ex["label"])
+        for eid in ids:
+            _, x, y = sent.events[eid]
+            model.learn_one(x, y)
         for j, x in enumerate(probes):
             s = served[f"probe-{key}-{j}"]
-            assert s["learned"] == len(examples), key
+            assert s["learned"] == expected[key], key
             reference = {str(k).lower(): v for k, v in model.predict_proba_one(x).items()}
             assert s["proba"] == reference, (key, j)
-    return len(ids)
 
 
 async def wait_learning(workers, at_least: int, timeout: float = 120.0) -> int:
@@ -148,56 +246,76 @@ async def wait_learning(workers, at_least: int, timeout: float = 120.0) -> int:
     raise AssertionError(f"learning did not reach {at_least}")
 
 
-async def test_sigkill_twice_mid_stream_loses_and_repeats_nothing(cluster):
+async def wait_metric_rise(worker, name: str, timeout: float = 60.0) -> None:
+    """Until the worker's counter ``name`` rises above its value now."""
+    before = worker.metric(name)
+    deadline = time.monotonic() + timeout
+    while worker.metric(name) <= before:
+        assert time.monotonic() < deadline, f"{name} did not rise"
+        await asyncio.sleep(0.02)
+
+
+async def test_sigkill_mid_stream_loses_and_repeats_nothing(cluster):
+    """SIGKILLs while labels are joined and learned, right after a checkpoint, and during a rebalance."""
     n = 20_000
+    sent = Sent()
     w0, w1 = cluster.start_worker("w0", **SETTINGS), cluster.start_worker("w1", **SETTINGS)
     cluster.wait_ready()
     async with Producer(cluster.bootstrap) as p:
-        await publish(cluster, p, 0, n)
-    # kill while the workers are learning: a third and two thirds of the way through
-    await wait_learning([w0, w1], n // 3)
-    w1.stop(signal.SIGKILL)
-    w1b = cluster.start_worker("w1b", **SETTINGS)
-    cluster.wait_ready([w0, w1b], timeout=90)
-    await wait_learning([w0, w1b], 2 * n // 3)
-    w0.stop(signal.SIGKILL)
-    w0b = cluster.start_worker("w0b", **SETTINGS)
-    cluster.wait_ready([w1b, w0b], timeout=90)
-    await assert_exact(cluster, [w1b, w0b], n)
-    restored = sum(w.metric("streamlearn_checkpoints_restored_total") for w in (w1b, w0b))
+        publishing = asyncio.create_task(publish(cluster, p, 0, n, sent))
+        # 1. while it joins and learns (and the producer still publishes)
+        await wait_learning([w0, w1], n // 5)
+        w1.stop(signal.SIGKILL)
+        w1b = cluster.start_worker("w1b", **SETTINGS)
+        cluster.wait_ready([w0, w1b], timeout=90)
+        await publishing
+        # 2. right after a checkpoint
+        await wait_learning([w0, w1b], 2 * n // 5)
+        await wait_metric_rise(w0, "streamlearn_checkpoints_total")
+        w0.stop(signal.SIGKILL)
+        w0b = cluster.start_worker("w0b", **SETTINGS)
+        cluster.wait_ready([w1b, w0b], timeout=90)
+        # 3. during a rebalance: a worker joins, and one of the others dies while partitions move
+        await wait_learning([w1b, w0b], 3 * n // 5)
+        w2 = cluster.start_worker("w2", **SETTINGS)
+        await asyncio.sleep(2.0)
+        w1b.stop(signal.SIGKILL)
+        cluster.wait_ready([w0b, w2], timeout=90)
+    await assert_exact(cluster, [w0b, w2], sent, crashes=3)
+    restored = sum(w.metric("streamlearn_checkpoints_restored_total") for w in (w0b, w2))
     assert restored > 0  # the new owners did start from checkpoints
 
 
 async def test_scale_out_to_three_and_back_to_one(cluster):
-    n = 9000
+    sent = Sent()
     w0 = cluster.start_worker("w0", **SETTINGS)
     cluster.wait_ready()
     async with Producer(cluster.bootstrap) as p:
-        await publish(cluster, p, 0, 3000)
+        await publish(cluster, p, 0, 3000, sent)
         w1, w2 = cluster.start_worker("w1", **SETTINGS), cluster.start_worker("w2", **SETTINGS)
         cluster.wait_ready([w0, w1, w2], timeout=90)
-        await publish(cluster, p, 3000, 6000)
+        await publish(cluster, p, 3000, 6000, sent)
         w1.stop()
         w2.stop()
         cluster.wait_ready([w0], timeout=90)
-        await publish(cluster, p, 6000, n)
-    await assert_exact(cluster, [w0], n)
+        await publish(cluster, p, 6000, 9000, sent)
+    await assert_exact(cluster, [w0], sent)
 
 
 async def test_broker_restart_mid_stream(cluster, kafka_port):
-    n = 6000
+    sent = Sent()
     w0, w1 = cluster.start_worker("w0", **SETTINGS), cluster.start_worker("w1", **SETTINGS)
     cluster.wait_ready()
     kafka = [sys.executable, str(ROOT / "scripts" / "kafka")]
     env = {**os.environ, "KAFKA_PORT": str(kafka_port)}
     async with Producer(cluster.bootstrap) as p:
-        await publish(cluster, p, 0, 3000)
+        await publish(cluster, p, 0, 3000, sent)
     subprocess.run([*kafka, "stop"], env=env, check=True)
     await asyncio.sleep(3)
     subprocess.run([*kafka, "start"], env=env, check=True)
     async with Producer(cluster.bootstrap) as p:
-        await publish(cluster, p, 3000, n)
+        await publish(cluster, p, 3000, 6000, sent)
     cluster.wait_ready([w0, w1], timeout=120)
     # Nothing lost: an input is committed only once what it produced is on the
     # broker (streams/outbox.py), so every labelled event became an example.
-    await assert_exact(cluster, [w0, w1], n)
+    await assert_exact(cluster, [w0, w1], sent)
