@@ -394,7 +394,7 @@ class Agents:
         if is_tick(msg.headers):
             self._snapshot_on_time(partition)
         elif is_command(msg.headers):
-            changed = await self.commands.run(partition, msg)
+            changed = await self._command(partition, msg, out)
             if changed is not None:
                 self.policy.changed(partition, changed)
         else:
@@ -403,6 +403,19 @@ class Agents:
         if self.policy.due(partition):
             self._checkpoint(partition)
             out.ack_when_delivered(acks, self.held.pop(partition, []))
+
+    async def _command(self, partition: int, msg, out: Outbox) -> LiveModel | None:
+        """Run an operator's command; one that fails unexpectedly is answered and dead-lettered, not retried forever."""
+        try:
+            return await self.commands.run(partition, msg)
+        except Exception as exc:  # noqa: BLE001 - a command must not crash-loop the learn agent
+            self.metrics.error("internal")
+            log.exception("internal error running the command at %s/%d/%d", msg.topic, msg.partition, msg.offset)
+            detail = f"{type(exc).__name__}: {exc}"
+            await self.dead.send(Rejected(INTERNAL_ERROR, detail), msg, out)
+            await self.commands.answer(None, codec.request_id_of(msg.value), ok=False, error=INTERNAL_ERROR,
+                                       detail=detail)
+            return None
 
     async def _learn_one(self, partition: int, msg, out: Outbox) -> None:
         example = codec.decode_example(msg.value)

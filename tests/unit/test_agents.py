@@ -238,3 +238,23 @@ async def test_control_router_answers_malformed_commands_and_routes_valid_ones_t
     assert [(a["request_id"], a["ok"], a["error"]) for a in answers] == [
         ("r2", False, "missing_field"), (None, False, "not_json")]
     assert [d["reason"] for d in worker.topics.deadletter.values()] == ["missing_field", "not_json"]
+
+
+async def test_a_command_that_fails_unexpectedly_is_answered_and_learning_goes_on(worker, monkeypatch):
+    results = Recorder("control-results")
+    worker.agents.commands.results = results
+    p = partition_for("m", 8)
+
+    async def broken(partition, msg):
+        raise KeyError("a bug of ours")
+
+    monkeypatch.setattr(worker.agents.commands, "run", broken)
+    example = orjson.dumps({"event_id": "e1", "model": "m", "features": {"a": 1.0}, "label": True})
+    async with worker.app.agents["learn"].test_context() as learn:
+        await learn.put(orjson.dumps({"request_id": "r1", "command": "snapshot", "model": "m"}), key=b"m",
+                        partition=p, headers=[("streamlearn-command", b"1")])
+        await learn.put(example, key=b"m", partition=p)
+    [answer] = results.values()
+    assert (answer["request_id"], answer["ok"], answer["error"]) == ("r1", False, "internal_error")
+    assert [d["reason"] for d in worker.topics.deadletter.values()] == ["internal_error"]
+    assert worker.registry.find("m").learned == 1 and worker.agents.crashes == {}
