@@ -25,6 +25,7 @@ from streamlearn.streams.deadletter import DeadLetters
 from streamlearn.streams.outbox import Outbox
 from streamlearn.streams.pending import BoundedTable, table_writer
 from streamlearn.streams.routing import partition_for
+from streamlearn.streams.transport import consumer_url
 from streamlearn.streams.topics import Changelog, TopicNames, Topics, ensure_committed, ensure_topics
 from streamlearn.streams.versions import Audit, Commands, TableStore, WarmStart, snapshot_metrics, versions_of
 
@@ -70,6 +71,7 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     app = faust.App(
         s.app_id,
         broker=s.broker,
+        broker_consumer=consumer_url(s.broker),   # commits only what agents handled: streams/transport.py
         store="memory://",
         datadir=s.data_dir,
         autodiscover=False,
@@ -213,6 +215,9 @@ def _bind_timers(w: Worker) -> None:
         """Tick our partitions: join evicts expired join state, learn checkpoints and snapshots on time, each in order with its partition's messages."""
         owned = {tp.partition for tp in w.app.assignor.assigned_actives() if tp.topic == labels}
         await w.agents.tick(owned)
+        reread = getattr(w.app.consumer, "reread_skipped", None)
+        if reread is not None:
+            await reread()
 
 
 def _bind_metrics(w: Worker) -> None:

@@ -403,6 +403,10 @@ class Agents:
         if self.policy.due(partition):
             self._checkpoint(partition)
             out.ack_when_delivered(acks, self.held.pop(partition, []))
+        elif not self.policy.dirty.get(partition):
+            # nothing learned since the last checkpoint (ticks, answered commands, replayed examples
+            # already inside their checkpoint): commit them now, or an idle partition's lag grows
+            out.ack_when_delivered(acks, self.held.pop(partition, []))
 
     async def _command(self, partition: int, msg, out: Outbox) -> LiveModel | None:
         """Run an operator's command; one that fails unexpectedly is answered and dead-lettered, not retried forever."""

@@ -64,7 +64,10 @@ class Outbox:
             for record in failed:
                 self.on_retry(record[0])
                 sent.append((await self._send(record), record))
+        handled = getattr(getattr(self.app, "consumer", None), "handled", None)   # streams/transport.py
         for event in events:
+            if handled is not None:
+                handled(event.message)
             await stream.ack(event)
 
     async def _send(self, record: tuple) -> Any:

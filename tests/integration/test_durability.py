@@ -32,9 +32,11 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 N_KEYS = 20
 # automatic snapshots on (a version change checkpoints at once, mid-stream); the quality gate off:
-# a rollback would rightly make a model differ from River trained once on all its examples
+# a rollback would rightly make a model differ from River trained once on all its examples. Labels
+# sent before their features wait long: on 2 busy cores the features topic's backlog can trail the
+# feedback topic's by more than the default minute, and a label that waited longer is dead-lettered.
 SETTINGS = dict(checkpoint_every_examples=300, checkpoint_every_seconds=1.0, snapshot_every_examples=200,
-                quality_gate=False)
+                quality_gate=False, label_wait_seconds=900)
 
 
 def make_event(rng: random.Random, i: int) -> tuple[str, dict, bool]:
@@ -255,6 +257,7 @@ async def wait_metric_rise(worker, name: str, timeout: float = 60.0) -> None:
         await asyncio.sleep(0.02)
 
 
+@pytest.mark.timeout(900)
 async def test_sigkill_mid_stream_loses_and_repeats_nothing(cluster):
     """SIGKILLs while labels are joined and learned, right after a checkpoint, and during a rebalance."""
     n = 20_000
