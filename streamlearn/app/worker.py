@@ -98,6 +98,9 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     )
     names = TopicNames.with_prefix(s.topic_prefix)
     topics = Topics.declare(app, names, s.partitions)
+    # only we write these (no transactions, no compaction): every offset is a message, so the
+    # consumer commits none of them past one unhandled (streams/transport.py)
+    app.exact_topics = frozenset(names.internal())
     metrics = Metrics()
     params = s.params
 

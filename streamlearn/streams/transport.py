@@ -11,8 +11,17 @@ lost one label, skipped at ``internal.labels`` 4/277 in that window while 276
 and 279 were handled (faust-streaming issues #216, #221 and #606 are of the
 same family).
 
+The same family has a second door: Faust's drain loop takes a jump in offsets
+for a gap (transaction markers, compaction) and commits the offsets in
+between as if read. Right after a seek, a message fetched *before* the seek
+makes such a jump over real messages, which are then committed unread and
+dropped as already read. The SIGKILL test lost three examples of one model
+this way (training offsets 1122-1126, right after a worker took the
+partition over).
+
 Here an ack counts only for a message an agent handled (the outbox marks it,
-``handled``). A skipped message stays unacked, so nothing past it is
+``handled``), and a jump right after a seek is read again instead of being
+committed as a gap. A skipped message stays unacked, so nothing past it is
 committed; a skipped message of the current generation is read again: the
 worker's timer calls ``reread_skipped``, which seeks its partition back to it
 once flow control is active. What was handled after it is handled again,
@@ -28,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections import Counter
 from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -35,15 +45,21 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 log = logging.getLogger("streamlearn.transport")
 
 SCHEME = "streamlearn"
+# Commits (about every STREAMLEARN_COMMIT_INTERVAL_SECONDS) an input topic's partition waits for the
+# message at its committed offset before taking it for a transaction marker and committing past it.
+MARKER_PATIENCE = 20
 
 
 class Consumer(faust_aiokafka.Consumer):
-    """Commits only the messages our agents handled; reads again what Faust skipped."""
+    """Commits only the messages our agents handled; reads again what Faust skipped or took for a gap."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._handled: weakref.WeakSet = weakref.WeakSet()
-        self._reread: dict[Any, int] = {}     # partition -> lowest offset skipped in this generation
+        self._reread: dict[Any, int] = {}         # partition -> lowest offset to read again
+        self._sought: dict[Any, int] = {}         # partition -> where it was last sought to
+        self._rereads: Counter = Counter()        # (partition, offset) -> times read again from there
+        self._holes: dict[Any, tuple[int, int]] = {}   # partition -> (committed offset, commits held back)
 
     def handled(self, message: Any) -> None:
         """An agent handled ``message``: its ack may be committed."""
@@ -54,11 +70,65 @@ class Consumer(faust_aiokafka.Consumer):
             return super().ack(message)
         if self.app.topics.acks_enabled_for(message.topic) and \
                 message.generation_id == self.app.consumer_generation_id:
-            self._reread[message.tp] = min(self._reread.get(message.tp, message.offset), message.offset)
+            self._read_again(message.tp, message.offset)
         return False
 
+    async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
+        """Faust's drain loop saw offsets jump: acked as a gap, unless the jump follows a seek.
+
+        A real gap (transaction markers, compaction) is committed as Faust does.
+        But right after a seek nothing has been read yet: a message then far past
+        the seek's offset was fetched *before* the seek, and the offsets in
+        between are real messages, which Faust would commit unread (and then
+        drop as already read). Read the partition again from the seek's offset
+        instead; twice at most, then accept the gap.
+        """
+        sought = self._sought.pop(tp, None)
+        if sought is not None and offset_from - 1 <= sought and self._rereads[(tp, sought)] < 2:
+            self._rereads[(tp, sought)] += 1
+            self._read_again(tp, sought)
+            return
+        await super()._add_gap(tp, offset_from, offset_to)
+
+    def _new_offset(self, tp: Any) -> int | None:
+        """The offset to commit, only when everything from the committed offset on was handled.
+
+        Faust lets one unacked message at the committed offset through (its
+        check is ``min(acked) - committed > 1``, faust-streaming #606, made so
+        that a transaction marker sitting there does not block commits): a
+        message skipped there is committed past, unhandled. Here the message at
+        the committed offset is read again; only a partition of an input topic
+        (where markers exist) gives up after ``MARKER_PATIENCE`` commits.
+        """
+        committed = self._committed_offset[tp]
+        acked, gaps = self._acked[tp], self._gap[tp]
+        if committed is not None and acked:
+            low = min(min(acked), gaps.begin()) if gaps else min(acked)
+            if low > committed:
+                at, held = self._holes.get(tp, (committed, 0))
+                held = held + 1 if at == committed else 1
+                self._holes[tp] = (committed, held)
+                if tp.topic in getattr(self.app, "exact_topics", ()) or held <= MARKER_PATIENCE:
+                    if held % 10 == 1:           # read it again now, and every 10 commits it is still missing
+                        self._read_again(tp, committed)
+                    return None
+        self._holes.pop(tp, None)
+        return super()._new_offset(tp)
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        self._rereads.clear()
+        self._sought = {tp: offset for tp, offset in self._read_offset.items() if offset is not None}
+
+    async def seek(self, partition: Any, offset: int) -> None:
+        await super().seek(partition, offset)
+        self._sought[partition] = offset
+
+    def _read_again(self, tp: Any, offset: int) -> None:
+        self._reread[tp] = min(self._reread.get(tp, offset), offset)
+
     async def reread_skipped(self) -> int:
-        """Seek back to the messages Faust skipped in this generation; returns how many partitions."""
+        """Seek back to what Faust skipped or took for a gap; returns how many partitions."""
         if not self._reread or not self.app.flow_control.is_active() or self.app.rebalancing:
             return 0
         assigned = self.assignment()
@@ -66,8 +136,8 @@ class Consumer(faust_aiokafka.Consumer):
         n = 0
         for tp, offset in todo.items():
             if tp in assigned:
-                log.warning("Faust skipped %s offset %d in this generation without handling it: reading "
-                            "the partition again from there", tp, offset)
+                log.warning("Faust skipped %s from offset %d without our agents handling it: reading the "
+                            "partition again from there", tp, offset)
                 await self.seek(tp, offset)
                 n += 1
         return n

@@ -14,7 +14,7 @@ from streamlearn.streams.transport import Consumer, consumer_url
 def consumer(generation: int = 3, active: bool = True) -> Consumer:
     """The consumer's ack bookkeeping alone, without a Kafka connection."""
     c = Consumer.__new__(Consumer)
-    c._handled, c._reread = weakref.WeakSet(), {}
+    c._handled, c._reread, c._holes = weakref.WeakSet(), {}, {}
     c.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
                             consumer_generation_id=generation, rebalancing=False,
                             flow_control=SimpleNamespace(is_active=lambda: active))
@@ -54,3 +54,51 @@ async def test_skipped_messages_wait_for_flow_control_to_be_active():
 
 def test_consumer_url_keeps_the_hosts():
     assert consumer_url("kafka://a:9092;b:9093") == "streamlearn://a:9092;b:9093"
+
+
+async def test_a_jump_right_after_a_seek_is_read_again_not_committed_as_a_gap():
+    c = consumer()
+    c._sought, c._rereads, c._gap = {}, __import__("collections").Counter(), defaultdict(list)
+    tp = message(0).tp
+    gaps = []
+
+    async def faust_gap(tp_, offset_from, offset_to):
+        gaps.append((offset_from, offset_to))
+
+    import faust.transport.consumer as base
+    original = base.Consumer._add_gap
+    base.Consumer._add_gap = lambda self, *a: faust_gap(*a)
+    try:
+        c._sought[tp] = 1122                 # Faust sought the partition back to its committed offset
+        await c._add_gap(tp, 1123, 1127)     # ... and then 1127, fetched before the seek, came first
+        assert gaps == [] and c._reread == {tp: 1122}
+        await c._add_gap(tp, 1300, 1302)     # later, a real gap (a transaction marker): Faust's way
+        assert gaps == [(1300, 1302)]
+        for _ in range(3):                   # a real gap right after a seek: read again twice, then accepted
+            c._sought[tp] = 2000
+            await c._add_gap(tp, 2001, 2003)
+        assert gaps[-1] == (2001, 2003) and c._rereads[(tp, 2000)] == 2
+    finally:
+        base.Consumer._add_gap = original
+
+
+def test_nothing_is_committed_past_an_unhandled_message():
+    """Faust would commit past one unacked message at the committed offset (faust-streaming #606)."""
+    from streamlearn.streams.transport import MARKER_PATIENCE
+
+    c = consumer()
+    c._gap = defaultdict(__import__("intervaltree").IntervalTree)
+    c.app.exact_topics = {"t"}
+    tp = message(0).tp
+    c._committed_offset[tp] = 229
+    c._acked[tp] = [230, 231]                 # 229 was skipped, 230 and 231 handled
+    for _ in range(MARKER_PATIENCE + 5):
+        assert c._new_offset(tp) is None      # an internal topic: never past 229
+    assert c._reread == {tp: 229}
+    c._acked[tp] = [229, 230, 231]            # read again and handled
+    assert c._new_offset(tp) == 232
+
+    c.app.exact_topics = set()                # an input topic: 229 may be a transaction marker
+    c._committed_offset[tp], c._acked[tp] = 300, [301]
+    held = [c._new_offset(tp) for _ in range(MARKER_PATIENCE + 1)]
+    assert held[:-1] == [None] * MARKER_PATIENCE and held[-1] == 302
