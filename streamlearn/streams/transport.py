@@ -20,8 +20,10 @@ this way (training offsets 1122-1126, right after a worker took the
 partition over).
 
 Here an ack counts only for a message an agent handled (the outbox marks it,
-``handled``), and a jump right after a seek is read again instead of being
-committed as a gap. A skipped message stays unacked, so nothing past it is
+``handled``), a jump right after a seek is not taken for a gap, and nothing
+is committed past an unhandled message: a partition whose committed offset
+stays unhandled for some commits is read again from there (from the worker's
+timer, once flow control is active; a warning in the log says so). A skipped message stays unacked, so nothing past it is
 committed; a skipped message of the current generation is read again: the
 worker's timer calls ``reread_skipped``, which seeks its partition back to it
 once flow control is active. What was handled after it is handled again,
@@ -47,7 +49,9 @@ log = logging.getLogger("streamlearn.transport")
 SCHEME = "streamlearn"
 # Commits (about every STREAMLEARN_COMMIT_INTERVAL_SECONDS) an input topic's partition waits for the
 # message at its committed offset before taking it for a transaction marker and committing past it.
-MARKER_PATIENCE = 20
+MARKER_PATIENCE = 40
+# Commits a partition's committed offset may wait for its message before the partition is read again.
+REREAD_AFTER = 10
 
 
 class Consumer(faust_aiokafka.Consumer):
@@ -68,10 +72,7 @@ class Consumer(faust_aiokafka.Consumer):
     def ack(self, message: Any) -> bool:
         if message in self._handled:
             return super().ack(message)
-        if self.app.topics.acks_enabled_for(message.topic) and \
-                message.generation_id == self.app.consumer_generation_id:
-            self._read_again(message.tp, message.offset)
-        return False
+        return False   # skipped by Faust: left unacked, so nothing past it is committed (see _new_offset)
 
     async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
         """Faust's drain loop saw offsets jump: acked as a gap, unless the jump follows a seek.
@@ -86,8 +87,7 @@ class Consumer(faust_aiokafka.Consumer):
         sought = self._sought.pop(tp, None)
         if sought is not None and offset_from - 1 <= sought and self._rereads[(tp, sought)] < 2:
             self._rereads[(tp, sought)] += 1
-            self._read_again(tp, sought)
-            return
+            return        # not a gap: _new_offset holds commits there and has the partition read again
         await super()._add_gap(tp, offset_from, offset_to)
 
     def _new_offset(self, tp: Any) -> int | None:
@@ -97,8 +97,9 @@ class Consumer(faust_aiokafka.Consumer):
         check is ``min(acked) - committed > 1``, faust-streaming #606, made so
         that a transaction marker sitting there does not block commits): a
         message skipped there is committed past, unhandled. Here the message at
-        the committed offset is read again; only a partition of an input topic
-        (where markers exist) gives up after ``MARKER_PATIENCE`` commits.
+        the committed offset waits; if it is still missing after ``REREAD_AFTER``
+        commits, the partition is read again from it. Only a partition of an
+        input topic (where markers exist) gives up after ``MARKER_PATIENCE``.
         """
         committed = self._committed_offset[tp]
         acked, gaps = self._acked[tp], self._gap[tp]
@@ -109,7 +110,9 @@ class Consumer(faust_aiokafka.Consumer):
                 held = held + 1 if at == committed else 1
                 self._holes[tp] = (committed, held)
                 if tp.topic in getattr(self.app, "exact_topics", ()) or held <= MARKER_PATIENCE:
-                    if held % 10 == 1:           # read it again now, and every 10 commits it is still missing
+                    # Still missing after REREAD_AFTER commits (a message an agent is handling now is
+                    # acked well within that): read the partition again from there, and again later.
+                    if held % (2 * REREAD_AFTER) == REREAD_AFTER:
                         self._read_again(tp, committed)
                     return None
         self._holes.pop(tp, None)
