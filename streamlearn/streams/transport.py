@@ -23,12 +23,12 @@ Here an ack counts only for a message an agent handled (the outbox marks it,
 ``handled``), a jump right after a seek is not taken for a gap, and nothing
 is committed past an unhandled message: a partition whose committed offset
 stays unhandled for some commits is read again from there (from the worker's
-timer, once flow control is active; a warning in the log says so). A skipped message stays unacked, so nothing past it is
-committed; a skipped message of the current generation is read again: the
-worker's timer calls ``reread_skipped``, which seeks its partition back to it
-once flow control is active. What was handled after it is handled again,
-which every step tolerates (predictions are at-least-once; the join and the
-learner recognise repeats).
+timer, once flow control is active; a warning in the log says so). What was
+handled after it is handled again, which every step tolerates (predictions
+are at-least-once; the join and the learner recognise repeats). A third door,
+Faust's commit letting one unacked message at the committed offset through
+(faust-streaming #606), is closed in ``_new_offset``. Re-reading at once on
+every skip was tried first and stalled a worker in a CI run: re-reads wait.
 
 Selected by the broker URL's scheme: the worker's consumer uses
 ``streamlearn://host:port`` (registered as a ``faust.transports`` entry point
