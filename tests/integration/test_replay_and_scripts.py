@@ -129,14 +129,17 @@ async def test_the_demo_as_a_user_runs_it(tmp_path):
     """scripts/demo itself, shortened through its options, on a broker of its own started just before.
 
     It must learn every label, the quality gate must roll back the burst of bad labels (seen on the audit
-    topic), list the versions, write the PNG and stop cleanly.
+    topic), list the versions, write the PNG and stop cleanly. The replay's rate stays well below what one
+    worker sustains on a busy 2-core CI machine: the final accuracy is of predictions, made with whatever the
+    model had learned when each event came; a worker lagging behind its labels predicts with an older model
+    (a CI run at 400 events/s lagged 1,500 examples and predicted the tail with the model of the bad labels).
     """
     with fresh_broker(tmp_path / "kafka") as bootstrap:
         web_port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMLEARN_", "DEMO_", "KAFKA_"))}
         env.update(KAFKA_PORT=bootstrap.rsplit(":", 1)[1], KAFKA_HOME_DIR=str(tmp_path / "kafka"),
                    DEMO_WEB_PORT=str(web_port), DEMO_DIR=str(tmp_path / "demo"), DEMO_EVENTS="4000",
-                   DEMO_RATE="400", DEMO_KEYS="1", DEMO_FLIP="2000:800", DEMO_LABEL_DELAY="5", DEMO_STAY="0",
+                   DEMO_RATE="200", DEMO_KEYS="1", DEMO_FLIP="2000:800", DEMO_LABEL_DELAY="5", DEMO_STAY="0",
                    STREAMLEARN_TOPIC_PREFIX="demo-test.", STREAMLEARN_APP_ID="demo-test")
         demo = subprocess.run(["bash", str(ROOT / "scripts" / "demo")], env=env, capture_output=True, text=True,
                               timeout=600, stdin=subprocess.DEVNULL)
