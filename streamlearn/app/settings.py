@@ -67,8 +67,7 @@ class Settings:
     heartbeat_interval_seconds: float = _setting(1.0, "Kafka consumer heartbeat interval.")
     commit_interval_seconds: float = _setting(1.0, "How often consumed offsets are committed.")
     producer_linger_ms: int = _setting(1, "Producer linger: how long a batch waits to fill.")
-    batch_max: int = _setting(500, "Most input events an agent handles as one batch.")
-    batch_wait_ms: float = _setting(5.0, "How long an agent waits for a batch to fill before handling what it has (adds up to this much latency per hop at low rates).")
+    batch_max: int = _setting(500, "Most records one fetch brings, over all partitions (the consumer's `max_poll_records`); each partition's share reaches its agent as one batch, handled at once, so batches grow only with a backlog.")
     offset_reset: str = _setting("earliest", "Where a new consumer group starts reading: `earliest` or `latest`.")
     metrics_max_models: int = _setting(100, "At most this many model keys get Prometheus series of their own; the rest are aggregated as `_other`.")
     log_level: str = _setting("info", "Log level of the worker.")
@@ -110,8 +109,8 @@ class Settings:
             raise SettingsError("gate_window must be at least 10, gate_min_discordant and gate_z_threshold positive")
         if self.dedup_window < 1:
             raise SettingsError("dedup_window must be at least 1")
-        if self.batch_max < 1 or self.batch_wait_ms <= 0:
-            raise SettingsError("batch_max must be at least 1 and batch_wait_ms positive")
+        if self.batch_max < 1:
+            raise SettingsError("batch_max must be at least 1")
         _ = self.warm_starts
         if self.log_format not in ("text", "json"):
             raise SettingsError("log_format must be 'text' or 'json'")

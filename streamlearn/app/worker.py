@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+import uvloop
 from faust.web import Request, Response, View
 
 from streamlearn import models
@@ -22,7 +23,7 @@ from streamlearn.streams import codec
 from streamlearn.streams.agents import Agents, Options
 from streamlearn.streams.checkpoints import CheckpointPolicy, Checkpoints
 from streamlearn.streams.deadletter import DeadLetters
-from streamlearn.streams.outbox import Outbox
+from streamlearn.streams.outbox import Outbox, WriteBehind
 from streamlearn.streams.pending import BoundedTable, table_writer
 from streamlearn.streams.routing import partition_for
 from streamlearn.streams.transport import consumer_url
@@ -84,6 +85,7 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         broker_session_timeout=s.session_timeout_seconds,
         broker_heartbeat_interval=s.heartbeat_interval_seconds,
         broker_commit_interval=s.commit_interval_seconds,
+        broker_max_poll_records=s.batch_max,
         producer_linger=s.producer_linger_ms / 1000.0,
         consumer_auto_offset_reset=s.offset_reset,
         # the learn agent holds acks until a checkpoint covers them: a rebalance
@@ -101,6 +103,8 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     # only we write these (no transactions, no compaction): every offset is a message, so the
     # consumer commits none of them past one unhandled (streams/transport.py)
     app.exact_topics = frozenset(names.internal())
+    # the agents' topics reach them a fetch per partition at a time (streams/transport.py)
+    app.batched_topics = frozenset([names.features, names.feedback, names.control, *names.internal()])
     metrics = Metrics()
     params = s.params
 
@@ -119,9 +123,14 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         return app.Table(name, default=None, partitions=s.partitions, help=help,
                          key_type=bytes, value_type=bytes)
 
+    def new_outbox() -> Outbox:
+        return Outbox(app, on_retry=lambda topic: metrics.error("send"))
+
+    behind = WriteBehind(new_outbox(), codec.dumps)   # the join state's changelogs, written behind each batch
+
     def bounded(name: str, help: str, ttl: float) -> BoundedTable:
         t = table(name, help)
-        return BoundedTable(t, s.partitions, ttl, s.pending_max_per_partition, write=table_writer(t))
+        return BoundedTable(t, s.partitions, ttl, s.pending_max_per_partition, write=table_writer(t, behind))
 
     pending = bounded("pending", "Features of predicted events waiting for their label.", s.pending_ttl_seconds)
     early = bounded("early-labels", "Labels that arrived before their event's features.", s.label_wait_seconds)
@@ -154,11 +163,11 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     agents = Agents(
         topics=topics, registry=registry, pending=pending, early=early,
         deadletters=DeadLetters(topics.deadletter, metrics), metrics=metrics,
-        options=Options(s.partitions, s.default_model_key, s.max_message_bytes, s.batch_max, s.batch_wait_ms / 1000),
+        options=Options(s.partitions, s.default_model_key, s.max_message_bytes),
         spec_for=spec_for, checkpoints=checkpoints,
         policy=CheckpointPolicy(s.checkpoint_every_examples, s.checkpoint_every_seconds),
         versions=versions, commands=commands, audit=audit,
-        outbox=lambda: Outbox(app, on_retry=lambda topic: metrics.error("send")),
+        outbox=new_outbox, state=behind,
     )
     for topic, name, body in ((topics.features, "route-features", agents.route_features),
                               (topics.feedback, "route-feedback", agents.route_feedback),
@@ -375,6 +384,8 @@ async def prepare(worker: Worker) -> None:
 def run(worker: Worker) -> None:
     """Create the topics, then run the Faust worker until a signal stops it."""
     s = worker.settings
+    # uvloop for the main loop and for the loop of Faust's consumer thread (both made by new_event_loop)
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     loop.run_until_complete(prepare(worker))

@@ -15,10 +15,9 @@ itself, saving the hop. Everything after a router runs in the worker owning
 the key. Decisions about models are the pure functions of
 ``streamlearn.models``.
 
-Routers, predict and join take their input in batches (Faust's
-``noack_take``: up to ``batch_max`` events, waiting at most ``batch_wait``
-for more) and send through an ``Outbox``, which acks a batch once all it
-produced is delivered. The learn agent acks when a checkpoint covers its
+Every agent takes its input a fetch at a time (one Faust event per partition
+per fetch, see transport.py) and sends through an ``Outbox``; routers,
+predict and join ack a fetch once all it produced is delivered. The learn agent acks when a checkpoint covers its
 examples (and what it sent is delivered).
 
 No input can stop an agent: what cannot be decoded is dead-lettered with its
@@ -45,10 +44,11 @@ from .codec import (BAD_LABEL, EXPIRED_EVENT, INTERNAL_ERROR, MODEL_ERROR, SPEC_
                     UNKNOWN_SPEC, Example, Rejected)
 from .checkpoints import CheckpointPolicy, Checkpoints, CheckpointTooLarge
 from .deadletter import Counters, DeadLetters
-from .outbox import Outbox
+from .outbox import Outbox, WriteBehind
 from .pending import BoundedTable, join_key
 from .routing import COMMAND_HEADER, TICK_HEADER, is_command, is_tick, origin_header, origin_of, partition_for
 from .topics import Topics
+from .transport import records_of
 from .versions import Audit, Commands
 
 log = logging.getLogger("streamlearn.agents")
@@ -78,8 +78,6 @@ class Options:
     partitions: int
     default_model: str
     max_message_bytes: int
-    batch_max: int       # most input events handled as one batch
-    batch_wait: float    # seconds a batch waits to fill
 
 
 class Agents:
@@ -89,7 +87,7 @@ class Agents:
                  deadletters: DeadLetters, metrics: Counters, options: Options,
                  spec_for: Callable[[str], Spec], checkpoints: Checkpoints, policy: CheckpointPolicy,
                  versions: models.ModelVersions, commands: Commands, audit: Audit,
-                 outbox: Callable[[], Outbox]) -> None:
+                 outbox: Callable[[], Outbox], state: WriteBehind) -> None:
         self.topics = topics
         self.registry = registry
         self.pending = pending
@@ -104,38 +102,37 @@ class Agents:
         self.commands = commands
         self.audit = audit
         self.outbox = outbox
+        self.state = state   # the join state's changelog writes (pending, early), sent behind each batch
         self.owned: set[int] = set()  # partitions of the internal topics assigned to this worker
         self.held: dict[int, list] = {}  # training events learned but not yet covered by a checkpoint
         # agent name -> (stream, events it had taken but not handled when it crashed)
         self.unfinished: dict[str, tuple[Any, list]] = {}
         self.crashes: dict[str, tuple[float, str]] = {}  # agent name -> (time, exception) of its last crash
 
-    # ---- the batch loop: any input, one event at a time, never an exception out ----
+    # ---- the batch loop: any input, one record at a time, never an exception out ----
     async def _consume(self, name: str, stream: faust.StreamT, handle: Handler) -> None:
-        """Handle a stream's events in batches; ack each batch once what it produced is delivered."""
+        """Handle a stream's fetches (see transport.py); ack each once what it produced is delivered."""
         out = self.outbox()
         left = self.unfinished.pop(name, None)
         if left is not None:
-            log.warning("agent %s restarted: handling the %d events it had taken first", name, len(left[1]))
-            await self._handle_batch(name, left[0], left[1], handle, out)
-        async for batch in stream.noack_take(self.options.batch_max, within=self.options.batch_wait):
-            await self._handle_batch(name, stream, batch, handle, out)
+            log.warning("agent %s restarted: handling the %d records it had taken first", name, len(left[2]))
+            await self._handle_records(name, *left, handle, out)
+        async for event in stream.noack().events():
+            if _current(stream.app, event):
+                await self._handle_records(name, stream, event, records_of(event.message), handle, out)
 
-    async def _handle_batch(self, name: str, stream: faust.StreamT, batch: list, handle: Handler,
-                            out: Outbox) -> None:
-        handled: list = []
+    async def _handle_records(self, name: str, stream: faust.StreamT, event, records: list, handle: Handler,
+                              out: Outbox) -> None:
         i = 0
         try:
-            for i, event in enumerate(batch):
-                if _current(stream.app, event):
-                    await self._guarded_handle(handle, event.message, out)
-                    handled.append(event)
+            for i, record in enumerate(records):
+                await self._guarded_handle(handle, record, out)
         except Exception:
             # Should anything escape the guard, keep what is left for the restarted agent.
-            self.unfinished[name] = (stream, batch[i:])
+            self.unfinished[name] = (stream, event, records[i:])
             raise
-        finally:
-            out.ack_when_delivered(stream, handled)
+        await out.send_packs()
+        out.ack_when_delivered(stream, [event], after=await self.state.flush())
 
     async def _guarded_handle(self, handle: Handler, msg, out: Outbox) -> None:
         """Handle one message; an unexpected exception dead-letters it (``internal_error``) instead of the agent."""
@@ -352,8 +349,7 @@ class Agents:
         return _labelled(label.event_id, label.model, entry)
 
     async def _train(self, partition: int, example: Example, out: Outbox) -> None:
-        await out.send(self.topics.training, key=example.model.encode(), value=codec.encode_example(example),
-                       partition=partition)
+        out.pack(self.topics.training, partition, codec.encode_example(example))
 
     async def _expire(self, partition: int, out: Outbox) -> None:
         """A tick: evict what outlived its TTL in this partition."""
@@ -379,26 +375,19 @@ class Agents:
         out = self.outbox()
         left = self.unfinished.pop("learn", None)
         if left is not None:
-            for event in left[1]:
-                await self._learn_event(left[0], event, out)
+            await self._learn_records(*left, out)
         async for event in acks.events():
-            try:
-                await self._learn_event(acks, event, out)
-            except Exception:
-                self.unfinished["learn"] = (acks, [event])
-                raise
+            await self._learn_records(acks, event, records_of(event.message), out)
 
-    async def _learn_event(self, acks: faust.StreamT, event, out: Outbox) -> None:
-        msg = event.message
-        partition = msg.partition
-        if is_tick(msg.headers):
-            self._snapshot_on_time(partition)
-        elif is_command(msg.headers):
-            changed = await self._command(partition, msg, out)
-            if changed is not None:
-                self.policy.changed(partition, changed)
-        else:
-            await self._guarded_handle(lambda m, o: self._learn_one(partition, m, o), msg, out)
+    async def _learn_records(self, acks: faust.StreamT, event, records: list, out: Outbox) -> None:
+        partition = event.message.partition
+        i = 0
+        try:
+            for i, msg in enumerate(records):
+                await self._learn_record(partition, msg, out)
+        except Exception:
+            self.unfinished["learn"] = (acks, event, records[i:])
+            raise
         self.held.setdefault(partition, []).append(event)
         if self.policy.due(partition):
             self._checkpoint(partition)
@@ -407,6 +396,16 @@ class Agents:
             # nothing learned since the last checkpoint (ticks, answered commands, replayed examples
             # already inside their checkpoint): commit them now, or an idle partition's lag grows
             out.ack_when_delivered(acks, self.held.pop(partition, []))
+
+    async def _learn_record(self, partition: int, msg, out: Outbox) -> None:
+        if is_tick(msg.headers):
+            self._snapshot_on_time(partition)
+        elif is_command(msg.headers):
+            changed = await self._command(partition, msg, out)
+            if changed is not None:
+                self.policy.changed(partition, changed)
+        else:
+            await self._guarded_handle(lambda m, o: self._learn_pack(partition, m, o), msg, out)
 
     async def _command(self, partition: int, msg, out: Outbox) -> LiveModel | None:
         """Run an operator's command; one that fails unexpectedly is answered and dead-lettered, not retried forever."""
@@ -421,18 +420,42 @@ class Agents:
                                        detail=detail)
             return None
 
-    async def _learn_one(self, partition: int, msg, out: Outbox) -> None:
-        example = codec.decode_example(msg.value)
+    async def _learn_pack(self, partition: int, msg, out: Outbox) -> None:
+        """The examples of one training message, each under its own guard.
+
+        A model's checkpoint covers whole messages (checkpoints are taken
+        between fetches), so whether a model's examples in this message are
+        already inside its checkpoint is decided once per model per message.
+        """
+        replayed: dict[str, bool] = {}
+        for example in codec.decode_examples(msg.value):
+            try:
+                await self._learn_one(partition, msg, example, out, replayed)
+            except Exception as exc:  # noqa: BLE001 - one example must not stop the others
+                self.metrics.error("internal")
+                log.exception("internal error learning event_id=%s model=%s", example.event_id, example.model)
+                await self._dead_example(Rejected(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", example.event_id),
+                                         msg, example, out)
+
+    async def _dead_example(self, rejected: Rejected, msg, example: Example, out: Outbox) -> None:
+        """Dead-letter one example of a pack: its own JSON, traced to its label's first source."""
+        topic, partition, offset = example.origin or (msg.topic, msg.partition, msg.offset)
+        await self.dead.send_record(rejected, out, topic=topic, partition=partition, offset=offset,
+                                    key=example.model.encode(), value=codec.encode_example(example),
+                                    model=example.model)
+
+    async def _learn_one(self, partition: int, msg, example: Example, out: Outbox,
+                         replayed: dict[str, bool]) -> None:
         live = (self.registry.get(partition, example.model)
                 or self.registry.get_or_create(partition, example.model, self.spec_for(example.model)))
-        if msg.offset <= live.offset:
+        if replayed.setdefault(example.model, msg.offset <= live.offset):
             self.metrics.replay_skipped()  # already inside the model's checkpoint
             return
         try:
             scored = self._guarded(models.learn, live, example.features, example.label, example.event_id,
                                    event_id=example.event_id)
         except Rejected as rejected:
-            await self.dead.send(rejected, msg, out, model=example.model)
+            await self._dead_example(rejected, msg, example, out)
             return
         finally:
             live.offset = msg.offset

@@ -222,10 +222,11 @@ def decode_label(raw: bytes | None, key: bytes | None, *, default_model: str, ma
     )
 
 
-def decode_example(raw: bytes) -> Example:
-    """A training example from our own training topic."""
+def decode_examples(raw: bytes) -> list[Example]:
+    """The training examples of one message of our own training topic: a pack (see ``pack``), or one."""
     obj = orjson.loads(raw)
-    return Example(obj["event_id"], obj["model"], obj["features"], obj["label"], obj.get("ts"), obj.get("origin"))
+    return [Example(o["event_id"], o["model"], o["features"], o["label"], o.get("ts"), o.get("origin"))
+            for o in (obj if isinstance(obj, list) else [obj])]
 
 
 def decode_command(raw: bytes | None, key: bytes | None, *, max_bytes: int) -> Command:
@@ -309,6 +310,20 @@ def encode_example(ex: Example) -> bytes:
          "origin": ex.origin},
         option=_DUMPS_OPTS,
     )
+
+
+def pack(values: list[bytes], max_bytes: int) -> list[bytes]:
+    """JSON values packed as JSON arrays of at most ``max_bytes`` each (a value larger than that alone)."""
+    packs, run, size = [], [], 1          # "[", then each value and the "," or "]" after it
+    for v in values:
+        if run and size + len(v) + 1 > max_bytes:
+            packs.append(b"[" + b",".join(run) + b"]")
+            run, size = [], 1
+        run.append(v)
+        size += len(v) + 1
+    if run:
+        packs.append(b"[" + b",".join(run) + b"]")
+    return packs
 
 
 # Rejected bytes kept in a deadletter record: the record carries them twice (as text and as base64),

@@ -9,6 +9,15 @@ are acked only once every message sent for them is on the broker. A failed
 send is sent again until it is; until then its inputs stay uncommitted, so a
 crash replays them instead of losing them.
 
+Records of a topic-partition that travel together (training examples: one
+message per partition per batch instead of one per example) are ``pack``ed
+and sent as JSON arrays by ``send_packs``, before the batch is handed over.
+
+Table changes are written behind (``WriteBehind``): an agent changes its
+state in memory and stages the change; at the end of its batch, the changes
+staged by then are sent, the latest value of each key once, and the batch's
+inputs are acked only once those are delivered too.
+
 A resent message may land after messages sent later: order across a retry is
 not kept (everything downstream is keyed by event id or is the training log,
 which defines its own order).
@@ -18,13 +27,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Sequence
 
 import faust
+
+from .codec import pack
 
 log = logging.getLogger("streamlearn.outbox")
 
 Headers = Sequence[tuple[str, bytes]] | None
+
+# A pack stays well under the broker's default message size limit (1 MB).
+PACK_MAX_BYTES = 512 * 1024
 
 
 class Outbox:
@@ -37,6 +51,8 @@ class Outbox:
         self.retry_backoff = retry_backoff
         self._sent: list[tuple[Any, tuple]] = []   # (delivery future, what was sent) since the last hand-over
         self._deliveries: set[asyncio.Task] = set()
+        self._packs: dict[tuple[str, int], list[bytes]] = {}   # (topic, partition) -> JSON values to pack
+        self._last: asyncio.Future | None = None   # delivery of everything sent up to the last ``delivered``
 
     async def send(self, topic: faust.TopicT | str, *, key: bytes | None, value: bytes | None,
                    partition: int | None = None, headers: Headers = None) -> None:
@@ -44,14 +60,50 @@ class Outbox:
         record = (name, key, value, partition, headers)
         self._sent.append((await self._send(record), record))
 
-    def ack_when_delivered(self, stream: faust.StreamT, events: Iterable[faust.EventT]) -> None:
-        """Ack ``events`` once everything sent since the previous call is delivered."""
+    def pack(self, topic: faust.TopicT | str, partition: int, value: bytes) -> None:
+        """Send a JSON value with the others packed for its topic-partition, at ``send_packs``."""
+        name = topic if isinstance(topic, str) else topic.get_topic_name()
+        self._packs.setdefault((name, partition), []).append(value)
+
+    async def send_packs(self) -> None:
+        packs, self._packs = self._packs, {}
+        for (name, partition), values in packs.items():
+            for value in pack(values, PACK_MAX_BYTES):
+                await self.send(name, key=None, value=value, partition=partition)
+
+    def ack_when_delivered(self, stream: faust.StreamT, events: Iterable[faust.EventT],
+                           after: Awaitable[None] | None = None) -> None:
+        """Ack ``events`` once everything sent since the previous call is delivered (and ``after`` is done)."""
         sent, self._sent = self._sent, []
-        task = asyncio.ensure_future(self._deliver(stream, list(events), sent))
+        task = asyncio.ensure_future(self._deliver(stream, list(events), sent, after))
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)
 
-    async def _deliver(self, stream: faust.StreamT, events: list, sent: list) -> None:
+    def delivered(self) -> asyncio.Future:
+        """Done once everything sent through this outbox so far is delivered."""
+        sent, self._sent = self._sent, []
+        task = asyncio.ensure_future(self._deliver_after(self._last, sent))
+        self._last = task
+        return task
+
+    async def _deliver_after(self, previous: asyncio.Future | None, sent: list) -> None:
+        if previous is not None:
+            await asyncio.shield(previous)
+        await self._deliver_all(sent)
+
+    async def _deliver(self, stream: faust.StreamT, events: list, sent: list,
+                       after: Awaitable[None] | None) -> None:
+        await self._deliver_all(sent)
+        if after is not None:
+            await asyncio.shield(after)
+        handled = getattr(getattr(self.app, "consumer", None), "handled", None)   # streams/transport.py
+        for event in events:
+            if handled is not None:
+                handled(event.message)
+            await stream.ack(event)
+
+    async def _deliver_all(self, sent: list) -> None:
+        """Until every record of ``sent`` is on the broker: failed ones are sent again."""
         while sent:
             results = await asyncio.gather(*(future for future, _ in sent), return_exceptions=True)
             failed = [record for (_, record), result in zip(sent, results) if isinstance(result, BaseException)]
@@ -64,11 +116,6 @@ class Outbox:
             for record in failed:
                 self.on_retry(record[0])
                 sent.append((await self._send(record), record))
-        handled = getattr(getattr(self.app, "consumer", None), "handled", None)   # streams/transport.py
-        for event in events:
-            if handled is not None:
-                handled(event.message)
-            await stream.ack(event)
 
     async def _send(self, record: tuple) -> Any:
         """Hand one record to the producer; while it cannot take it (no metadata, broker away), wait and retry."""
@@ -80,3 +127,37 @@ class Outbox:
                 self.on_retry(name)
                 log.warning("could not send to %s (%r); retrying", name, exc)
                 await asyncio.sleep(self.retry_backoff)
+
+
+class WriteBehind:
+    """Table changes staged in memory by any agent, sent once per key per flush, in order, through one outbox.
+
+    Agents share the join state: a key written by one agent's batch may be sent
+    by another agent's flush. So a flush returns the delivery of *everything*
+    sent so far (each delivery waits for the one before), and an agent acks its
+    batch after that: whoever sent its changes, they are on the broker first.
+    Flushes hold a lock, so a key's values reach the broker in the order written.
+    """
+
+    def __init__(self, out: Outbox, encode: Callable[[Any], bytes]) -> None:
+        self.out = out
+        self.encode = encode
+        self._staged: dict[tuple[str, bytes], tuple[int, Any]] = {}   # (topic, key) -> (partition, value)
+        self._lock = asyncio.Lock()
+        self._done: asyncio.Future | None = None
+
+    def stage(self, topic: str, partition: int, key: bytes, value: Any) -> None:
+        """The key's new value (None: deleted), sent at the next flush; a newer value replaces a staged one."""
+        self._staged.pop((topic, key), None)
+        self._staged[(topic, key)] = (partition, value)
+
+    async def flush(self) -> Awaitable[None] | None:
+        """Send what is staged; returns what to await before acking inputs that staged changes."""
+        async with self._lock:
+            staged, self._staged = self._staged, {}
+            for (topic, key), (partition, value) in staged.items():
+                await self.out.send(topic, key=key, value=None if value is None else self.encode(value),
+                                    partition=partition)
+            if staged:
+                self._done = self.out.delivered()
+            return self._done

@@ -13,19 +13,26 @@ label is told its event *expired*); it is evicted, oldest first, once twice
 the time-to-live has passed, whenever its partition is written or ticked; a
 partition never holds more than ``max_per_partition`` entries.
 
-Writes name their partition (the owner's, where the agent consumed the key's
-message): Faust's own ``table[key] = value`` takes it from the event being
-iterated, and there is none while an agent handles a batch (``take``).
+Entries live in the table's in-memory store as dicts (what the changelog
+restored is decoded on first use); a write changes the store at once and is
+written behind to the changelog (``outbox.WriteBehind``): once per key per
+batch, acked before the batch's inputs are. Writes name their partition (the
+owner's, where the agent consumed the key's message): Faust's own
+``table[key] = value`` takes it from the event being iterated, and a batch
+holds many.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Any, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, Callable, MutableMapping
 
 from . import codec
 from .routing import partition_for
+
+if TYPE_CHECKING:
+    from .outbox import WriteBehind
 
 SEP = b"\x1f"
 
@@ -34,38 +41,45 @@ def join_key(model: str, event_id: str) -> bytes:
     return model.encode() + SEP + event_id.encode()
 
 
-Write = Callable[[int, bytes, "bytes | None"], None]
+Write = Callable[[int, bytes, "dict | None"], None]
 
 
-def table_writer(table: Any) -> Write:
-    """``write(partition, key, value)`` for a Faust table: its changelog in that partition, then its store."""
-    def write(partition: int, key: bytes, value: bytes | None) -> None:
-        if value is None:
-            table.send_changelog(partition, key, None, value_serializer="raw")
+def table_writer(table: Any, behind: "WriteBehind") -> Write:
+    """``write(partition, key, entry)`` for a Faust table: its store now, its changelog behind."""
+    changelog = table.changelog_topic.get_topic_name()
+
+    def write(partition: int, key: bytes, entry: dict | None) -> None:
+        if entry is None:
             table.data.pop(key, None)
         else:
-            table.send_changelog(partition, key, value)
-            table.data[key] = value
+            table.data[key] = entry
+        behind.stage(changelog, partition, key, entry)
     return write
 
 
-def dict_writer(table: MutableMapping[bytes, bytes]) -> Write:
-    def write(partition: int, key: bytes, value: bytes | None) -> None:
-        if value is None:
+def dict_writer(table: MutableMapping[bytes, Any]) -> Write:
+    def write(partition: int, key: bytes, entry: dict | None) -> None:
+        if entry is None:
             table.pop(key, None)
         else:
-            table[key] = value
+            table[key] = entry
     return write
+
+
+def _entry(value: Any) -> dict:
+    """A stored entry: a dict, or JSON bytes as restored from the changelog."""
+    return value if isinstance(value, dict) else codec.loads(value)
 
 
 class BoundedTable:
     """A table of ``{"t": time, ...}`` JSON entries with a TTL and a per-partition size bound."""
 
-    def __init__(self, table: MutableMapping[bytes, bytes], partitions: int, ttl: float,
+    def __init__(self, table: Any, partitions: int, ttl: float,
                  max_per_partition: int, clock: Callable[[], float] = time.time,
                  write: Write | None = None) -> None:
-        self.table = table  # read from; written through ``write``
-        self.write = write or dict_writer(table)
+        self.table = table
+        self.data: MutableMapping[bytes, Any] = getattr(table, "data", table)   # read from; written by ``write``
+        self.write = write or dict_writer(self.data)
         self.partitions = partitions
         self.ttl = ttl
         self.max_per_partition = max_per_partition
@@ -74,13 +88,13 @@ class BoundedTable:
         self._index: dict[int, OrderedDict[bytes, float]] = {}
 
     def get(self, key: bytes) -> dict[str, Any] | None:
-        """The entry under key, or None; ``entry["expired"]`` says if past its TTL."""
-        raw = self.table.get(key)
-        if raw is None:
+        """A copy of the entry under key, or None; ``entry["expired"]`` says if past its TTL."""
+        value = self.data.get(key)
+        if value is None:
             return None
-        entry = codec.loads(raw)
-        entry["expired"] = self.clock() - entry["t"] > self.ttl
-        return entry
+        if not isinstance(value, dict):
+            value = self.data[key] = codec.loads(value)    # restored from the changelog: decoded once
+        return {**value, "expired": self.clock() - value["t"] > self.ttl}
 
     def put(self, partition: int, key: bytes, entry: dict[str, Any], *, fresh: bool = True) -> list[dict]:
         """Write an entry (``fresh``: stamped now and re-indexed); return the entries evicted."""
@@ -90,12 +104,12 @@ class BoundedTable:
             entry["t"] = self.clock()
             index.pop(key, None)
             index[key] = entry["t"]
-        self.write(partition, key, codec.dumps(entry))  # write back, or the changelog misses it
+        self.write(partition, key, entry)  # write back, or the changelog misses it
         return self.evict(partition)
 
     def delete(self, partition: int, key: bytes) -> None:
         self._partition_index(partition).pop(key, None)
-        if key in self.table:
+        if key in self.data:
             self.write(partition, key, None)
 
     def evict(self, partition: int) -> list[dict]:
@@ -108,10 +122,10 @@ class BoundedTable:
             if t >= cutoff and len(index) <= self.max_per_partition:
                 break
             index.popitem(last=False)
-            raw = self.table.get(key)
-            if raw is not None:
+            value = self.data.get(key)
+            if value is not None:
                 self.write(partition, key, None)
-                evicted.append(codec.loads(raw))
+                evicted.append(_entry(value))
         return evicted
 
     def forget_partitions(self, keep: set[int]) -> None:
@@ -130,10 +144,10 @@ class BoundedTable:
             # changelog restored for it. The table also holds the other
             # partitions (and standbys), so filter by the key's partition.
             found = []
-            for key, raw in list(self.table.items()):
+            for key, value in list(self.data.items()):
                 model = key.split(SEP, 1)[0].decode()
                 if partition_for(model, self.partitions) == partition:
-                    found.append((codec.loads(raw)["t"], key))
+                    found.append((_entry(value)["t"], key))
             found.sort()
             index = self._index[partition] = OrderedDict((k, t) for t, k in found)
         return index

@@ -25,6 +25,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streamlearn.models import get_spec
+from streamlearn.streams.codec import decode_examples
 
 from .harness import PARTITIONS, Collector, Producer
 
@@ -129,7 +130,8 @@ async def diagnose(cluster, sent: Sent, have: dict, expected: dict) -> str:
     training = Counter()
     for m in await read_topic(cluster.bootstrap, t.training):
         if m.value and not any(h == "streamlearn-command" for h, _ in m.headers or ()):
-            training[orjson.loads(m.value)["event_id"]] += 1
+            for ex in decode_examples(m.value):
+                training[ex.event_id] += 1
     dead = [orjson.loads(m.value) for m in await read_topic(cluster.bootstrap, t.deadletter)]
     lines = []
     for eid, (key, _, _) in sent.events.items():
@@ -196,14 +198,14 @@ async def assert_exact(cluster, workers, sent: Sent, crashes: int = 0) -> None:
     for m in await read_topic(cluster.bootstrap, t.training):
         if not m.value or any(h == "streamlearn-command" for h, _ in m.headers or ()):
             continue
-        ex = orjson.loads(m.value)
-        if ex["event_id"] in seen:
-            repeats += 1
-            continue
-        seen.add(ex["event_id"])
-        key, x, y = sent.events[ex["event_id"]]
-        assert (ex["model"], ex["features"], ex["label"]) == (key, x, y), ex
-        order[key].append(ex["event_id"])
+        for ex in decode_examples(m.value):     # packed: the examples of one batch of one partition
+            if ex.event_id in seen:
+                repeats += 1
+                continue
+            seen.add(ex.event_id)
+            key, x, y = sent.events[ex.event_id]
+            assert (ex.model, ex.features, ex.label) == (key, x, y), ex
+            order[key].append(ex.event_id)
     assert seen == set(sent.events)
     predictions = Counter(orjson.loads(m.value)["event_id"] for m in await read_topic(cluster.bootstrap,
                                                                                      t.predictions))

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import orjson
 import pytest
+from faust.types import TP
 
 from streamlearn.app.settings import Settings
 from streamlearn.app.worker import create_worker
+from streamlearn.streams.codec import pack
 from streamlearn.streams.routing import partition_for
+from streamlearn.streams.transport import Fetched
 
 
 class Recorder:
@@ -27,12 +31,24 @@ class Recorder:
 
 
 class RecordingOutbox:
-    """Stands in for the producer: hands each send to the topic's recorder, acks at once."""
+    """Stands in for the producer: hands each send (and each pack) to the topic's recorder, acks at once."""
+
+    def __init__(self) -> None:
+        self.packs: dict = {}
 
     async def send(self, topic, **kwargs):
         await topic.send(**kwargs)
 
-    def ack_when_delivered(self, stream, events):
+    def pack(self, topic, partition, value):
+        self.packs.setdefault((topic, partition), []).append(value)
+
+    async def send_packs(self):
+        packs, self.packs = self.packs, {}
+        for (topic, partition), values in packs.items():
+            for value in pack(values, 1 << 20):
+                await topic.send(key=None, value=value, partition=partition)
+
+    def ack_when_delivered(self, stream, events, after=None):
         for event in events:
             if isinstance(stream, FakeStream):
                 stream.acked.append(event.message.offset)
@@ -48,9 +64,23 @@ def worker(tmp_path):
     w.agents.topics = w.topics
     w.agents.outbox = RecordingOutbox
     w.agents.dead.topic = w.topics.deadletter
-    for table in (w.pending.table, w.early.table):
-        table.send_changelog = lambda *a, **k: None  # no broker to write the changelog to
+    w.agents.state.out = ChangelogRecorder()   # no broker to write the join state's changelogs to
     return w
+
+
+class ChangelogRecorder:
+    """Stands in for the outbox of the join state's changelogs: records, delivers at once."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    async def send(self, topic, **kwargs):
+        self.sent.append({"topic": topic, **kwargs})
+
+    def delivered(self):
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
 
 async def test_router_sends_each_event_to_the_owner_partition(worker):
@@ -76,7 +106,7 @@ async def test_routers_answer_at_once_what_already_sits_in_its_owners_partition(
     async with worker.app.agents["route-feedback"].test_context() as agent:
         await agent.put(orjson.dumps({"event_id": "e1", "label": True}), key=b"tenant-7", partition=p)
     [example] = worker.topics.training.sent
-    assert example["partition"] == p and orjson.loads(example["value"])["event_id"] == "e1"
+    assert example["partition"] == p and orjson.loads(example["value"])[0]["event_id"] == "e1"
     assert worker.topics.labels.sent == []
 
     worker.agents.owned = set()  # the partition is not (or no longer) this worker's: route
@@ -106,7 +136,7 @@ async def test_predict_join_learn(worker):
                        headers=origin(12))                                                      # too early
     [example] = worker.topics.training.sent
     assert example["partition"] == p
-    assert orjson.loads(example["value"])["origin"] == ["streamlearn.feedback", 3, 10]
+    assert orjson.loads(example["value"])[0]["origin"] == ["streamlearn.feedback", 3, 10]
     assert worker.metrics.duplicate_labels._value.get() == 1
     assert worker.early.get(b"m\x1fe2")["label"] is True
 
@@ -141,7 +171,7 @@ async def test_a_label_handled_again_after_a_crash_is_sent_again_and_learned_onc
         for _ in range(2):   # e2's features release its label; handled again, they re-send its example
             await predict.put(orjson.dumps({"event_id": "e2", "features": {"a": 2.0}}), key=b"m", partition=p)
     assert worker.metrics.duplicate_labels._value.get() == 0
-    sent = [orjson.loads(ex["value"]) for ex in worker.topics.training.sent]
+    sent = [one for ex in worker.topics.training.sent for one in orjson.loads(ex["value"])]
     assert [ex["event_id"] for ex in sent] == ["e1", "e1", "e3", "e3", "e2", "e2"]
     assert sent[4] == sent[5] and sent[4]["features"] == {"a": 2.0} and sent[4]["label"] is False
 
@@ -189,34 +219,38 @@ async def test_an_agent_that_dies_handles_what_it_had_taken_after_its_restart(wo
 
     worker.agents.dead.send = broken_dead_letter
     body = worker.agents.watched("predict", worker.agents.predict)
-    batch = [SimpleNamespace(message=SimpleNamespace(topic="t", partition=p, offset=i, key=b"m", headers=[],
-                                                     generation_id=0, value=v))
-             for i, v in enumerate([orjson.dumps({"event_id": "a", "features": {}}), b"{bad",
-                                    orjson.dumps({"event_id": "b", "features": {}})])]
-    stream = FakeStream([batch], [])
+    records = [SimpleNamespace(topic="t", partition=p, offset=i, key=b"m", headers=[], value=v, timestamp=0,
+                               timestamp_type=0)
+               for i, v in enumerate([orjson.dumps({"event_id": "a", "features": {}}), b"{bad",
+                                      orjson.dumps({"event_id": "b", "features": {}})])]
+    fetch = SimpleNamespace(message=Fetched(TP("t", p), records, generation_id=0))   # one fetch, one event
+    stream = FakeStream([fetch], [])
     with pytest.raises(ConnectionError):
         await body(stream)
     assert [pr["event_id"] for pr in worker.topics.predictions.values()] == ["a"]
-    assert stream.acked == [0]
+    assert stream.acked == []                # the fetch is acked only once all of it is handled
     assert "predict" in worker.agents.crashes and worker.metrics.agent_crashes.labels("predict")._value.get() == 1
 
     restarted = FakeStream([], [])
     await body(restarted)       # Faust's restart: a new stream; what was left is handled first
     assert [pr["event_id"] for pr in worker.topics.predictions.values()] == ["a", "b"]
-    assert stream.acked == [0, 1, 2]      # acked on the stream the events came from
+    assert stream.acked == [2]      # then the fetch (offsets 0-2) is acked, on the stream it came from
 
 
 class FakeStream:
     """Just what the batch loop uses of a Faust stream."""
 
-    def __init__(self, batches: list, acked: list) -> None:
-        self.batches = batches
+    def __init__(self, events: list, acked: list) -> None:
+        self._events = events
         self.acked = acked
         self.app = SimpleNamespace(flow_control=SimpleNamespace(is_active=lambda: True), consumer_generation_id=0)
 
-    async def noack_take(self, max_, within):
-        for batch in self.batches:
-            yield batch
+    def noack(self) -> "FakeStream":
+        return self
+
+    async def events(self):
+        for event in self._events:
+            yield event
 
     async def ack(self, event) -> None:
         self.acked.append(event.message.offset)

@@ -90,7 +90,10 @@ def test_prediction_and_deadletter_encoding():
     assert base64.b64decode(dl["value_b64"]) == raw and dl["value"] is None
     assert (dl["topic"], dl["partition"], dl["offset"], dl["key"], dl["reason"]) == ("t", 1, 2, "k", "not_json")
     ex = codec.Example("e", "m", {"a": 1}, True, 5.0)
-    assert codec.decode_example(codec.encode_example(ex)) == ex
+    assert codec.decode_examples(codec.encode_example(ex)) == [ex]
+    [packed] = codec.pack([codec.encode_example(ex)] * 2, 1 << 20)
+    assert codec.decode_examples(packed) == [ex, ex]
+    assert len(codec.pack([codec.encode_example(ex)] * 3, 2 * len(codec.encode_example(ex)) + 3)) == 2
 
 
 def test_every_malformed_message_of_the_corpus_is_rejected_with_a_reason():

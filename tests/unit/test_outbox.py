@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
+import orjson
 from aiokafka.errors import KafkaTimeoutError
 
-from streamlearn.streams.outbox import Outbox
+from streamlearn.streams.outbox import Outbox, WriteBehind
 
 
 class FlakyProducer:
@@ -65,3 +66,31 @@ async def test_a_batch_that_sent_nothing_is_acked_at_once():
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert stream.acked == ["e1"]
+
+
+async def test_state_written_behind_once_per_key_in_order_and_acked_after_whoever_sent_it():
+    """Two agents share the join state: one's batch may be sent by the other's flush; both wait for it."""
+    producer = FlakyProducer(fail_first={"state"})     # the first changelog send fails: sent again
+    behind = WriteBehind(Outbox(SimpleNamespace(producer=producer), retry_backoff=0.01), encode=orjson.dumps)
+    a, b = Outbox(SimpleNamespace(producer=producer)), Outbox(SimpleNamespace(producer=producer))
+    stream = Stream()
+
+    behind.stage("state", 3, b"k1", {"f": 1})               # agent A's batch writes k1 ...
+    behind.stage("state", 3, b"k2", {"f": 2})               # ... agent B's batch writes k2
+    behind.stage("state", 3, b"k1", {"f": 1, "l": 7})      # ... and A again: k1's latest value only
+    a.ack_when_delivered(stream, ["a"], after=await behind.flush())   # A's flush sends B's k2 too
+    b.ack_when_delivered(stream, ["b"], after=await behind.flush())   # B's flush finds nothing new
+    assert [(t, orjson.loads(v)) for t, v in producer.sent] == [("state", {"f": 2}), ("state", {"f": 1, "l": 7})]
+    await asyncio.sleep(0.05)
+    assert stream.acked == []                  # k2 failed, k1 not delivered yet
+    producer.futures[1].set_result(None)       # k1 delivered
+    await asyncio.sleep(0.05)
+    assert [orjson.loads(v) for _, v in producer.sent[2:]] == [{"f": 2}]   # k2 sent again
+    assert stream.acked == []                  # ... still on its way: B waits for it too, though A sent it
+    producer.futures[2].set_result(None)
+    await asyncio.sleep(0.02)
+    assert sorted(stream.acked) == ["a", "b"]
+
+    behind.stage("state", 3, b"k1", None)                   # a deletion: a tombstone
+    await behind.flush()
+    assert producer.sent[-1] == ("state", None)

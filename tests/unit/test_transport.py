@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import weakref
-from collections import defaultdict
+from collections import Counter, defaultdict
 from types import SimpleNamespace
 
+import faust.transport.consumer as faust_consumer
+import pytest
 from faust.types.tuples import Message
 
-from streamlearn.streams.transport import Consumer, consumer_url
+from streamlearn.streams.transport import Consumer, Fetched, consumer_url, records_of
 
 
 def consumer(generation: int = 3, active: bool = True) -> Consumer:
     """The consumer's ack bookkeeping alone, without a Kafka connection."""
     c = Consumer.__new__(Consumer)
-    c._handled, c._reread, c._holes = weakref.WeakSet(), {}, {}
+    c._handled, c._reread, c._holes, c._fetching = weakref.WeakSet(), {}, {}, {}
     c.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
                             consumer_generation_id=generation, rebalancing=False,
                             flow_control=SimpleNamespace(is_active=lambda: active))
@@ -56,30 +58,31 @@ def test_consumer_url_keeps_the_hosts():
     assert consumer_url("kafka://a:9092;b:9093") == "streamlearn://a:9092;b:9093"
 
 
-async def test_a_jump_right_after_a_seek_is_read_again_not_committed_as_a_gap():
-    c = consumer()
-    c._sought, c._rereads, c._gap = {}, __import__("collections").Counter(), defaultdict(list)
-    tp = message(0).tp
-    gaps = []
+@pytest.fixture
+def faust_gaps(monkeypatch) -> list:
+    """The gaps Faust's own ``_add_gap`` is asked to commit, recorded instead."""
+    gaps: list = []
 
-    async def faust_gap(tp_, offset_from, offset_to):
+    async def add_gap(self, tp, offset_from, offset_to):
         gaps.append((offset_from, offset_to))
 
-    import faust.transport.consumer as base
-    original = base.Consumer._add_gap
-    base.Consumer._add_gap = lambda self, *a: faust_gap(*a)
-    try:
-        c._sought[tp] = 1122                 # Faust sought the partition back to its committed offset
-        await c._add_gap(tp, 1123, 1127)     # ... and then 1127, fetched before the seek, came first
-        assert gaps == []                    # not committed as a gap
-        await c._add_gap(tp, 1300, 1302)     # later, a real gap (a transaction marker): Faust's way
-        assert gaps == [(1300, 1302)]
-        for _ in range(3):                   # a real gap right after a seek: read again twice, then accepted
-            c._sought[tp] = 2000
-            await c._add_gap(tp, 2001, 2003)
-        assert gaps[-1] == (2001, 2003) and c._rereads[(tp, 2000)] == 2
-    finally:
-        base.Consumer._add_gap = original
+    monkeypatch.setattr(faust_consumer.Consumer, "_add_gap", add_gap)
+    return gaps
+
+
+async def test_a_jump_right_after_a_seek_is_read_again_not_committed_as_a_gap(faust_gaps):
+    c = consumer()
+    c._sought, c._rereads, c._gap = {}, Counter(), defaultdict(list)
+    tp = message(0).tp
+    c._sought[tp] = 1122                 # Faust sought the partition back to its committed offset
+    await c._add_gap(tp, 1123, 1127)     # ... and then 1127, fetched before the seek, came first
+    assert faust_gaps == []              # not committed as a gap
+    await c._add_gap(tp, 1300, 1302)     # later, a real gap (a transaction marker): Faust's way
+    assert faust_gaps == [(1300, 1302)]
+    for _ in range(3):                   # a real gap right after a seek: read again twice, then accepted
+        c._sought[tp] = 2000
+        await c._add_gap(tp, 2001, 2003)
+    assert faust_gaps[-1] == (2001, 2003) and c._rereads[(tp, 2000)] == 2
 
 
 def test_nothing_is_committed_past_an_unhandled_message():
@@ -102,3 +105,39 @@ def test_nothing_is_committed_past_an_unhandled_message():
     c._committed_offset[tp], c._acked[tp] = 300, [301]
     held = [c._new_offset(tp) for _ in range(MARKER_PATIENCE + 1)]
     assert held[:-1] == [None] * MARKER_PATIENCE and held[-1] == 302
+
+
+def fetched(offsets: list[int], generation: int = 3) -> Fetched:
+    records = [SimpleNamespace(topic="t", partition=4, offset=o, key=b"k", value=b"v", headers=(), timestamp=0,
+                               timestamp_type=0) for o in offsets]
+    return Fetched(message(0).tp, records, generation)
+
+
+async def test_a_fetch_is_one_message_whose_ack_acks_every_offset_it_holds():
+    c = consumer()
+    c._committed_offset[message(0).tp] = 10
+    batch = fetched([10, 11, 12, 13])
+    assert batch.offset == 13 and batch.first == 10 and [r.offset for r in records_of(batch)] == [10, 11, 12, 13]
+    single = message(5)
+    assert records_of(single) == [single]
+    assert c.ack(batch) is False and c._acked[batch.tp] == []     # not handled: nothing acked
+    c.handled(batch)
+    assert c.ack(batch) is True
+    assert sorted(c._acked[batch.tp]) == [10, 11, 12, 13] and c._n_acked == 4
+    assert c.ack(batch) is False and c._n_acked == 4              # twice is once
+    again = fetched([9, 10, 11, 14])                              # read again after a seek, partly committed
+    c.handled(again)
+    assert c.ack(again) is True and sorted(c._acked[batch.tp]) == [10, 11, 12, 13, 14]
+
+
+async def test_only_offsets_before_a_fetch_are_a_gap(faust_gaps):
+    """Faust's drain loop compares the fetch's last offset with the last read: the fetch itself is no gap."""
+    c = consumer()
+    c._sought, c._rereads = {}, Counter()
+    tp = message(0).tp
+    c._fetching[tp] = 21                 # read up to 20, fetched 21..29: Faust sees a jump 20 -> 29
+    await c._add_gap(tp, 21, 29)
+    assert faust_gaps == []
+    c._fetching[tp] = 33                 # read up to 29, fetched 33..40: 30..32 are a gap (markers)
+    await c._add_gap(tp, 30, 40)
+    assert faust_gaps == [(30, 32)]
