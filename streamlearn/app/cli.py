@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import dataclasses
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from .settings import Settings, SettingsError
@@ -34,9 +35,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .worker import create_worker, run
+    from .worker import create_worker, new_loop, run
 
-    run(create_worker(_settings(args)))
+    settings = _settings(args)
+    new_loop()   # before the app exists: Faust's services take the loop current when they are made
+    run(create_worker(settings))
     return 0
 
 
@@ -139,7 +142,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     return asyncio.run(run_bench(_settings(args), events=args.events, specs=args.specs.split(","),
                                  workers=[int(w) for w in args.workers.split(",")],
-                                 rates=[float(r) for r in args.rates.split(",")], as_json=args.json))
+                                 rates=[float(r) for r in args.rates.split(",")], as_json=args.json,
+                                 plot=args.plot))
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -265,12 +269,13 @@ def parser() -> argparse.ArgumentParser:
     t = common(sub.add_parser("topics", help="create missing topics and check partition counts"))
     t.set_defaults(func=cmd_topics)
 
-    b = common(sub.add_parser("bench", help="benchmark the pipeline against a raw Kafka passthrough"))
+    b = common(sub.add_parser("bench", help="benchmark the pipeline against a hand-written loop and a raw passthrough"))
     b.add_argument("--events", type=int, default=10_000, help="labelled events per run")
     b.add_argument("--specs", default="logreg,hoeffding_tree,arf", help="model specs, comma-separated")
     b.add_argument("--workers", default="1,2", help="worker counts, comma-separated")
     b.add_argument("--rates", default="0,1000,5000", help="events/s per run, comma-separated (0: flat out)")
     b.add_argument("--json", action="store_true", help="also print the results as JSON (table on stderr)")
+    b.add_argument("--plot", type=Path, help="also write a PNG of throughput and p99 against the offered rate")
     b.set_defaults(func=cmd_bench)
 
     ss = sub.add_parser("status", help="ask workers whether they are alive and ready")

@@ -70,6 +70,7 @@ class Settings:
     batch_max: int = _setting(500, "Most records one fetch brings, over all partitions (the consumer's `max_poll_records`); each partition's share reaches its agent as one batch, handled at once, so batches grow only with a backlog.")
     offset_reset: str = _setting("earliest", "Where a new consumer group starts reading: `earliest` or `latest`.")
     metrics_max_models: int = _setting(100, "At most this many model keys get Prometheus series of their own; the rest are aggregated as `_other`.")
+    stop_timeout_seconds: float = _setting(10.0, "On SIGTERM/SIGINT the worker stops gracefully, or exits after this many seconds (Faust's stop can hang; nothing is lost: inputs are committed only once their outputs are delivered).")
     log_level: str = _setting("info", "Log level of the worker.")
     log_format: str = _setting("text", "Log format: `text`, or `json` for one JSON object per line.")
 
@@ -107,6 +108,8 @@ class Settings:
             raise SettingsError("snapshot_every_* must be >= 0 and snapshot_keep at least 1")
         if self.gate_window < 10 or self.gate_min_discordant < 1 or self.gate_z_threshold <= 0:
             raise SettingsError("gate_window must be at least 10, gate_min_discordant and gate_z_threshold positive")
+        if self.stop_timeout_seconds <= 0:
+            raise SettingsError("stop_timeout_seconds must be positive")
         if self.dedup_window < 1:
             raise SettingsError("dedup_window must be at least 1")
         if self.batch_max < 1:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -381,16 +383,56 @@ async def prepare(worker: Worker) -> None:
                            [n.features, n.feedback, n.control, n.events, n.labels, n.training])
 
 
-def run(worker: Worker) -> None:
-    """Create the topics, then run the Faust worker until a signal stops it."""
-    s = worker.settings
-    # uvloop for the main loop and for the loop of Faust's consumer thread (both made by new_event_loop)
+class _Runner(faust.Worker):
+    """Faust's worker, whose stop on a signal is bounded.
+
+    A stop that hangs keeps a deployment's old worker alive (and the demo's
+    ``wait`` forever). One cause is known and fixed (``new_loop``: the tables'
+    tasks were on a loop that never ran, and the stop awaited them forever,
+    ``Table: pending: Shutting down...`` its last line); should another come,
+    the process exits once ``stop_timeout`` has passed. That loses nothing:
+    what the worker produced is committed only once delivered, and a restart
+    resumes from the committed offsets, as after a crash.
+    """
+
+    stop_timeout: float = 10.0
+
+    async def _stop_on_signal(self, signal: Any) -> None:
+        timer = threading.Timer(self.stop_timeout, self._exit_now)
+        timer.daemon = True
+        timer.start()
+        await super()._stop_on_signal(signal)
+
+    def _exit_now(self) -> None:
+        log.warning("the worker did not stop within %gs of the signal (Faust's stop hung); exiting now",
+                    self.stop_timeout)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(0)
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """The worker's event loop: uvloop, the current loop *before* the app and its tables are built.
+
+    Faust's services take the current loop when they are made: a loop set
+    later leaves the tasks of the tables (their cleanup task) on a loop that
+    never runs, and the worker's stop then waits for them forever. uvloop for
+    this loop and for the loop of Faust's consumer thread (both from the policy).
+    """
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    return loop
+
+
+def run(worker: Worker) -> None:
+    """Create the topics, then run the Faust worker until a signal stops it (make the loop with ``new_loop``)."""
+    s = worker.settings
+    loop = asyncio.get_event_loop()
     loop.run_until_complete(prepare(worker))
-    runner = faust.Worker(worker.app, loglevel=s.log_level, loop=loop,
-                          logging_config=logging_config(s.log_format, s.log_level))
+    runner = _Runner(worker.app, loglevel=s.log_level, loop=loop,
+                     logging_config=logging_config(s.log_format, s.log_level))
+    runner.stop_timeout = s.stop_timeout_seconds
     # Faust's terminal spinner sets the root logger to DEBUG at log levels
     # WARNING and above (to spin on every record): every debug call of Faust
     # and aiokafka then builds a LogRecord, ~8% of a worker's CPU. No spinner.

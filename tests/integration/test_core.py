@@ -108,3 +108,23 @@ async def test_status_command_and_json_logs(cluster):
     assert rejected and rejected[0]["event_id"] == "j-1" and rejected[0]["level"] == "warning"
     # no log line per successful event at the default level
     assert not any("predicted" in x["message"] for x in lines)
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "after-traffic"])
+async def test_a_worker_stops_promptly_on_sigterm(cluster, busy):
+    """SIGTERM stops the worker gracefully within seconds (Faust's stop used to hang for good on the tables' tasks)."""
+    w = cluster.start_worker()
+    cluster.wait_ready()
+    if busy:
+        async with Producer(cluster.bootstrap) as p:
+            for i in range(200):
+                await p.send(cluster.topics.features, {"event_id": f"e{i}", "model": f"m{i % 5}", "features": {"a": i}})
+                await p.send(cluster.topics.feedback, {"event_id": f"e{i}", "model": f"m{i % 5}", "label": i % 2 == 0})
+        await wait_learned(w, "m0", 40)
+    started = time.monotonic()
+    w.stop(timeout=60)
+    took = time.monotonic() - started
+    log = w.log.read_text(errors="replace")
+    assert w.proc.returncode == 0 and "did not stop within" not in log, w.log_tail()
+    assert took < 8, f"stopped in {took:.1f}s"
+    assert "Traceback" not in log
