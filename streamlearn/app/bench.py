@@ -1,8 +1,11 @@
-"""``streamlearn bench``: the pipeline against a raw aiokafka passthrough, in one run.
+"""``streamlearn bench``: the pipeline against two baselines, in one run.
 
-Baseline: one aiokafka consumer that forwards every message of a topic to
-another topic (the fastest consume-and-produce anyone would write by hand).
-Pipeline: ``streamlearn worker`` processes; feature events and their labels
+Baselines: ``raw``, one aiokafka consumer that forwards every message of a
+topic to another topic (the fastest consume-and-produce anyone would write by
+hand); ``loop``, the same job as the pipeline written by hand on aiokafka, as
+a user without streamlearn would (feature events and labels in, a River model
+per key in a dict, the join by event id in a dict, predictions out; no fault
+tolerance, no exactly-once, nothing survives a restart). Pipeline: ``streamlearn worker`` processes; feature events and their labels
 in, predictions out. Throughput is events from the first one sent to the
 last prediction received; latency is from the event's ``ts`` (set when it is
 produced) to the moment its prediction is consumed; CPU is the workers'
@@ -43,7 +46,8 @@ class Result:
     p95_ms: float
     p99_ms: float
     cpu_s_per_1k: float
-    ratio_to_baseline: float | None = None
+    ratio_to_baseline: float | None = None   # events/s against the raw passthrough
+    ratio_to_loop: float | None = None       # events/s against the hand-written loop
 
 
 def _features(i: int) -> dict:
@@ -104,39 +108,98 @@ def _stats(name, spec, workers, rate, n, first_sent, received, cpu) -> Result:
     return Result(name, spec, workers, rate, len(received), eps, p50, p95, p99, cpu / max(n, 1) * 1000)
 
 
-async def baseline(bootstrap: str, n: int, rate: float, partitions: int) -> Result:
-    tag = uuid.uuid4().hex[:6]
-    src, dst = f"bench-{tag}.in", f"bench-{tag}.out"
-    await _create(bootstrap, [src, dst], partitions)
-    consumer = AIOKafkaConsumer(src, bootstrap_servers=bootstrap, group_id=f"bench-{tag}",
+async def _hand_written(bootstrap: str, name: str, spec: str, n: int, rate: float, partitions: int,
+                        inputs: list[str], output: str, messages: list, handle) -> Result:
+    """A consume-handle-produce loop on aiokafka in this process: ``handle(producer, topic, records)``
+    for each partition's records of each fetch; n results expected on ``output``. Its CPU includes the
+    client's (sending and collecting): an upper bound."""
+    await _create(bootstrap, [*inputs, output], partitions)
+    consumer = AIOKafkaConsumer(*inputs, bootstrap_servers=bootstrap, group_id=f"{output}-group",
                                 auto_offset_reset="earliest")
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
-    out = AIOKafkaConsumer(dst, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
+    out = AIOKafkaConsumer(output, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
     sender = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
     for c in (consumer, producer, out, sender):
         await c.start()
 
-    async def passthrough() -> None:
+    async def job() -> None:
         while True:
-            batch = await consumer.getmany(timeout_ms=100)
-            for msgs in batch.values():
-                for m in msgs:
-                    await producer.send(dst, m.value, key=m.key)
+            for tp, records in (await consumer.getmany(timeout_ms=100)).items():
+                await handle(producer, tp.topic, records)
 
     cpu0 = time.process_time()
-    task = asyncio.create_task(passthrough())
-    msgs = [(src, f"m{i % 20}".encode(),
-             (lambda i=i: orjson.dumps({"event_id": str(i), "features": _features(i), "ts": time.time()})))
-            for i in range(n)]
-    collecting = asyncio.create_task(_collect(out, n, timeout=120))
+    task = asyncio.create_task(job())
+    collecting = asyncio.create_task(_collect(out, n, timeout=300))
     first = time.time()
-    await _send_paced(sender, msgs, rate)
+    await _send_paced(sender, messages, rate * len(messages) / n)   # rate: events/s; messages per event
     received = await collecting
-    cpu = time.process_time() - cpu0  # includes the producer and collector: an upper bound
+    cpu = time.process_time() - cpu0
     task.cancel()
     for c in (consumer, producer, out, sender):
         await c.stop()
-    return _stats("baseline", "-", 1, rate, n, first, received, cpu)
+    return _stats(name, spec, 1, rate, n, first, received, cpu)
+
+
+async def baseline(bootstrap: str, n: int, rate: float, partitions: int) -> Result:
+    """``raw``: every message of one topic forwarded to another."""
+    prefix = f"bench-{uuid.uuid4().hex[:6]}."
+
+    async def forward(producer: AIOKafkaProducer, topic: str, records: list) -> None:
+        for m in records:
+            await producer.send(f"{prefix}out", m.value, key=m.key)
+
+    msgs = [(f"{prefix}in", f"m{i % 20}".encode(),
+             (lambda i=i: orjson.dumps({"event_id": str(i), "features": _features(i), "ts": time.time()})))
+            for i in range(n)]
+    return await _hand_written(bootstrap, "raw", "-", n, rate, partitions, [f"{prefix}in"], f"{prefix}out",
+                               msgs, forward)
+
+
+def _job_messages(prefix: str, n: int) -> list:
+    """The pipeline's job: n feature events over 20 model keys, each followed by its label."""
+    msgs = []
+    for i in range(n):
+        key = f"m{i % 20}".encode()
+        msgs.append((f"{prefix}features", key, (lambda i=i: orjson.dumps(
+            {"event_id": str(i), "features": _features(i), "ts": time.time()}))))
+        msgs.append((f"{prefix}feedback", key, (lambda i=i: orjson.dumps(
+            {"event_id": str(i), "label": _features(i)["amount"] > 50}))))
+    return msgs
+
+
+async def loop_baseline(bootstrap: str, spec: str, n: int, rate: float, partitions: int) -> Result:
+    """``loop``: the pipeline's job written by hand, models and join in dicts (no fault tolerance)."""
+    from streamlearn.models import get_spec
+
+    prefix = f"bench-{uuid.uuid4().hex[:6]}."
+    build = get_spec(spec).build
+    models: dict[bytes, object] = {}
+    waiting: dict[str, dict] = {}     # event id -> features, until its label
+    early: dict[str, object] = {}     # event id -> label that came first
+
+    async def job(producer: AIOKafkaProducer, topic: str, records: list) -> None:
+        for m in records:
+            obj = orjson.loads(m.value)
+            model = models.get(m.key) or models.setdefault(m.key, build())
+            eid = obj["event_id"]
+            if topic.endswith(".features"):
+                x = obj["features"]
+                proba = model.predict_proba_one(x)
+                await producer.send(f"{prefix}predictions", orjson.dumps(
+                    {"event_id": eid, "prediction": max(proba, key=proba.get) if proba else None,
+                     "ts": obj.get("ts")}), key=m.key)
+                if eid in early:
+                    model.learn_one(x, early.pop(eid))
+                else:
+                    waiting[eid] = x
+            elif eid in waiting:
+                model.learn_one(waiting.pop(eid), obj["label"])
+            else:
+                early[eid] = obj["label"]
+
+    return await _hand_written(bootstrap, "loop", spec, n, rate, partitions,
+                               [f"{prefix}features", f"{prefix}feedback"], f"{prefix}predictions",
+                               _job_messages(prefix, n), job)
 
 
 async def pipeline(settings: Settings, spec: str, workers: int, n: int, rate: float, workdir: Path) -> Result:
@@ -158,13 +221,7 @@ async def pipeline(settings: Settings, spec: str, workers: int, n: int, rate: fl
         sender = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
         await out.start()
         await sender.start()
-        msgs = []
-        for i in range(n):
-            key = f"m{i % 20}".encode()
-            msgs.append((f"{prefix}features", key, (lambda i=i: orjson.dumps(
-                {"event_id": str(i), "features": _features(i), "ts": time.time()}))))
-            msgs.append((f"{prefix}feedback", key, (lambda i=i: orjson.dumps(
-                {"event_id": str(i), "label": _features(i)["amount"] > 50}))))
+        msgs = _job_messages(prefix, n)
         pids = [p.pid for p in procs]
         cpu0 = _cpu_seconds(pids)
         collecting = asyncio.create_task(_collect(out, n, timeout=300))
@@ -180,7 +237,7 @@ async def pipeline(settings: Settings, spec: str, workers: int, n: int, rate: fl
 
 
 async def run_bench(settings: Settings, *, events: int, specs: list[str], workers: list[int],
-                    rates: list[float], as_json: bool) -> int:
+                    rates: list[float], as_json: bool, plot: Path | None = None) -> int:
     results: list[Result] = []
     table = Table(sys.stderr if as_json else sys.stdout)
     with tempfile.TemporaryDirectory() as d:
@@ -188,15 +245,25 @@ async def run_bench(settings: Settings, *, events: int, specs: list[str], worker
         results.append(base)
         table.row(base)
         for spec in specs:
+            loops = {}
+            for rate in rates:   # the hand-written loop at each rate, then the pipeline at each rate
+                loops[rate] = await loop_baseline(settings.bootstrap_servers, spec, events, rate,
+                                                  settings.partitions)
+                results.append(loops[rate])
+                table.row(loops[rate])
             for w in workers:
                 for rate in rates:
                     r = await pipeline(settings, spec, w, events, rate, Path(d))
                     if rate == 0:
                         r.ratio_to_baseline = r.events_per_s / base.events_per_s
+                        r.ratio_to_loop = r.events_per_s / loops[rate].events_per_s
                     results.append(r)
                     table.row(r)
     if as_json:
         print(json.dumps({"machine": _machine(), "results": [asdict(r) for r in results]}, indent=2))
+    if plot is not None:
+        from .plot import render_bench
+        print(f"wrote {render_bench(results, plot)}", file=sys.stderr if as_json else sys.stdout)
     return 0
 
 
@@ -210,11 +277,13 @@ class Table:
     def __init__(self, out) -> None:
         self.out = out
         print(f"{'run':<9}{'spec':<16}{'workers':>8}{'rate':>8}{'events':>8}{'events/s':>10}"
-              f"{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'cpu s/1k':>10}{'vs base':>9}", file=out, flush=True)
+              f"{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'cpu s/1k':>10}{'vs raw':>8}{'vs loop':>9}",
+              file=out, flush=True)
 
     def row(self, r: Result) -> None:
         rate = "max" if not r.target_rate else f"{r.target_rate:g}"
-        ratio = f"{r.ratio_to_baseline:.2f}" if r.ratio_to_baseline is not None else "-"
+        raw = f"{r.ratio_to_baseline:.2f}" if r.ratio_to_baseline is not None else "-"
+        loop = f"{r.ratio_to_loop:.2f}" if r.ratio_to_loop is not None else "-"
         print(f"{r.name:<9}{r.spec:<16}{r.workers:>8}{rate:>8}{r.events:>8}{r.events_per_s:>10,.0f}"
-              f"{r.p50_ms:>9.1f}{r.p95_ms:>9.1f}{r.p99_ms:>9.1f}{r.cpu_s_per_1k:>10.2f}{ratio:>9}",
+              f"{r.p50_ms:>9.1f}{r.p95_ms:>9.1f}{r.p99_ms:>9.1f}{r.cpu_s_per_1k:>10.2f}{raw:>8}{loop:>9}",
               file=self.out, flush=True)

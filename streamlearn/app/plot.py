@@ -12,7 +12,7 @@ green; stretches of injected bad labels are shaded.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,48 @@ def render(all_series: list[Series], path: Path, title: str = "Online accuracy")
     axes[0, 0].legend(loc="lower left", fontsize=8)
     axes[0, 0].set_title(f"{title} (snapshots: grey ticks)")
     axes[-1, 0].set_xlabel("seconds")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def render_bench(results: list, path: Path) -> Path:
+    """Write the benchmark's PNG: throughput and p99 latency against the offered rate, one line per run kind.
+
+    ``results`` are ``bench.Result`` rows; runs flat out (rate 0) are drawn at the rate they reached.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines: dict[str, list] = defaultdict(list)
+    for r in results:
+        if r.name == "raw":
+            continue
+        label = f"{r.name} {r.spec}" + (f", {r.workers} worker{'s' if r.workers > 1 else ''}"
+                                          if r.name == "pipeline" else "")
+        lines[label].append((r.target_rate or r.events_per_s, r.events_per_s, r.p99_ms, not r.target_rate))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 8), sharex=True)
+    for label, points in sorted(lines.items()):
+        points.sort()
+        offered = [p[0] for p in points]
+        style = "--" if label.startswith("loop") else "-"
+        top.plot(offered, [p[1] for p in points], style, marker="o", label=label)
+        bottom.plot(offered, [p[2] for p in points], style, marker="o", label=label)
+        for p in points:
+            if p[3]:
+                top.annotate("flat out", (p[0], p[1]), fontsize=7, xytext=(3, -10), textcoords="offset points")
+    top.set_ylabel("events/s reached")
+    top.grid(alpha=0.3)
+    top.legend(fontsize=8)
+    top.set_title("streamlearn bench: pipeline against the hand-written loop")
+    bottom.set_yscale("log")
+    bottom.set_ylabel("p99 latency, ms (event ts to prediction consumed)")
+    bottom.set_xlabel("offered events/s (flat-out runs: what they reached)")
+    bottom.grid(alpha=0.3, which="both")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -108,7 +108,7 @@ def test_kafka_script_runs_brokers_side_by_side(bootstrap, tmp_path):
     assert subprocess.run([*kafka, "status"], env=env, capture_output=True).returncode == 1
 
 
-def test_bench_command_measures_baseline_and_pipeline(cluster):
+def test_bench_command_measures_baselines_and_pipeline(cluster):
     """`streamlearn bench` runs end to end and reports every figure (values are for docs, not asserted)."""
     r = subprocess.run([sys.executable, "-m", "streamlearn.app.cli", "bench", "--events", "200", "--specs", "logreg",
                         "--workers", "1", "--rates", "0", "--json"], env=cluster.env(partitions=8),
@@ -116,13 +116,15 @@ def test_bench_command_measures_baseline_and_pipeline(cluster):
     assert r.returncode == 0, r.stderr[-2000:]
     report = orjson.loads(r.stdout)
     assert report["machine"]["cpus"] >= 1
-    base, pipe = report["results"]
-    assert base["name"] == "baseline" and pipe["name"] == "pipeline" and pipe["spec"] == "logreg"
-    assert base["events"] == 200 and pipe["events"] == 200
-    for res in (base, pipe):
+    raw, loop, pipe = report["results"]
+    assert raw["name"] == "raw" and loop["name"] == "loop" and pipe["name"] == "pipeline"
+    assert loop["spec"] == pipe["spec"] == "logreg"
+    assert raw["events"] == loop["events"] == pipe["events"] == 200    # every prediction came
+    for res in (raw, loop, pipe):
         assert res["events_per_s"] > 0 and 0 <= res["p50_ms"] <= res["p95_ms"] <= res["p99_ms"]
-    assert pipe["ratio_to_baseline"] == pytest.approx(pipe["events_per_s"] / base["events_per_s"])
-    assert "events/s" in r.stderr  # the table
+    assert pipe["ratio_to_baseline"] == pytest.approx(pipe["events_per_s"] / raw["events_per_s"])
+    assert pipe["ratio_to_loop"] == pytest.approx(pipe["events_per_s"] / loop["events_per_s"])
+    assert "events/s" in r.stderr and "vs loop" in r.stderr  # the table
 
 
 async def test_the_demo_as_a_user_runs_it(tmp_path):
