@@ -134,10 +134,34 @@ async def diagnose(cluster, sent: Sent, have: dict, expected: dict) -> str:
                 training[ex.event_id] += 1
     dead = [orjson.loads(m.value) for m in await read_topic(cluster.bootstrap, t.deadletter)]
     lines = []
-    for eid, (key, _, _) in sent.events.items():
-        if key in keys and training[eid] != 1:
-            lines.append(f"{eid} ({key}): {training[eid]} examples in the training topic; deadletters: "
-                         f"{[d['reason'] for d in dead if d.get('event_id') == eid]}")
+    missing = {eid for eid, (key, _, _) in sent.events.items() if key in keys and training[eid] != 1}
+    for eid in sorted(missing):
+        lines.append(f"{eid} ({sent.events[eid][0]}): {training[eid]} examples in the training topic; deadletters: "
+                     f"{[d['reason'] for d in dead if d.get('event_id') == eid]}")
+    # where each such event's features and label sit, on the input and internal topics, against the
+    # group's committed offsets there (a message below its committed offset was taken as handled)
+    c = AIOKafkaConsumer(bootstrap_servers=cluster.bootstrap, group_id=cluster.app_id, enable_auto_commit=False)
+    await c.start()
+    try:
+        for topic in (t.features, t.feedback, t.events, t.labels):
+            for m in await read_topic(cluster.bootstrap, topic):
+                try:
+                    eid = orjson.loads(m.value).get("event_id")
+                except (orjson.JSONDecodeError, AttributeError, TypeError):
+                    continue
+                if eid in missing:
+                    committed = await c.committed(TopicPartition(topic, m.partition))
+                    lines.append(f"  {eid} at {topic} {m.partition}/{m.offset} (group committed {committed}), "
+                                 f"headers {m.headers}")
+    finally:
+        await c.stop()
+    for table in ("pending", "early-labels"):      # the join state's latest record of each such event
+        latest = {}
+        for m in await read_topic(cluster.bootstrap, f"{cluster.app_id}-{table}-changelog"):
+            eid = m.key.split(b"\x1f", 1)[-1].decode(errors="replace") if m.key else None
+            if eid in missing:
+                latest[eid] = (m.partition, m.offset, m.value[:200] if m.value else None)
+        lines += [f"  {eid}: {table} changelog {v}" for eid, v in sorted(latest.items())]
     lines.append(f"all deadletters: {Counter(d['reason'] for d in dead)}")
     from streamlearn.models.checkpoint import read_header
     from streamlearn.streams.routing import partition_for
