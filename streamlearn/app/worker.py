@@ -391,7 +391,8 @@ class _Runner(faust.Worker):
     app and its tables are built before ``new_loop``), never runs, and the stop
     cancels it and awaits it forever (SIGUSR1 stack dump). Building the app
     after ``new_loop`` fixes that, but then the broker-restart durability test
-    lost a label in 3 of 3 runs (passed with this order), cause not found yet.
+    lost a label in 3 runs in a row (later it passed 3 of 3 that way in a fresh
+    clone: the residual loss of the exactly-once issue, or the order; not settled).
     So the stop is bounded: ``stop_timeout`` after the signal the process exits,
     with a warning. That loses nothing: what the worker produced is committed
     only once delivered (the consumer stopped and committed first), and a
