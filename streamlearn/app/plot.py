@@ -127,12 +127,7 @@ def render(all_series: list[Series], path: Path, title: str = "Online accuracy")
     axes[0, 0].legend(loc="lower left", fontsize=8)
     axes[0, 0].set_title(f"{title} (snapshots: grey ticks)")
     axes[-1, 0].set_xlabel("seconds")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def render_bench(results: list, path: Path) -> Path:
@@ -169,6 +164,13 @@ def render_bench(results: list, path: Path) -> Path:
     bottom.set_ylabel("p99 latency, ms (event ts to prediction consumed)")
     bottom.set_xlabel("offered events/s (flat-out runs: what they reached)")
     bottom.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    """Write a figure as a PNG (its folder made if needed), then free it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

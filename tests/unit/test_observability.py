@@ -48,3 +48,16 @@ def test_json_log_lines_carry_the_event_context():
     assert (line["event_id"], line["model"], line["reason"]) == ("e-1", "tenant-7", "not_json")
     assert logging_config("text", "info") is None
     assert logging_config("json", "info")["root"]["level"] == "INFO"
+
+
+def test_bench_png_plots_pipeline_and_loop_against_the_offered_rate(tmp_path):
+    from streamlearn.app.bench import Result
+    from streamlearn.app.plot import render_bench
+
+    runs = [Result("raw", "-", 1, 0, 10, 100.0, 1, 2, 3, 0.1),
+            Result("loop", "logreg", 1, 0, 10, 50.0, 1, 2, 3, 0.1),
+            Result("loop", "logreg", 1, 1000, 10, 40.0, 1, 2, 3, 0.1),
+            Result("pipeline", "logreg", 1, 0, 10, 20.0, 1, 2, 30, 0.1),
+            Result("pipeline", "logreg", 1, 1000, 10, 15.0, 1, 2, 300, 0.1)]
+    path = render_bench(runs, tmp_path / "out" / "bench.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
