@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+from typing import Any, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -91,8 +92,8 @@ async def _collect(consumer: AIOKafkaConsumer, n: int, timeout: float) -> list[t
     return got
 
 
-async def _create(bootstrap: str, names: list[str], partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _create(bootstrap: str, names: list[str], partitions: int, kafka: Mapping[str, Any]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
@@ -109,16 +110,18 @@ def _stats(name, spec, workers, rate, n, first_sent, received, cpu) -> Result:
 
 
 async def _hand_written(bootstrap: str, name: str, spec: str, n: int, rate: float, partitions: int,
-                        inputs: list[str], output: str, messages: list, handle) -> Result:
+                        inputs: list[str], output: str, messages: list, handle,
+                        kafka: Mapping[str, Any]) -> Result:
     """A consume-handle-produce loop on aiokafka in this process: ``handle(producer, topic, records)``
     for each partition's records of each fetch; n results expected on ``output``. Its CPU includes the
     client's (sending and collecting): an upper bound."""
-    await _create(bootstrap, [*inputs, output], partitions)
+    await _create(bootstrap, [*inputs, output], partitions, kafka)
     consumer = AIOKafkaConsumer(*inputs, bootstrap_servers=bootstrap, group_id=f"{output}-group",
-                                auto_offset_reset="earliest")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
-    out = AIOKafkaConsumer(output, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
-    sender = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
+                                auto_offset_reset="earliest", **kafka)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, **kafka)
+    out = AIOKafkaConsumer(output, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                           **kafka)
+    sender = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, **kafka)
     for c in (consumer, producer, out, sender):
         await c.start()
 
@@ -140,7 +143,8 @@ async def _hand_written(bootstrap: str, name: str, spec: str, n: int, rate: floa
     return _stats(name, spec, 1, rate, n, first, received, cpu)
 
 
-async def baseline(bootstrap: str, n: int, rate: float, partitions: int) -> Result:
+async def baseline(bootstrap: str, n: int, rate: float, partitions: int,
+                   kafka: Mapping[str, Any] | None = None) -> Result:
     """``raw``: every message of one topic forwarded to another."""
     prefix = f"bench-{uuid.uuid4().hex[:6]}."
 
@@ -152,7 +156,7 @@ async def baseline(bootstrap: str, n: int, rate: float, partitions: int) -> Resu
              (lambda i=i: orjson.dumps({"event_id": str(i), "features": _features(i), "ts": time.time()})))
             for i in range(n)]
     return await _hand_written(bootstrap, "raw", "-", n, rate, partitions, [f"{prefix}in"], f"{prefix}out",
-                               msgs, forward)
+                               msgs, forward, kafka or {})
 
 
 def _job_messages(prefix: str, n: int) -> list:
@@ -167,7 +171,8 @@ def _job_messages(prefix: str, n: int) -> list:
     return msgs
 
 
-async def loop_baseline(bootstrap: str, spec: str, n: int, rate: float, partitions: int) -> Result:
+async def loop_baseline(bootstrap: str, spec: str, n: int, rate: float, partitions: int,
+                        kafka: Mapping[str, Any] | None = None) -> Result:
     """``loop``: the pipeline's job written by hand, models and join in dicts (no fault tolerance)."""
     from streamlearn.models import get_spec
 
@@ -199,7 +204,7 @@ async def loop_baseline(bootstrap: str, spec: str, n: int, rate: float, partitio
 
     return await _hand_written(bootstrap, "loop", spec, n, rate, partitions,
                                [f"{prefix}features", f"{prefix}feedback"], f"{prefix}predictions",
-                               _job_messages(prefix, n), job)
+                               _job_messages(prefix, n), job, kafka or {})
 
 
 async def pipeline(settings: Settings, spec: str, workers: int, n: int, rate: float, workdir: Path) -> Result:
@@ -207,7 +212,8 @@ async def pipeline(settings: Settings, spec: str, workers: int, n: int, rate: fl
     prefix = f"bench-{tag}."
     env = {**os.environ, "STREAMLEARN_BROKER": settings.broker, "STREAMLEARN_APP_ID": f"bench-{tag}",
            "STREAMLEARN_TOPIC_PREFIX": prefix, "STREAMLEARN_DEFAULT_SPEC": spec,
-           "STREAMLEARN_LOG_LEVEL": "warning", "STREAMLEARN_PARTITIONS": str(settings.partitions)}
+           "STREAMLEARN_LOG_LEVEL": "warning", "STREAMLEARN_PARTITIONS": str(settings.partitions),
+           "STREAMLEARN_DEV": "true"}   # throwaway workers of a local measurement
     procs, ports = [], []
     for i in range(workers):
         proc, port = start_worker(env, workdir, f"{tag}-{i}")
@@ -217,8 +223,8 @@ async def pipeline(settings: Settings, spec: str, workers: int, n: int, rate: fl
         await asyncio.to_thread(wait_split, ports, settings.partitions)
         bootstrap = settings.bootstrap_servers
         out = AIOKafkaConsumer(f"{prefix}predictions", bootstrap_servers=bootstrap, group_id=None,
-                               auto_offset_reset="earliest")
-        sender = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
+                               auto_offset_reset="earliest", **settings.kafka_options)
+        sender = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, **settings.kafka_options)
         await out.start()
         await sender.start()
         msgs = _job_messages(prefix, n)
@@ -241,14 +247,14 @@ async def run_bench(settings: Settings, *, events: int, specs: list[str], worker
     results: list[Result] = []
     table = Table(sys.stderr if as_json else sys.stdout)
     with tempfile.TemporaryDirectory() as d:
-        base = await baseline(settings.bootstrap_servers, events, 0, settings.partitions)
+        base = await baseline(settings.bootstrap_servers, events, 0, settings.partitions, settings.kafka_options)
         results.append(base)
         table.row(base)
         for spec in specs:
             loops = {}
             for rate in rates:   # the hand-written loop at each rate, then the pipeline at each rate
                 loops[rate] = await loop_baseline(settings.bootstrap_servers, spec, events, rate,
-                                                  settings.partitions)
+                                                  settings.partitions, settings.kafka_options)
                 results.append(loops[rate])
                 table.row(loops[rate])
             for w in workers:

@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from streamlearn.streams.connection import KafkaAuthError
+
 from .settings import Settings, SettingsError
 
 
@@ -32,6 +34,13 @@ def _settings(args: argparse.Namespace) -> Settings:
         data_dir=getattr(args, "data_dir", None),
         log_level=getattr(args, "loglevel", None),
     )
+
+
+def _connected(args: argparse.Namespace) -> Settings:
+    """The settings, once Kafka has accepted a connection made with them (``KafkaAuthError`` if refused)."""
+    s = _settings(args)
+    asyncio.run(s.kafka_auth.check(s.bootstrap_servers))
+    return s
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -49,9 +58,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_topics(args: argparse.Namespace) -> int:
     from streamlearn.streams.topics import TopicNames, ensure_topics
 
-    s = _settings(args)
+    s = _connected(args)
     names = TopicNames.with_prefix(s.topic_prefix)
-    created = asyncio.run(ensure_topics(s.bootstrap_servers, names, s.partitions, s.replication_factor))
+    created = asyncio.run(ensure_topics(s.bootstrap_servers, names, s.partitions, s.replication_factor,
+                                        kafka=s.kafka_options))
     for name in names.all().values():
         print(f"{name}\t{'created' if name in created else 'exists'}")
     return 0
@@ -62,7 +72,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     from .replay import ReplayError, iter_dataset, replay
 
-    s = _settings(args)
+    s = _connected(args)
     names = TopicNames.with_prefix(s.topic_prefix)
     try:
         sent = asyncio.run(replay(
@@ -70,7 +80,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             features_topic=names.features, feedback_topic=names.feedback, keys=args.keys,
             key_prefix=args.key_prefix, label_delay=args.label_delay, rate=args.rate, limit=args.limit,
             keyed=not args.unkeyed, progress=not args.no_progress, run_id=args.run_id,
-            flip=_span(args.flip)))
+            flip=_span(args.flip), kafka=s.kafka_options))
     except ReplayError as exc:
         print(f"streamlearn replay: {exc}", file=sys.stderr)
         return 2
@@ -88,7 +98,7 @@ def _span(text: str | None) -> range:
 def cmd_plot(args: argparse.Namespace) -> int:
     from .plot import read_topics, render, series
 
-    s = _settings(args)
+    s = _connected(args)
     records = asyncio.run(read_topics(s))
     found = series(records, window=args.window, models=args.model or None)
     if not found:
@@ -108,7 +118,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from .watch import watch
 
-    s = _settings(args)
+    s = _connected(args)
     return asyncio.run(watch(s, seconds=args.seconds, every=args.every))
 
 
@@ -143,7 +153,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
-    return asyncio.run(run_bench(_settings(args), events=args.events, specs=args.specs.split(","),
+    return asyncio.run(run_bench(_connected(args), events=args.events, specs=args.specs.split(","),
                                  workers=[int(w) for w in args.workers.split(",")],
                                  rates=[float(r) for r in args.rates.split(",")], as_json=args.json,
                                  plot=args.plot))
@@ -154,7 +164,6 @@ def cmd_models(args: argparse.Namespace) -> int:
     import json
 
     from streamlearn.streams import codec
-    from streamlearn.streams.topics import TopicNames
 
     from .control import ControlClient
 
@@ -166,11 +175,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     if codec.COMMANDS[args.action] and args.version is None:
         print(f"streamlearn models {args.action}: a VERSION is required", file=sys.stderr)
         return 2
-    s = _settings(args)
+    s = _connected(args)
     timeout = args.timeout or s.command_timeout_seconds
 
+    if s.command_key is None:
+        print(f"streamlearn models {args.action}: STREAMLEARN_COMMAND_SECRET is not set: workers run only signed "
+              f"commands (STREAMLEARN_DEV=true uses the development secret, for local experiments)",
+              file=sys.stderr)
+        return 2
+
     async def call() -> dict:
-        client = ControlClient(s.bootstrap_servers, TopicNames.with_prefix(s.topic_prefix), timeout)
+        client = ControlClient.of(s, timeout)
         try:
             return await client.call(args.action, args.model, version=args.version, reason=args.reason or "",
                                      by=args.by)
@@ -196,11 +211,18 @@ def _list_models(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
+    from .auth import bearer_headers
+
     s = _settings(args)
     url = (args.url or f"http://{s.web_host}:{s.web_port}").rstrip("/") + "/models"
+    request = urllib.request.Request(url, headers=bearer_headers(s.api_token))
     try:
-        with urllib.request.urlopen(url, timeout=args.timeout or s.command_timeout_seconds) as r:
+        with urllib.request.urlopen(request, timeout=args.timeout or s.command_timeout_seconds) as r:
             found = json.loads(r.read())["models"]
+    except urllib.error.HTTPError as exc:
+        print(f"streamlearn models list: {url} answered {exc.code}: {exc.read()[:300].decode(errors='replace')}",
+              file=sys.stderr)
+        return 1
     except (OSError, ValueError, KeyError) as exc:
         print(f"streamlearn models list: no answer from {url}: {exc}", file=sys.stderr)
         return 1
@@ -225,7 +247,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
     docs = Settings.env_names()
     for f in dataclasses.fields(s):
         env = "STREAMLEARN_" + f.name.upper()
-        print(f"{env}={getattr(s, f.name)!s}\n    {docs[env]}")
+        print(f"{env}={s.shown(f.name)}\n    {docs[env]}")   # secrets masked
     return 0
 
 
@@ -314,6 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"streamlearn: bad setting: {exc}", file=sys.stderr)
         return 2
+    except KafkaAuthError as exc:
+        print(f"streamlearn: cannot connect to Kafka: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streamlearn.streams import codec
 from streamlearn.streams.topics import TopicNames
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 TIMEOUT = "timeout"
 
@@ -29,23 +32,34 @@ HTTP_STATUS = {"unknown_model": 404, "unknown_version": 404, "no_earlier_version
 
 
 class ControlClient:
-    def __init__(self, bootstrap_servers: str, names: TopicNames, timeout: float) -> None:
+    def __init__(self, bootstrap_servers: str, names: TopicNames, timeout: float, *,
+                 secret: bytes | None = None, kafka: Mapping[str, Any] | None = None) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.names = names
         self.timeout = timeout
+        self.secret = secret            # signs each command (the control topic only runs signed ones)
+        self.kafka = dict(kafka or {})  # connection options: security protocol, TLS, SASL
         self._waiting: dict[str, asyncio.Future] = {}
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task | None = None
         self._starting = asyncio.Lock()
 
+    @classmethod
+    def of(cls, settings: Settings, timeout: float | None = None) -> "ControlClient":
+        """The control client the settings describe (topics, timeout, command secret, Kafka connection)."""
+        return cls(settings.bootstrap_servers, TopicNames.with_prefix(settings.topic_prefix),
+                   settings.command_timeout_seconds if timeout is None else timeout,
+                   secret=settings.command_key, kafka=settings.kafka_options)
+
     async def start(self) -> None:
         async with self._starting:
             if self._producer is not None:
                 return
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, linger_ms=0)
+            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, linger_ms=0, **self.kafka)
             await producer.start()
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False)
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
+                                        **self.kafka)
             try:
                 topic = self.names.control_results
                 parts = await asyncio.wait_for(producer.partitions_for(topic), 10)
@@ -85,8 +99,10 @@ class ControlClient:
         try:
             await asyncio.wait_for(self.start(), wait)
             assert self._producer is not None
-            await asyncio.wait_for(self._producer.send_and_wait(self.names.control, codec.encode_command(cmd),
-                                                                key=model.encode()),
+            value = codec.encode_command(cmd)
+            headers = [] if self.secret is None else [(codec.SIGNATURE_HEADER, codec.sign(value, self.secret))]
+            await asyncio.wait_for(self._producer.send_and_wait(self.names.control, value, key=model.encode(),
+                                                                headers=headers),
                                    max(deadline - loop.time(), 0.001))
             return await asyncio.wait_for(waiter, max(deadline - loop.time(), 0.001))
         except asyncio.TimeoutError:

@@ -43,7 +43,7 @@ async def read_topics(settings: Settings) -> dict[str, list[Any]]:
     names = TopicNames.with_prefix(settings.topic_prefix)
     topics = {"predictions": names.predictions, "feedback": names.feedback, "audit": names.audit}
     consumer = AIOKafkaConsumer(*topics.values(), bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+                                auto_offset_reset="earliest", enable_auto_commit=False, **settings.kafka_options)
     await consumer.start()
     out: dict[str, list[Any]] = {name: [] for name in topics}
     by_topic = {t: name for name, t in topics.items()}

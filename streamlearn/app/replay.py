@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import deque
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -90,17 +90,18 @@ async def replay(pairs: Iterable[tuple[dict[str, Any], Any]], *, bootstrap_serve
                  features_topic: str, feedback_topic: str, keys: int = 1, key_prefix: str = "replay",
                  label_delay: int = 0, rate: float = 0.0, limit: int | None = None,
                  keyed: bool = True, run_id: str | None = None, progress: bool = True,
-                 flip: range = range(0)) -> int:
+                 flip: range = range(0), kafka: Mapping[str, Any] | None = None) -> int:
     """Publish events and their labels; returns how many events were sent.
 
     ``label_delay`` is counted in events: the label of event *i* is sent right
     after event *i + label_delay*. ``rate`` is events per second (0: as fast as
     the producer goes). Events whose index is in ``flip`` get a wrong label
     (boolean labels negated), with the true one in ``true_label``: bad data
-    injected on purpose, to watch the quality gate roll back.
+    injected on purpose, to watch the quality gate roll back. ``kafka``: the
+    connection options (``Settings.kafka_options``).
     """
     run_id = run_id or uuid.uuid4().hex[:8]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5, acks="all", **(kafka or {}))
     await producer.start()
     waiting: deque[tuple[bytes | None, bytes]] = deque()
     sent = 0

@@ -16,23 +16,39 @@ from typing import Any, Mapping
 
 import orjson
 
+from streamlearn.streams.connection import KafkaAuth
+
 ENV_PREFIX = "STREAMLEARN_"
+# Used only in development mode (STREAMLEARN_DEV=true) when no secret is set: well known, never for production.
 DEV_SIGNING_KEY = "streamlearn-development-key"
+DEV_COMMAND_SECRET = "streamlearn-development-command-secret"
+MASK = "********"
+MIN_SECRET_LENGTH = 16
 
 
 class SettingsError(ValueError):
     """A setting has a value we cannot use."""
 
 
-def _setting(default: Any, doc: str) -> Any:
-    return field(default=default, metadata={"doc": doc})
+def _setting(default: Any, doc: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"doc": doc, "secret": secret}, repr=not secret)
 
 
 @dataclass(frozen=True)
 class Settings:
     """streamlearn's configuration. See the README's "Configuration" table."""
 
+    dev: bool = _setting(False, "Development mode, for the demo and local experiments: the development signing key and command secret are used when none is set, HTTP commands need no token; a loud warning at start. Never in production.")
     broker: str = _setting("kafka://127.0.0.1:9092", "Kafka bootstrap servers, `kafka://host:port[;host:port]`.")
+    kafka_security_protocol: str = _setting("PLAINTEXT", "How every client connects to Kafka: `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`.")
+    kafka_ssl_cafile: str = _setting("", "TLS: PEM file of the CAs that signed the brokers' certificates (empty: the system's CAs).")
+    kafka_ssl_certfile: str = _setting("", "Mutual TLS: PEM file of this client's certificate (with `KAFKA_SSL_KEYFILE`).")
+    kafka_ssl_keyfile: str = _setting("", "Mutual TLS: PEM file of this client's private key.")
+    kafka_ssl_key_password: str = _setting("", "Mutual TLS: password of the private key, if it is encrypted.", secret=True)
+    kafka_ssl_check_hostname: bool = _setting(True, "TLS: check that the broker's certificate names the host connected to.")
+    kafka_sasl_mechanism: str = _setting("PLAIN", "SASL mechanism: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.")
+    kafka_sasl_username: str = _setting("", "SASL user name.")
+    kafka_sasl_password: str = _setting("", "SASL password.", secret=True)
     app_id: str = _setting("streamlearn", "Faust app id: the consumer group and the prefix of table changelog topics.")
     topic_prefix: str = _setting("streamlearn.", "Prefix of every topic name.")
     partitions: int = _setting(8, "Partition count of every model-keyed topic (internal topics, tables, and input topics we create).")
@@ -62,7 +78,10 @@ class Settings:
     gate_steady_examples: int = _setting(1000, "Quality gate: examples without a rise in the error before a snapshot becomes the reference; a change lasting longer is learned, not rolled back.")
     warm_start_rules: str = _setting("", "New keys start from a template key's latest snapshot: `pattern=template_key,...`, fnmatch patterns, first match wins.")
     command_timeout_seconds: float = _setting(10.0, "How long the CLI and HTTP wait for a command's result; the owner does not execute it later.")
-    signing_key: str = _setting(DEV_SIGNING_KEY, "HMAC-SHA256 key signing checkpoints and snapshots; set a secret in production.")
+    signing_key: str = _setting("", "HMAC-SHA256 key signing checkpoints and snapshots (at least 16 characters); a worker refuses to start without one, outside development mode.", secret=True)
+    command_secret: str = _setting("", "HMAC-SHA256 secret shared by workers and operators' tools: commands on the control topic must be signed with it (the CLI and HTTP sign for you).", secret=True)
+    api_token: str = _setting("", "Bearer token of the HTTP command endpoints (snapshot, restore, rollback, pin, unpin); without one they are refused, outside development mode.", secret=True)
+    api_protect_reads: bool = _setting(False, "Also require the API token for the HTTP read endpoints (`/models...`) and `/metrics`; `/health` and `/ready` stay open.")
     session_timeout_seconds: float = _setting(6.0, "Kafka consumer session timeout: how soon a dead worker's partitions move (the broker's group.min.session.timeout.ms is 6 s by default).")
     heartbeat_interval_seconds: float = _setting(1.0, "Kafka consumer heartbeat interval.")
     commit_interval_seconds: float = _setting(1.0, "How often consumed offsets are committed.")
@@ -119,6 +138,11 @@ class Settings:
             raise SettingsError("log_format must be 'text' or 'json'")
         if self.offset_reset not in ("earliest", "latest"):
             raise SettingsError("offset_reset must be 'earliest' or 'latest'")
+        if self.api_protect_reads and not self.api_token:
+            raise SettingsError("api_protect_reads needs an api_token")
+        problems = self.kafka_auth.problems()
+        if problems:
+            raise SettingsError("; ".join(problems))
         for spec in [self.default_spec, *(s for _, s in self.rules)]:
             if spec not in SPECS:
                 raise SettingsError(f"unknown model spec {spec!r}; known: {', '.join(sorted(SPECS))}")
@@ -128,7 +152,54 @@ class Settings:
             if not isinstance(params, dict):
                 raise SettingsError(f"spec_params[{spec!r}] must be an object")
 
+    def require_secrets(self) -> None:
+        """What a worker needs before it starts: its secrets, unless in development mode."""
+        if self.dev:
+            return
+        for name in ("signing_key", "command_secret"):
+            value = getattr(self, name)
+            env = ENV_PREFIX + name.upper()
+            if not value:
+                raise SettingsError(f"{env} is not set: a worker needs it outside development mode "
+                                    f"(STREAMLEARN_DEV=true, for local experiments only)")
+            if value in (DEV_SIGNING_KEY, DEV_COMMAND_SECRET):
+                raise SettingsError(f"{env} is the well-known development value; set a secret of your own")
+            if len(value) < MIN_SECRET_LENGTH:
+                raise SettingsError(f"{env} is too short: at least {MIN_SECRET_LENGTH} characters")
+
+    @property
+    def signing_secret(self) -> bytes:
+        """The key signing checkpoints and snapshots (the development one in development mode)."""
+        return (self.signing_key or (DEV_SIGNING_KEY if self.dev else "")).encode()
+
+    @property
+    def command_key(self) -> bytes | None:
+        """The secret signing control-topic commands (the development one in development mode), or None."""
+        value = self.command_secret or (DEV_COMMAND_SECRET if self.dev else "")
+        return value.encode() or None
+
+    def shown(self, name: str) -> str:
+        """A setting's value as printed anywhere: secrets masked."""
+        value = getattr(self, name)
+        if _is_secret(name):
+            return MASK if value else "(not set)"
+        return str(value)
+
     # ---- derived ------------------------------------------------------
+    @cached_property
+    def kafka_auth(self) -> KafkaAuth:
+        """How every Kafka client connects (the worker, the control client, replay, watch, bench, ...)."""
+        return KafkaAuth(protocol=self.kafka_security_protocol.upper(), cafile=self.kafka_ssl_cafile,
+                         certfile=self.kafka_ssl_certfile, keyfile=self.kafka_ssl_keyfile,
+                         key_password=self.kafka_ssl_key_password, check_hostname=self.kafka_ssl_check_hostname,
+                         mechanism=self.kafka_sasl_mechanism.upper(), username=self.kafka_sasl_username,
+                         password=self.kafka_sasl_password)
+
+    @property
+    def kafka_options(self) -> dict[str, Any]:
+        """Connection keyword arguments for a plain aiokafka client."""
+        return self.kafka_auth.client_options()
+
     @cached_property  # parsed once: spec_for runs for every new model key
     def rules(self) -> list[tuple[str, str]]:
         return _pairs(self.spec_rules, "spec rule", "pattern=spec")
@@ -163,6 +234,14 @@ class Settings:
         """The broker URL as a plain `host:port,...` list for Kafka clients."""
         hosts = self.broker.replace("kafka://", "").replace(";", ",")
         return ",".join(h.strip() for h in hosts.split(",") if h.strip())
+
+
+def _is_secret(name: str) -> bool:
+    return Settings.__dataclass_fields__[name].metadata.get("secret", False)
+
+
+def secret_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(Settings) if f.metadata.get("secret")]
 
 
 def _first_match(rules: list[tuple[str, str]], key: str) -> str | None:

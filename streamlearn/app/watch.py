@@ -26,7 +26,8 @@ MAX_UNMATCHED = 200_000
 async def watch(settings: Settings, seconds: float = 0.0, every: float = 1.0) -> int:
     names = TopicNames.with_prefix(settings.topic_prefix)
     consumer = AIOKafkaConsumer(names.predictions, names.feedback, bootstrap_servers=settings.bootstrap_servers,
-                                auto_offset_reset="latest", enable_auto_commit=False, group_id=None)
+                                auto_offset_reset="latest", enable_auto_commit=False, group_id=None,
+                                **settings.kafka_options)
     await consumer.start()
     predictions: OrderedDict[str, dict] = OrderedDict()
     labels: OrderedDict[str, object] = OrderedDict()

@@ -32,11 +32,12 @@ from streamlearn.streams.transport import consumer_url
 from streamlearn.streams.topics import Changelog, TopicNames, Topics, ensure_committed, ensure_topics
 from streamlearn.streams.versions import Audit, Commands, TableStore, WarmStart, snapshot_metrics, versions_of
 
+from .auth import ApiGate
 from .control import HTTP_STATUS, ControlClient
 
 from .logs import logging_config
 from .metrics import Metrics, StateCollector
-from .settings import DEV_SIGNING_KEY, Settings
+from .settings import Settings
 
 log = logging.getLogger("streamlearn")
 
@@ -66,14 +67,19 @@ class Worker:
         changelogs = [Changelog(t.changelog_topic.get_topic_name(), t.partitions or s.partitions)
                       for t in self.app.tables.values()]
         return await ensure_topics(s.bootstrap_servers, self.topics.names, s.partitions, s.replication_factor,
-                                   changelogs=changelogs)
+                                   changelogs=changelogs, kafka=s.kafka_options)
 
 
 def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     s = settings
+    s.require_secrets()
+    if s.dev:
+        log.warning("DEVELOPMENT MODE (STREAMLEARN_DEV=true): development keys may be in use and HTTP commands "
+                    "need no token unless STREAMLEARN_API_TOKEN is set. Never run production this way.")
     app = faust.App(
         s.app_id,
         broker=s.broker,
+        broker_credentials=s.kafka_auth.faust_credentials(),
         broker_consumer=consumer_url(s.broker),   # commits only what agents handled: streams/transport.py
         store="memory://",
         datadir=s.data_dir,
@@ -84,6 +90,9 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         web_port=s.web_port,
         web_bind=s.web_host,
         canonical_url=f"http://{s.web_host}:{s.web_port}",
+        # Faust's /table/{name}/{key} would hand anyone the join state's features and checkpoint blobs,
+        # past our API gate: off. (/router stays: the owner of a key, no data.)
+        web_tables_enabled=False,
         broker_session_timeout=s.session_timeout_seconds,
         broker_heartbeat_interval=s.heartbeat_interval_seconds,
         broker_commit_interval=s.commit_interval_seconds,
@@ -136,11 +145,9 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
 
     pending = bounded("pending", "Features of predicted events waiting for their label.", s.pending_ttl_seconds)
     early = bounded("early-labels", "Labels that arrived before their event's features.", s.label_wait_seconds)
-    if s.signing_key == DEV_SIGNING_KEY:
-        log.warning("STREAMLEARN_SIGNING_KEY is the development default: set a secret key in production")
+    signing_key = s.signing_secret
     checkpoints = Checkpoints(table("checkpoints", "Latest checkpoint of each live model (signed blob)."),
-                              s.signing_key.encode(), s.max_checkpoint_bytes, metrics)
-    signing_key = s.signing_key.encode()
+                              signing_key, s.max_checkpoint_bytes, metrics)
     # Only with warm-start rules: a global table makes every worker a standby of its
     # changelog, which brings back Faust's standby recovery (disabled above); with it,
     # learning stalled after scale-in in the durability test (2 runs of 3).
@@ -161,11 +168,11 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     warm = WarmStart(s.template_for, templates, signing_key, audit)
     commands = Commands(versions=versions, registry=registry, audit=audit, results=topics.control_results,
                         restore=checkpoints.restore, metrics=metrics, worker=f"{s.web_host}:{s.web_port}",
-                        max_message_bytes=s.max_message_bytes)
+                        max_message_bytes=s.max_message_bytes, secret=s.command_key)
     agents = Agents(
         topics=topics, registry=registry, pending=pending, early=early,
         deadletters=DeadLetters(topics.deadletter, metrics), metrics=metrics,
-        options=Options(s.partitions, s.default_model_key, s.max_message_bytes),
+        options=Options(s.partitions, s.default_model_key, s.max_message_bytes, s.command_key),
         spec_for=spec_for, checkpoints=checkpoints,
         policy=CheckpointPolicy(s.checkpoint_every_examples, s.checkpoint_every_seconds),
         versions=versions, commands=commands, audit=audit,
@@ -180,7 +187,7 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         app.agent(topic, name=name)(agents.watched(name, body))
         metrics.agent_crashes.labels(name)   # a series at 0 from the start, for dashboards and alerts
 
-    control = ControlClient(s.bootstrap_servers, names, s.command_timeout_seconds)
+    control = ControlClient.of(s)
     worker = Worker(s, app, topics, registry, pending, early, metrics, agents, checkpoints, versions, store,
                     control)
     _bind_rebalance(worker)
@@ -254,9 +261,13 @@ def _bind_metrics(w: Worker) -> None:
 
 def _bind_views(w: Worker) -> None:
     app, metrics, registry = w.app, w.metrics, w.registry
+    gate = ApiGate(w.settings.api_token, open_commands=w.settings.dev, protect_reads=w.settings.api_protect_reads)
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Request) -> Response:
+        refused = gate.refuse(request, command=False)
+        if refused:
+            return web.json(refused[1], status=refused[0])
         metrics.live_models.set(len(registry))
         metrics.pending_events.set(w.pending.size())
         return web.bytes(metrics.exposition(), content_type="text/plain")
@@ -306,8 +317,17 @@ def _bind_views(w: Worker) -> None:
             live = registry.get_or_create(partition, key, w.agents.spec_for(key))
         return live
 
+    class GatedView(View):
+        """A view whose requests pass the API gate first: commands need the token, reads when protected."""
+
+        async def dispatch(self, request: Any) -> Any:
+            refused = gate.refuse(request, command=request.method not in ("GET", "HEAD"))
+            if refused:
+                return self.json(refused[1], status=refused[0])
+            return await super().dispatch(request)
+
     @app.page("/models")
-    class ModelsView(View):
+    class ModelsView(GatedView):
         async def get(self, request: Request) -> Response:
             """Every model of the cluster (or of this worker only, with ``?local=1``)."""
             found = local_models()
@@ -318,14 +338,15 @@ def _bind_views(w: Worker) -> None:
                     if peer == me:
                         continue
                     try:
-                        async with app.http_client.get(f"{peer}/models?local=1", timeout=5) as response:
+                        async with app.http_client.get(f"{peer}/models?local=1", timeout=5,
+                                                       headers=gate.peer_headers()) as response:
                             found += (await response.json())["models"]
                     except Exception as exc:  # noqa: BLE001 - a peer down must not hide the rest
                         log.warning("GET /models: worker %s did not answer: %s", peer, exc)
             return self.json({"models": sorted(found, key=lambda d: d["model"])})
 
     @app.page("/models/{key}")
-    class ModelView(View):
+    class ModelView(GatedView):
         @app.topic_route(topic=w.topics.events, match_info="key")
         async def get(self, request: Request, key: str) -> Response:
             """One model's status, answered by the worker owning the key."""
@@ -336,7 +357,7 @@ def _bind_views(w: Worker) -> None:
             return self.json({**live.describe(), "live": True})
 
     @app.page("/models/{key}/versions")
-    class VersionsView(View):
+    class VersionsView(GatedView):
         @app.topic_route(topic=w.topics.events, match_info="key")
         async def get(self, request: Request, key: str) -> Response:
             """Every version of a model (read from the owner's snapshot index)."""
@@ -348,7 +369,7 @@ def _bind_views(w: Worker) -> None:
             return self.json(versions_of(live, index or models.versions.VersionIndex(key)))
 
     def command_view(command: str) -> type:
-        class CommandView(View):
+        class CommandView(GatedView):
             async def post(self, request: Request, key: str) -> Response:
                 """Sent on the control topic, executed by the owner's learn agent; answers with its result."""
                 try:
@@ -374,13 +395,19 @@ def _bind_views(w: Worker) -> None:
 
 
 async def prepare(worker: Worker) -> None:
-    """What must exist before the worker consumes: its topics, and committed start offsets."""
+    """What must exist before the worker consumes: its topics, and committed start offsets.
+
+    First a connection check: Kafka refusing our credentials, or a broker
+    certificate we do not trust, stops the worker here (``KafkaAuthError``).
+    """
+    s = worker.settings
+    await s.kafka_auth.check(s.bootstrap_servers)
     created = await worker.ensure_topics()
     if created:
         log.info("created %d topics", len(created))
     n = worker.topics.names
-    await ensure_committed(worker.settings.bootstrap_servers, worker.settings.app_id,
-                           [n.features, n.feedback, n.control, n.events, n.labels, n.training])
+    await ensure_committed(s.bootstrap_servers, s.app_id,
+                           [n.features, n.feedback, n.control, n.events, n.labels, n.training], kafka=s.kafka_options)
 
 
 class _Runner(faust.Worker):

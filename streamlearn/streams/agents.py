@@ -78,6 +78,7 @@ class Options:
     partitions: int
     default_model: str
     max_message_bytes: int
+    command_secret: bytes | None = None   # commands must be signed with it (None: not checked)
 
 
 class Agents:
@@ -200,15 +201,18 @@ class Agents:
 
     async def _on_control(self, msg, out: Outbox) -> None:
         self.metrics.consumed(msg.topic)
+        signature = codec.signature_of(msg.headers)
         try:
-            cmd = codec.decode_command(msg.value, msg.key, max_bytes=self.options.max_message_bytes)
+            cmd = codec.decode_command(msg.value, msg.key, max_bytes=self.options.max_message_bytes,
+                                       secret=self.options.command_secret, signature=signature)
         except Rejected as rejected:
             await self.dead.send(rejected, msg, out)
             await self.commands.answer(None, codec.request_id_of(msg.value), ok=False,
                                        error=rejected.reason, detail=rejected.detail)
             return
+        signed = [(codec.SIGNATURE_HEADER, signature)] if signature else []
         await self._route(out, self.topics.training, cmd.model, self._owner(cmd.model), msg,
-                          (COMMAND_HEADER, b"1"))
+                          (COMMAND_HEADER, b"1"), *signed)
 
     def _owner(self, model: str) -> int:
         """The partition of the internal topics that owns a model key."""

@@ -9,6 +9,8 @@ this module unpickles; model state never travels through these messages.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import math
 import time
@@ -35,6 +37,11 @@ INTERNAL_ERROR = "internal_error"
 UNKNOWN_COMMAND = "unknown_command"
 UNKNOWN_MODEL = "unknown_model"
 EXPIRED_COMMAND = "expired"
+UNAUTHENTICATED = "unauthenticated"
+
+# The Kafka header carrying a command's signature: "sha256=" + hex HMAC-SHA256 of the message value
+# (its exact bytes, so any client can sign), under STREAMLEARN_COMMAND_SECRET.
+SIGNATURE_HEADER = "streamlearn-signature"
 
 # Operator commands: name -> whether it needs a version
 COMMANDS = {"status": False, "versions": False, "snapshot": False, "restore": True, "rollback": False,
@@ -229,8 +236,41 @@ def decode_examples(raw: bytes) -> list[Example]:
             for o in (obj if isinstance(obj, list) else [obj])]
 
 
-def decode_command(raw: bytes | None, key: bytes | None, *, max_bytes: int) -> Command:
-    """A command from the control topic: ``{"request_id", "command", "model", "version"?, "reason"?, "by"?, "deadline"?}``."""
+def sign(value: bytes, secret: bytes) -> bytes:
+    """The signature header's value for a command's bytes."""
+    return b"sha256=" + hmac.new(secret, value, hashlib.sha256).hexdigest().encode()
+
+
+def signature_of(headers) -> bytes | None:
+    """The signature header of a Kafka message (headers as aiokafka or Faust give them), if any."""
+    items = headers.items() if isinstance(headers, dict) else (headers or ())
+    for name, value in items:
+        if name == SIGNATURE_HEADER:
+            return value
+    return None
+
+
+def _verify(raw: bytes | None, signature: bytes | None, secret: bytes) -> None:
+    if not signature:
+        raise Rejected(UNAUTHENTICATED, f"the command is not signed (header {SIGNATURE_HEADER}: "
+                                        f"sha256=HMAC-SHA256 of the message under the command secret)")
+    if not hmac.compare_digest(sign(raw or b"", secret), bytes(signature)):
+        raise Rejected(UNAUTHENTICATED, "the command's signature does not verify (another secret, or the "
+                                        "message changed after signing)")
+
+
+def decode_command(raw: bytes | None, key: bytes | None, *, max_bytes: int, secret: bytes | None = None,
+                   signature: bytes | None = None) -> Command:
+    """A command from the control topic: ``{"request_id", "command", "model", "version"?, "reason"?, "by"?, "deadline"?}``.
+
+    With a ``secret``, only a command whose ``signature`` (its header) verifies
+    is decoded, and it must carry a deadline: a signed command captured off
+    the topic can be replayed only until then.
+    """
+    if secret is not None:
+        if raw is not None and len(raw) > max_bytes:
+            raise Rejected(OVERSIZED, f"{len(raw)} bytes > limit of {max_bytes}")
+        _verify(raw, signature, secret)
     obj = _load(raw, max_bytes)
     rid = obj.get("request_id")
     if rid is None:
@@ -260,6 +300,9 @@ def decode_command(raw: bytes | None, key: bytes | None, *, max_bytes: int) -> C
     deadline = obj.get("deadline")
     if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float))):
         raise Rejected(BAD_FIELD, "deadline must be epoch seconds", rid)
+    if deadline is None and secret is not None:
+        raise Rejected(MISSING_FIELD, "a signed command needs a deadline (epoch seconds), so that it cannot "
+                                      "be replayed later", rid)
     return Command(rid, name, model, version, obj.get("reason") or "", obj.get("by") or "operator",
                    None if deadline is None else float(deadline))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, fields
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -110,7 +110,7 @@ class Changelog:
 
 async def ensure_topics(bootstrap_servers: str, names: TopicNames, partitions: int,
                         replication_factor: int = 1, timeout: float = 30.0,
-                        changelogs: Sequence[Changelog] = ()) -> list[str]:
+                        changelogs: Sequence[Changelog] = (), kafka: Mapping[str, Any] | None = None) -> list[str]:
     """Create the missing topics, table changelogs included; check partition counts.
 
     Returns the names created. Raises :class:`TopicLayoutError` when an
@@ -121,8 +121,10 @@ async def ensure_topics(bootstrap_servers: str, names: TopicNames, partitions: i
     worker started seconds after a fresh broker could see a changelog with no
     partitions yet in its metadata, and the first table write of an agent then
     raised ``PartitionsMismatch`` (its agent crash-looping) until a restart.
+    ``kafka``: the connection options (security; ``Settings.kafka_options``).
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout * 1000))
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout * 1000),
+                                **(kafka or {}))
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         try:
@@ -182,7 +184,8 @@ async def _partition_counts(admin: AIOKafkaAdminClient, topics: list[str],
     }
 
 
-async def ensure_committed(bootstrap_servers: str, group: str, topics: list[str]) -> int:
+async def ensure_committed(bootstrap_servers: str, group: str, topics: list[str],
+                           kafka: Mapping[str, Any] | None = None) -> int:
     """Give every partition of ``topics`` a committed offset for ``group`` (its log start).
 
     Why: after a rebalance Faust drops the messages fetched in the previous
@@ -194,7 +197,7 @@ async def ensure_committed(bootstrap_servers: str, group: str, topics: list[str]
     how many partitions got one.
     """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group,
-                                enable_auto_commit=False)
+                                enable_auto_commit=False, **(kafka or {}))
     await consumer.start()
     try:
         tps = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]

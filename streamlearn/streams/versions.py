@@ -132,7 +132,7 @@ class Commands:
 
     def __init__(self, *, versions: ModelVersions, registry: ModelRegistry, audit: Audit,
                  results: faust.TopicT, restore: Callable[[str], LiveModel | None], metrics: VersionCounters,
-                 worker: str, max_message_bytes: int) -> None:
+                 worker: str, max_message_bytes: int, secret: bytes | None = None) -> None:
         self.versions = versions
         self.registry = registry
         self.audit = audit
@@ -141,11 +141,13 @@ class Commands:
         self.metrics = metrics
         self.worker = worker
         self.max_message_bytes = max_message_bytes
+        self.secret = secret     # the router verified the signature; checked again: trust no topic blindly
 
     async def run(self, partition: int, msg) -> LiveModel | None:
         """Execute one command from the training topic; the live model when its version changed."""
         try:
-            cmd = codec.decode_command(msg.value, msg.key, max_bytes=self.max_message_bytes)
+            cmd = codec.decode_command(msg.value, msg.key, max_bytes=self.max_message_bytes, secret=self.secret,
+                                       signature=codec.signature_of(msg.headers))
         except Rejected as rejected:   # the router checked it: only a foreign writer gets here
             await self.answer(None, rejected.event_id, ok=False, error=rejected.reason, detail=rejected.detail)
             return None

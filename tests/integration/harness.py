@@ -26,17 +26,23 @@ from typing import Any, Callable
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from streamlearn.app.settings import DEV_COMMAND_SECRET
+from streamlearn.streams import codec
 from streamlearn.streams.topics import TopicNames
 
 PARTITIONS = 8
+DEV_COMMAND_KEY = DEV_COMMAND_SECRET.encode()   # what the test workers (development mode) check commands with
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextlib.contextmanager
-def fresh_broker(home: Path):
-    """A broker of its own: a new KRaft cluster on fresh ports, its data under ``home``; stopped at the end."""
+def fresh_broker(home: Path, **kafka_env: str):
+    """A broker of its own: a new KRaft cluster on fresh ports, its data under ``home``; stopped at the end.
+
+    ``kafka_env``: more of ``scripts/kafka``'s environment (e.g. ``KAFKA_SASL_SSL_PORT``).
+    """
     env = {**os.environ, "KAFKA_PORT": str(free_port()), "KAFKA_CONTROLLER_PORT": str(free_port()),
-           "KAFKA_HOME_DIR": str(home), "KAFKA_HEAP_OPTS": "-Xms128m -Xmx512m"}
+           "KAFKA_HOME_DIR": str(home), "KAFKA_HEAP_OPTS": "-Xms128m -Xmx512m", **kafka_env}
     kafka = [sys.executable, str(ROOT / "scripts" / "kafka")]
     subprocess.run([*kafka, "start"], env=env, check=True, stdout=subprocess.DEVNULL)
     try:
@@ -57,14 +63,25 @@ class WorkerProc:
     port: int
     proc: subprocess.Popen
     log: Path
+    token: str = ""      # the worker's STREAMLEARN_API_TOKEN, sent with every request when set
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def get(self, path: str, timeout: float = 5.0) -> tuple[int, Any]:
+    def get(self, path: str, timeout: float = 5.0, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        return self.request("GET", path, timeout=timeout, headers=headers)
+
+    def request(self, method: str, path: str, body: Any = None, timeout: float = 5.0,
+                headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        """(status, JSON or text) of an HTTP request; ``headers`` None: the worker's own token, if any."""
+        if headers is None:
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={**headers, **({"Content-Type": "application/json"} if data else {})})
         try:
-            with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
                 body = r.read()
                 return r.status, (json.loads(body) if r.headers.get_content_type() == "application/json"
                                   else body.decode())
@@ -140,6 +157,7 @@ class Cluster:
             "heartbeat_interval_seconds": 0.5,
             "commit_interval_seconds": 0.5,
             "log_level": "info",
+            "dev": "true",   # development keys, HTTP commands open: tests of the secured doors set their own
         }
         base.update(settings)
         env.update({f"STREAMLEARN_{k.upper()}": str(v) for k, v in base.items()})
@@ -156,7 +174,7 @@ class Cluster:
              "--data-dir", str(data)],
             env=self.env(**settings), stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=self.workdir,
         )
-        w = WorkerProc(name, port, proc, log)
+        w = WorkerProc(name, port, proc, log, token=str(settings.get("api_token", "")))
         self.workers.append(w)
         return w
 
@@ -199,10 +217,16 @@ class Producer:
         await self._p.stop()
 
     async def send(self, topic: str, value: Any, key: str | bytes | None = None,
-                   partition: int | None = None) -> None:
+                   partition: int | None = None, headers: list | None = None) -> None:
         raw = value if isinstance(value, bytes) else orjson.dumps(value)
         k = key.encode() if isinstance(key, str) else key
-        await self._p.send_and_wait(topic, raw, key=k, partition=partition)
+        await self._p.send_and_wait(topic, raw, key=k, partition=partition, headers=headers)
+
+    async def command(self, topic: str, value: Any, key: str | None = None, secret: bytes = DEV_COMMAND_KEY) -> None:
+        """A command on the control topic as an operator's own client sends it: signed (and with a deadline)."""
+        if isinstance(value, dict):
+            value = orjson.dumps({"deadline": time.time() + 60, **value})
+        await self.send(topic, value, key=key, headers=[(codec.SIGNATURE_HEADER, codec.sign(value, secret))])
 
     async def partitions(self, topic: str) -> list[int]:
         return sorted(await self._p.partitions_for(topic))
@@ -211,14 +235,14 @@ class Producer:
 class Collector:
     """Reads a topic from the beginning into a list, in the background."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, **kwargs: Any) -> None:
         self.topic = topic
         self.records: list[Any] = []
         self._values: list[Any] = []
         self._arrived = asyncio.Event()
         self._consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
                                           auto_offset_reset="earliest", enable_auto_commit=False,
-                                          metadata_max_age_ms=1000)
+                                          metadata_max_age_ms=1000, **kwargs)
         self._task: asyncio.Task | None = None
 
     async def __aenter__(self) -> "Collector":

@@ -9,7 +9,9 @@ import time
 
 import pytest
 
-from .harness import Collector, Producer
+from streamlearn.streams import codec
+
+from .harness import DEV_COMMAND_KEY, Collector, Producer
 
 pytestmark = pytest.mark.integration
 
@@ -111,7 +113,10 @@ async def test_a_thousand_malformed_messages_of_every_shape_never_stop_a_worker(
             Collector(cluster.bootstrap, t.deadletter) as dead:
         valid = iter(range(n_valid))
         for j, (kind, key, value, shape) in enumerate(bad):
-            meta = await p._p.send_and_wait(topic_of[kind], value, key=key)
+            # half the commands signed (as the CLI does), so the decoder sees them; unsigned: unauthenticated
+            headers = [(codec.SIGNATURE_HEADER, codec.sign(value or b"", DEV_COMMAND_KEY))] \
+                if kind == "control" and j % 2 else None
+            meta = await p._p.send_and_wait(topic_of[kind], value, key=key, headers=headers)
             sent_bad[(meta.topic, meta.partition, meta.offset)] = shape
             i = next(valid, None)
             if i is not None:

@@ -112,7 +112,7 @@ async def test_snapshot_restore_rollback_three_ways_and_audit(cluster):
         assert {x["model_version"] for x in restored} == {3} and {x["learned"] for x in restored} == {200}
 
         # (a) the control topic, from any Kafka client: rollback = back to the version the restore replaced
-        await p.send(t.control, {"request_id": "r-rollback", "command": "rollback", "model": key, "by": "carol"})
+        await p.command(t.control, {"request_id": "r-rollback", "command": "rollback", "model": key, "by": "carol"})
         res = await results.wait_for_one(lambda r: r["request_id"] == "r-rollback")
         assert res["ok"] and res["result"]["restored"] == 2 and res["result"]["live"]["version"] == 4
         assert res["result"]["live"]["learned"] == 500
@@ -178,9 +178,9 @@ async def test_bad_commands_get_clear_errors_and_change_nothing(cluster):
         code, _, err = cli(cluster, "restore", key)
         assert code == 2 and "VERSION" in err
 
-        await p.send(t.control, b"{not json", key=key)
-        await p.send(t.control, {"request_id": "r-1", "command": "restore", "model": key})
-        await p.send(t.control, {"request_id": "r-2", "command": "explode", "model": key})
+        await p.command(t.control, b"{not json", key=key)
+        await p.command(t.control, {"request_id": "r-1", "command": "restore", "model": key})
+        await p.command(t.control, {"request_id": "r-2", "command": "explode", "model": key})
         r1 = await results.wait_for_one(lambda r: r["request_id"] == "r-1")
         r2 = await results.wait_for_one(lambda r: r["request_id"] == "r-2")
         assert (r1["ok"], r1["error"]) == (False, "missing_field") and "version" in r1["detail"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 
 import orjson
@@ -11,6 +12,7 @@ from faust.types import TP
 
 from streamlearn.app.settings import Settings
 from streamlearn.app.worker import create_worker
+from streamlearn.streams import codec
 from streamlearn.streams.codec import pack
 from streamlearn.streams.routing import partition_for
 from streamlearn.streams.transport import Fetched
@@ -58,7 +60,7 @@ class RecordingOutbox:
 
 @pytest.fixture
 def worker(tmp_path):
-    w = create_worker(Settings.from_env({}, data_dir=str(tmp_path), label_wait_seconds=60))
+    w = create_worker(Settings.from_env({}, data_dir=str(tmp_path), label_wait_seconds=60, dev=True))
     for name in ("predictions", "deadletter", "events", "labels", "training"):
         setattr(w.topics, name, Recorder(name))
     w.agents.topics = w.topics
@@ -259,19 +261,37 @@ class FakeStream:
 async def test_control_router_answers_malformed_commands_and_routes_valid_ones_to_training(worker):
     results = Recorder("control-results")
     worker.agents.commands.results = results
+    secret = worker.settings.command_key
+    deadline = time.time() + 60
+
+    def signed(obj, key=secret) -> tuple[bytes, list]:
+        value = obj if isinstance(obj, bytes) else orjson.dumps(obj)
+        return value, [(codec.SIGNATURE_HEADER, codec.sign(value, key))]
+
     async with worker.app.agents["route-control"].test_context() as agent:
-        await agent.put(orjson.dumps({"request_id": "r1", "command": "rollback", "model": "tenant-7"}),
-                        key=None, partition=3)
-        await agent.put(orjson.dumps({"request_id": "r2", "command": "restore", "model": "tenant-7"}),
-                        key=None, partition=0)
-        await agent.put(b"{nope", key=b"tenant-7", partition=1)
+        good, headers = signed({"request_id": "r1", "command": "rollback", "model": "tenant-7", "deadline": deadline})
+        await agent.put(good, key=None, partition=3, headers=headers)
+        value, headers = signed({"request_id": "r2", "command": "restore", "model": "tenant-7", "deadline": deadline})
+        await agent.put(value, key=None, partition=0, headers=headers)
+        value, headers = signed(b"{nope")
+        await agent.put(value, key=b"tenant-7", partition=1, headers=headers)
+        await agent.put(orjson.dumps({"request_id": "r3", "command": "rollback", "model": "tenant-7",
+                                      "deadline": deadline}), key=None, partition=2)
+        value, headers = signed({"request_id": "r4", "command": "rollback", "model": "tenant-7", "deadline": deadline},
+                                key=b"someone else's secret")
+        await agent.put(value, key=None, partition=2, headers=headers)
+        value, headers = signed({"request_id": "r5", "command": "rollback", "model": "tenant-7"})
+        await agent.put(value, key=None, partition=2, headers=headers)
     [routed] = worker.topics.training.sent
     assert routed["partition"] == partition_for("tenant-7", 8) and routed["key"] == b"tenant-7"
+    assert routed["value"] == good
     assert ("streamlearn-command", b"1") in routed["headers"]
+    assert (codec.SIGNATURE_HEADER, codec.sign(good, secret)) in routed["headers"]   # the owner checks it again
     answers = results.values()
-    assert [(a["request_id"], a["ok"], a["error"]) for a in answers] == [
-        ("r2", False, "missing_field"), (None, False, "not_json")]
-    assert [d["reason"] for d in worker.topics.deadletter.values()] == ["missing_field", "not_json"]
+    expected = [("r2", "missing_field"), (None, "not_json"), ("r3", "unauthenticated"), ("r4", "unauthenticated"),
+                ("r5", "missing_field")]
+    assert [(a["request_id"], a["ok"], a["error"]) for a in answers] == [(r, False, e) for r, e in expected]
+    assert [d["reason"] for d in worker.topics.deadletter.values()] == [e for _, e in expected]
 
 
 async def test_a_command_that_fails_unexpectedly_is_answered_and_learning_goes_on(worker, monkeypatch):
