@@ -259,6 +259,23 @@ def _bind_metrics(w: Worker) -> None:
                                                w.settings.metrics_max_models))
 
 
+def readiness(owned: list[int], recovered: bool, rebalancing: bool, crashes: dict[str, tuple[float, str]],
+              now: float) -> dict[str, Any]:
+    """What ``/ready`` answers: ready only with partitions, tables recovered, no rebalance, no recent agent crash.
+
+    ``crashes``: agent name -> (time, exception) of its last crash (``Agents.crashes``); one within
+    ``CRASH_WINDOW_SECONDS`` keeps the worker not ready: Faust restarts it, and it may be crash-looping.
+    """
+    crashed = {name: f"crashed {now - at:.0f}s ago: {why}" for name, (at, why) in crashes.items()
+               if now - at < CRASH_WINDOW_SECONDS}
+    is_ready = bool(owned) and recovered and not rebalancing and not crashed
+    reason = ("agents crashed: " + "; ".join(f"{n} {c}" for n, c in crashed.items()) if crashed else
+              "no partitions assigned" if not owned else "recovering tables" if not recovered else
+              "rebalancing" if rebalancing else None)
+    return {"ready": is_ready, "reason": reason, "partitions": owned, "recovered": recovered,
+            "rebalancing": rebalancing, "crashed_agents": crashed}
+
+
 def _bind_views(w: Worker) -> None:
     app, metrics, registry = w.app, w.metrics, w.registry
     gate = ApiGate(w.settings.api_token, open_commands=w.settings.dev, protect_reads=w.settings.api_protect_reads)
@@ -282,17 +299,9 @@ def _bind_views(w: Worker) -> None:
         """Ready: partitions assigned, not rebalancing, tables recovered, no agent crashed lately."""
         owned = sorted({tp.partition for tp in app.assignor.assigned_actives()
                         if tp.topic == w.topics.names.events})
-        recovered = app.tables.recovery.completed.is_set()
-        now = time.time()
-        crashed = {name: f"crashed {now - at:.0f}s ago: {why}" for name, (at, why) in w.agents.crashes.items()
-                   if now - at < CRASH_WINDOW_SECONDS}
-        is_ready = bool(owned) and recovered and not app.rebalancing and not crashed
-        reason = ("agents crashed: " + "; ".join(f"{n} {c}" for n, c in crashed.items()) if crashed else
-                  "no partitions assigned" if not owned else "recovering tables" if not recovered else
-                  "rebalancing" if app.rebalancing else None)
-        return web.json({"ready": is_ready, "reason": reason, "partitions": owned, "recovered": recovered,
-                         "rebalancing": bool(app.rebalancing), "crashed_agents": crashed},
-                        status=200 if is_ready else 503)
+        body = readiness(owned, app.tables.recovery.completed.is_set(), bool(app.rebalancing), w.agents.crashes,
+                         time.time())
+        return web.json(body, status=200 if body["ready"] else 503)
 
     def owned() -> set[int]:
         return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == w.topics.names.events}

@@ -11,7 +11,7 @@ import pytest
 from faust.types import TP
 
 from streamlearn.app.settings import Settings
-from streamlearn.app.worker import create_worker
+from streamlearn.app.worker import CRASH_WINDOW_SECONDS, create_worker, readiness
 from streamlearn.streams import codec
 from streamlearn.streams.codec import pack
 from streamlearn.streams.routing import partition_for
@@ -232,6 +232,11 @@ async def test_an_agent_that_dies_handles_what_it_had_taken_after_its_restart(wo
     assert [pr["event_id"] for pr in worker.topics.predictions.values()] == ["a"]
     assert stream.acked == []                # the fetch is acked only once all of it is handled
     assert "predict" in worker.agents.crashes and worker.metrics.agent_crashes.labels("predict")._value.get() == 1
+    # /ready says so, with the reason, while the crash is recent (Faust restarts the agent: it may crash-loop)
+    now = time.time()
+    state = readiness([0, 1], True, False, worker.agents.crashes, now)
+    assert not state["ready"] and state["reason"].startswith("agents crashed: predict crashed 0s ago: ConnectionError")
+    assert readiness([0, 1], True, False, worker.agents.crashes, now + CRASH_WINDOW_SECONDS + 1)["ready"]
 
     restarted = FakeStream([], [])
     await body(restarted)       # Faust's restart: a new stream; what was left is handled first
