@@ -220,6 +220,8 @@ def _bind_rebalance(w: Worker) -> None:
         dropped = w.registry.keep_partitions(set())
         for state in (w.pending, w.early, w.agents):
             state.forget_partitions(set())
+        for table in (w.pending, w.early):   # kept partitions keep their join state: Faust recovers only the tail
+            table.drop_other_partitions(partitions)
         w.versions.forget()
         w.metrics.live_models.set(0)
         w.agents.owned = partitions

@@ -134,6 +134,20 @@ class BoundedTable:
             if p not in keep:
                 del self._index[p]
 
+    def drop_other_partitions(self, keep: set[int]) -> int:
+        """Drop from memory (not from the changelog) the entries of partitions this worker no longer owns.
+
+        Their new owner has them from the changelog. Kept here they would only
+        grow the memory, and come back stale if the partition returns: its
+        recovery then replays the changelog over them, but compaction may have
+        removed the tombstone of an entry deleted meanwhile. Returns how many.
+        """
+        gone = [key for key in list(self.data)
+                if partition_for(key.split(SEP, 1)[0].decode(), self.partitions) not in keep]
+        for key in gone:
+            self.data.pop(key, None)
+        return len(gone)
+
     def size(self) -> int:
         return sum(len(i) for i in self._index.values())
 

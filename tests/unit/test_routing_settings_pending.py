@@ -89,3 +89,17 @@ def test_bounded_table_indexes_what_the_changelog_restored():
     clock.now += 21
     second = BoundedTable(data, partitions=8, ttl=10, max_per_partition=100, clock=clock)
     assert len(second.evict(pa)) == 1 and join_key("zz", "1") in data
+
+
+def test_the_join_state_of_partitions_moved_away_leaves_memory_not_the_changelog():
+    data: dict = {}
+    written = []
+    table = BoundedTable(data, partitions=8, ttl=10, max_per_partition=100,
+                         write=lambda p, k, v: (data.__setitem__(k, v), written.append(k)))
+    keys = {p: next(f"k{i}" for i in range(1000) if partition_for(f"k{i}", 8) == p) for p in (1, 2, 5)}
+    for p, model in keys.items():
+        table.put(p, join_key(model, "e1"), {"f": {"a": 1.0}, "l": None})
+    writes = len(written)
+    assert table.drop_other_partitions({2}) == 2
+    assert list(data) == [join_key(keys[2], "e1")]
+    assert len(written) == writes        # nothing written: the new owners have these entries in the changelog
