@@ -276,9 +276,18 @@ async def assert_exact(cluster, workers, sent: Sent, crashes: int = 0) -> None:
                                       what="probe predictions")
     served = {v["event_id"]: v for v in values if v["event_id"].startswith("probe-")}
     assert len(order) == N_KEYS
+    # The order each model learned its examples in, from its checkpoint: the event ids it remembers (the
+    # dedup window holds more than a key's examples here), oldest first. Exactly the events sent, once each.
+    learned_order = await learned_orders(cluster, expected)
     for key, ids in order.items():
+        mine = learned_order[key]
+        assert len(mine) == len(set(mine)) and set(mine) == {e for e, (k, _, _) in sent.events.items() if k == key}
+        if mine != ids:   # allowed by the promise (each once), but worth seeing: print where they part
+            first = next(i for i, (a, b) in enumerate(zip(mine, ids)) if a != b)
+            print(f"{key}: learned in another order than the training topic's first copies, from position "
+                  f"{first} of {len(ids)}: learned {mine[first:first + 5]}, topic {ids[first:first + 5]}")
         model = get_spec("logreg").build()
-        for eid in ids:
+        for eid in mine:
             _, x, y = sent.events[eid]
             model.learn_one(x, y)
         for j, x in enumerate(probes):
@@ -286,6 +295,25 @@ async def assert_exact(cluster, workers, sent: Sent, crashes: int = 0) -> None:
             assert s["learned"] == expected[key], key
             reference = {str(k).lower(): v for k, v in model.predict_proba_one(x).items()}
             assert s["proba"] == reference, (key, j)
+
+
+async def learned_orders(cluster, expected: dict[str, int]) -> dict[str, list[str]]:
+    """Each model's learned event ids, oldest first, from its latest checkpoint (our own, signed: loaded).
+
+    Waits for checkpoints that cover everything learned (taken within STREAMLEARN_CHECKPOINT_EVERY_SECONDS).
+    """
+    from streamlearn.app.settings import DEV_SIGNING_KEY
+    from streamlearn.models.checkpoint import load
+
+    deadline = time.monotonic() + 30
+    while True:
+        latest = {}
+        for m in await read_topic(cluster.bootstrap, f"{cluster.app_id}-checkpoints-changelog"):
+            if m.value:
+                latest[m.key.decode()] = load(m.value, DEV_SIGNING_KEY.encode())
+        if {k: live.learned for k, live in latest.items()} == expected or time.monotonic() > deadline:
+            return {key: live.recent.ids() for key, live in latest.items()}
+        await asyncio.sleep(1.0)
 
 
 async def wait_learning(workers, at_least: int, timeout: float = 120.0) -> int:
