@@ -8,6 +8,7 @@
     streamlearn status [URL ...]                       are the workers alive and ready
     streamlearn bench [--events N] [--specs ...]       throughput and latency against a raw Kafka baseline
     streamlearn settings                               every setting, its env var and value
+    streamlearn specs list|check [SPEC|mod:factory]    the model specs; the contract suite a spec must pass
     streamlearn models list [--json]                   the cluster's models: key, spec, version, learned, metric, worker
     streamlearn models ACTION MODEL_KEY [VERSION]      status|versions|snapshot|restore|rollback|pin|unpin
 """
@@ -242,6 +243,35 @@ def _list_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_specs(args: argparse.Namespace) -> int:
+    """List the registered specs, or run the contract suite on some (names, or ``package.module:factory``)."""
+    from streamlearn.models import Spec, SpecError, checks
+    from streamlearn.models.specs import load_factory
+
+    s = _settings(args)
+    if args.action == "list":
+        for spec in s.registry.values():
+            print(f"{spec.name:26} {spec.task:15} {spec.summary}  [{spec.source}]")
+        return 0
+    failed = 0
+    for target in args.spec or list(s.registry):
+        try:
+            spec = (Spec(target.rsplit(":", 1)[-1], target, load_factory(target), source=target)
+                    if ":" in target else s.registry[target])
+        except (SpecError, KeyError) as exc:
+            print(f"streamlearn specs check: {exc}", file=sys.stderr)
+            return 2
+        results = checks.run(spec, max_checkpoint_bytes=s.max_checkpoint_bytes, examples=args.examples,
+                             river_checks=not args.no_river)
+        bad = [r for r in results if not r.ok]
+        failed += bool(bad)
+        print(f"spec {spec.name} ({spec.task}, {spec.source}):")
+        for r in results:
+            print(f"  {'ok  ' if r.ok else 'FAIL'} {r.name} ({r.seconds:.2f}s){': ' + r.detail if r.detail else ''}")
+        print(f"  {len(results) - len(bad)} of {len(results)} checks hold" + (": SERVABLE" if not bad else ""))
+    return 1 if failed else 0
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     s = _settings(args)
     docs = Settings.env_names()
@@ -323,6 +353,13 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--url", help="list: the worker to ask (default: this host's STREAMLEARN_WEB_PORT)")
     m.add_argument("--json", action="store_true", help="list: JSON instead of a table")
     m.set_defaults(func=cmd_models)
+
+    sp = sub.add_parser("specs", help="the model specs: list them, or check that one can be served")
+    sp.add_argument("action", choices=["list", "check"])
+    sp.add_argument("spec", nargs="*", help="check: spec names or package.module:factory (default: every registered)")
+    sp.add_argument("--examples", type=int, default=1000, help="examples of the dataset runs (default 1000)")
+    sp.add_argument("--no-river", action="store_true", help="skip River's own checks (the slow part)")
+    sp.set_defaults(func=cmd_specs)
 
     st = common(sub.add_parser("settings", help="print every setting with its env var"))
     st.set_defaults(func=cmd_settings)

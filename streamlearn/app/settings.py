@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import orjson
 
+from streamlearn.models.specs import SPECS, SpecError, Specs
 from streamlearn.streams.connection import KafkaAuth
 
 ENV_PREFIX = "STREAMLEARN_"
@@ -57,6 +58,7 @@ class Settings:
     web_port: int = _setting(6066, "Port of the worker's HTTP server (`/metrics`, `/models`).")
     data_dir: str = _setting("streamlearn-data", "Faust data directory of this worker.")
     default_model_key: str = _setting("default", "Model key used when an event names none (no `model` field, no Kafka key).")
+    specs: str = _setting("", "Your own model specs, by import path: `name=package.module:factory,...`, each factory returning a River estimator or pipeline (task and metric come from it); checked at start.")
     default_spec: str = _setting("logreg", "Model spec for keys that no rule matches.")
     spec_rules: str = _setting("", "Rules choosing a spec per model key: `pattern=spec,...`, fnmatch patterns, first match wins.")
     spec_params: str = _setting("", "Hyperparameters per spec as JSON, e.g. `{\"hoeffding_tree\": {\"grace_period\": 100}}`.")
@@ -117,8 +119,6 @@ class Settings:
         return {ENV_PREFIX + f.name.upper(): f.metadata["doc"] for f in dataclasses.fields(cls)}
 
     def validate(self) -> None:
-        from streamlearn.models.specs import SPECS
-
         if self.partitions < 1:
             raise SettingsError("partitions must be at least 1")
         if self.checkpoint_every_examples < 1 or self.checkpoint_every_seconds <= 0:
@@ -144,10 +144,10 @@ class Settings:
         if problems:
             raise SettingsError("; ".join(problems))
         for spec in [self.default_spec, *(s for _, s in self.rules)]:
-            if spec not in SPECS:
-                raise SettingsError(f"unknown model spec {spec!r}; known: {', '.join(sorted(SPECS))}")
+            if spec not in self.registry:
+                raise SettingsError(f"unknown model spec {spec!r}; known: {', '.join(sorted(self.registry))}")
         for spec, params in self.params.items():
-            if spec not in SPECS:
+            if spec not in self.registry:
                 raise SettingsError(f"spec_params names unknown spec {spec!r}")
             if not isinstance(params, dict):
                 raise SettingsError(f"spec_params[{spec!r}] must be an object")
@@ -186,6 +186,14 @@ class Settings:
         return str(value)
 
     # ---- derived ------------------------------------------------------
+    @cached_property
+    def registry(self) -> Specs:
+        """Every model spec: the built-in ones and the operator's (``STREAMLEARN_SPECS``), built from nothing else."""
+        try:
+            return SPECS.with_factories(self.specs)
+        except SpecError as exc:
+            raise SettingsError(f"STREAMLEARN_SPECS: {exc}") from None
+
     @cached_property
     def kafka_auth(self) -> KafkaAuth:
         """How every Kafka client connects (the worker, the control client, replay, watch, bench, ...)."""

@@ -119,8 +119,10 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     metrics = Metrics()
     params = s.params
 
+    specs = s.registry
+
     def spec_for(key: str) -> Spec:
-        return models.get_spec(s.spec_for(key))
+        return specs[s.spec_for(key)]
 
     def factory(key: str, spec: Spec) -> LiveModel:
         """A key's model: from its checkpoint when it has one, else from its template, else fresh."""
@@ -147,7 +149,7 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     early = bounded("early-labels", "Labels that arrived before their event's features.", s.label_wait_seconds)
     signing_key = s.signing_secret
     checkpoints = Checkpoints(table("checkpoints", "Latest checkpoint of each live model (signed blob)."),
-                              signing_key, s.max_checkpoint_bytes, metrics)
+                              signing_key, s.max_checkpoint_bytes, metrics, specs)
     # Only with warm-start rules: a global table makes every worker a standby of its
     # changelog, which brings back Faust's standby recovery (disabled above); with it,
     # learning stalled after scale-in in the durability test (2 runs of 3).
@@ -163,16 +165,16 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     versions = models.ModelVersions(
         store, signing_key,
         models.VersionSettings(s.snapshot_every_examples, s.snapshot_every_seconds, s.snapshot_keep, gate),
-        on_snapshot=snapshot_metrics(metrics))
+        on_snapshot=snapshot_metrics(metrics), specs=specs)
     audit = Audit(topics.audit, metrics)
-    warm = WarmStart(s.template_for, templates, signing_key, audit)
+    warm = WarmStart(s.template_for, templates, signing_key, audit, specs)
     commands = Commands(versions=versions, registry=registry, audit=audit, results=topics.control_results,
                         restore=checkpoints.restore, metrics=metrics, worker=f"{s.web_host}:{s.web_port}",
                         max_message_bytes=s.max_message_bytes, secret=s.command_key)
     agents = Agents(
         topics=topics, registry=registry, pending=pending, early=early,
         deadletters=DeadLetters(topics.deadletter, metrics), metrics=metrics,
-        options=Options(s.partitions, s.default_model_key, s.max_message_bytes, s.command_key),
+        options=Options(s.partitions, s.default_model_key, s.max_message_bytes, s.command_key, specs),
         spec_for=spec_for, checkpoints=checkpoints,
         policy=CheckpointPolicy(s.checkpoint_every_examples, s.checkpoint_every_seconds),
         versions=versions, commands=commands, audit=audit,

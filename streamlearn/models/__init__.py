@@ -1,6 +1,6 @@
 """The River side: model specs, live model state, predict and learn. No Kafka here."""
 
-from .specs import CLASSIFICATION, REGRESSION, SPECS, Spec, UnknownSpec, get_spec
+from .specs import CLASSIFICATION, REGRESSION, SPECS, Spec, SpecError, Specs, UnknownSpec, get_spec, task_of
 from .state import LiveModel, ModelRegistry, Prediction, RecentEvents, Scored, learn, new_model, predict
 from . import versions
 from .versions import ModelVersions, VersionError, VersionSettings
@@ -18,8 +18,11 @@ __all__ = [
     "RecentEvents",
     "Scored",
     "Spec",
+    "SpecError",
+    "Specs",
     "UnknownSpec",
     "get_spec",
+    "task_of",
     "learn",
     "new_model",
     "predict",

@@ -35,12 +35,12 @@ import struct
 import sys
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import river
 from river import proba
 
-from .specs import get_spec
+from .specs import SPECS, Spec
 from .state import LiveModel, new_metric
 
 MAGIC = b"SLCK1"
@@ -106,8 +106,8 @@ def read_header(blob: bytes, key: bytes) -> Header:
     return Header(**json.loads(body[4:4 + n]))
 
 
-def load(blob: bytes, key: bytes) -> LiveModel:
-    """Verify, then restore a live model from a blob."""
+def load(blob: bytes, key: bytes, specs: Mapping[str, Spec] = SPECS) -> LiveModel:
+    """Verify, then restore a live model from a blob (its spec must still be registered in ``specs``)."""
     body = _verified(blob, key)
     (n,) = _HLEN.unpack_from(body)
     header = Header(**json.loads(body[4:4 + n]))
@@ -116,7 +116,10 @@ def load(blob: bytes, key: bytes) -> LiveModel:
                               f"this worker runs {river.__version__}: pickles do not cross River releases")
     model, metric, *rest = pickle.loads(zlib.decompress(body[4 + n:]))
     _intern_keys(model)
-    spec = get_spec(header.spec)
+    if header.spec not in specs:
+        raise CheckpointError(f"checkpoint of {header.model!r} is of spec {header.spec!r}, which is not "
+                              f"registered (STREAMLEARN_SPECS)")
+    spec = specs[header.spec]
     live = LiveModel(key=header.model, spec=spec, model=model, version=header.version,
                      parent_version=header.parent_version, learned=header.learned,
                      metric=metric if metric is not None else new_metric(spec), offset=header.offset,

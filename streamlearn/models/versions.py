@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from . import checkpoint
 from .gate import GateSettings, QualityGate
+from .specs import SPECS, Spec
 from .state import LiveModel
 
 AUTO = "auto"          # taken by the snapshot policy
@@ -185,8 +186,10 @@ class ModelVersions:
 
     def __init__(self, store: Store, signing_key: bytes, settings: VersionSettings,
                  clock: Callable[[], float] = time.time,
-                 on_snapshot: Callable[[SnapshotInfo, float], None] | None = None) -> None:
+                 on_snapshot: Callable[[SnapshotInfo, float], None] | None = None,
+                 specs: Mapping[str, Spec] = SPECS) -> None:
         self.store = store
+        self.specs = specs
         self.on_snapshot = on_snapshot
         self.signing_key = signing_key
         self.settings = settings
@@ -204,7 +207,7 @@ class ModelVersions:
         if blob is None:
             raise VersionError("unknown_version", f"the blob of {model!r} v{version} is missing")
         try:
-            return checkpoint.load(blob, self.signing_key)
+            return checkpoint.load(blob, self.signing_key, self.specs)
         except checkpoint.CheckpointError as exc:
             raise VersionError("bad_snapshot", f"snapshot v{version} of {model!r} was refused: {exc}") from None
 
@@ -225,7 +228,7 @@ class ModelVersions:
         self.store.save_blob(live.key, info.version, blob)
         gate = self.gates.get(live.key)
         if kind == AUTO and gate is not None and (gate.reference is None or gate.steady):
-            gate.set_reference(checkpoint.load(blob, self.signing_key), info.version)
+            gate.set_reference(checkpoint.load(blob, self.signing_key, self.specs), info.version)
             idx.reference = info.version
         for version in idx.expired(self.settings.keep_auto):
             self.store.delete_blob(live.key, version)

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Mapping
 
 import faust
 
@@ -79,6 +79,7 @@ class Options:
     default_model: str
     max_message_bytes: int
     command_secret: bytes | None = None   # commands must be signed with it (None: not checked)
+    specs: Mapping[str, Spec] = field(default_factory=lambda: models.SPECS)   # what an event may ask for
 
 
 class Agents:
@@ -176,8 +177,9 @@ class Agents:
         except Rejected as rejected:
             await self.dead.send(rejected, msg, out)
             return
-        if ev.spec is not None and ev.spec not in models.SPECS:
-            await self.dead.send(Rejected(UNKNOWN_SPEC, str(models.UnknownSpec(ev.spec)), ev.event_id),
+        if ev.spec is not None and ev.spec not in self.options.specs:
+            await self.dead.send(Rejected(UNKNOWN_SPEC, str(models.UnknownSpec(ev.spec, self.options.specs)),
+                                          ev.event_id),
                                  msg, out, model=ev.model)
             return
         owner = self._owner(ev.model)
@@ -516,7 +518,7 @@ class Agents:
     def _model(self, partition: int, key: str, requested: str | None, event_id: str) -> LiveModel:
         live = self.registry.get(partition, key)
         if live is None:
-            spec = models.get_spec(requested) if requested else self.spec_for(key)
+            spec = self.options.specs[requested] if requested else self.spec_for(key)
             return self.registry.get_or_create(partition, key, spec)
         if requested is not None and requested != live.spec.name:
             raise Rejected(SPEC_MISMATCH, f"model {key!r} is a {live.spec.name!r}, "

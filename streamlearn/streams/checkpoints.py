@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import MutableMapping, Protocol
+from typing import Mapping, MutableMapping, Protocol
 
-from streamlearn.models import LiveModel
+from streamlearn.models import SPECS, LiveModel, Spec
 from streamlearn.models import checkpoint as blobs
 from streamlearn.models.checkpoint import CheckpointError
 
@@ -41,8 +41,9 @@ class Checkpoints:
     """The checkpoints table of one worker: model key -> signed blob."""
 
     def __init__(self, table: MutableMapping[bytes, bytes], signing_key: bytes, max_bytes: int,
-                 metrics: CheckpointCounters) -> None:
+                 metrics: CheckpointCounters, specs: Mapping[str, Spec] = SPECS) -> None:
         self.table = table
+        self.specs = specs
         self.signing_key = signing_key
         self.max_bytes = max_bytes
         self.metrics = metrics
@@ -53,7 +54,7 @@ class Checkpoints:
         if blob is None:
             return None
         try:
-            live = blobs.load(blob, self.signing_key)
+            live = blobs.load(blob, self.signing_key, self.specs)
         except CheckpointError as exc:
             self.metrics.checkpoint_refused("invalid")
             log.error("refused the checkpoint of model=%s: %s; starting it fresh", key, exc)

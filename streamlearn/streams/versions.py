@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, MutableMapping, Protocol
+from typing import Any, Callable, Mapping, MutableMapping, Protocol
 
 import faust
 import orjson
 
-from streamlearn.models import LiveModel, ModelRegistry
+from streamlearn.models import SPECS, LiveModel, ModelRegistry, Spec
 from streamlearn.models import checkpoint as blobs
 from streamlearn.models.checkpoint import CheckpointError
 from streamlearn.models.state import RecentEvents, new_metric
@@ -96,11 +96,12 @@ class WarmStart:
     """New keys matching a pattern start from a template key's latest snapshot."""
 
     def __init__(self, template_for: Callable[[str], str | None], templates: MutableMapping[bytes, bytes],
-                 signing_key: bytes, audit: Audit) -> None:
+                 signing_key: bytes, audit: Audit, specs: Mapping[str, Spec] = SPECS) -> None:
         self.template_for = template_for
         self.templates = templates
         self.signing_key = signing_key
         self.audit = audit
+        self.specs = specs
 
     def start(self, key: str) -> LiveModel | None:
         """A new model for key from its template's latest snapshot; None when no rule or no snapshot."""
@@ -112,7 +113,7 @@ class WarmStart:
             log.info("model=%s matches template %s, which has no snapshot yet: starting empty", key, template)
             return None
         try:
-            live = blobs.load(blob, self.signing_key)
+            live = blobs.load(blob, self.signing_key, self.specs)
         except CheckpointError as exc:
             log.error("refused the template snapshot of %s for model=%s: %s", template, key, exc)
             return None
