@@ -177,11 +177,16 @@ class StateCollector(Collector):
                                    labels=["model", "metric"])
         version = GaugeMetricFamily("streamlearn_model_version", "Live version per model.", labels=["model"])
         examples = GaugeMetricFamily("streamlearn_model_examples", "Examples learned per model.", labels=["model"])
+        challenger = GaugeMetricFamily("streamlearn_challenger_metric",
+                                       "Online metric of each challenger, next to its champion's.",
+                                       labels=["model", "challenger", "metric"])
         live = sorted(self.models(), key=lambda m: -m.learned)
         for m in live[:self.max_models]:
             metric.add_metric([m.key, type(m.metric).__name__], m.metric.get())
             version.add_metric([m.key], m.version)
             examples.add_metric([m.key], m.learned)
+            for name, c in m.challengers.items():
+                challenger.add_metric([m.key, name, type(c.metric).__name__], c.metric.get())
         rest = live[self.max_models:]
         if rest:
             by_metric: dict[str, list[float]] = {}
@@ -196,4 +201,4 @@ class StateCollector(Collector):
                                 labels=["topic", "partition"])
         for topic, partition, value in self.lags():
             lag.add_metric([topic, str(partition)], value)
-        return [metric, version, examples, lag]
+        return [metric, version, examples, challenger, lag]

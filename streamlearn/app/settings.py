@@ -60,6 +60,7 @@ class Settings:
     default_model_key: str = _setting("default", "Model key used when an event names none (no `model` field, no Kafka key).")
     specs: str = _setting("", "Your own model specs, by import path: `name=package.module:factory,...`, each factory returning a River estimator or pipeline (task and metric come from it); checked at start.")
     default_spec: str = _setting("logreg", "Model spec for keys that no rule matches.")
+    challenger_rules: str = _setting("", "Challengers per model key: `pattern=spec[+spec],...` (fnmatch, first match wins); each learns every example of its key in the champion's shadow, is scored on it first, and never answers.")
     spec_rules: str = _setting("", "Rules choosing a spec per model key: `pattern=spec,...`, fnmatch patterns, first match wins.")
     spec_params: str = _setting("", "Hyperparameters per spec as JSON, e.g. `{\"hoeffding_tree\": {\"grace_period\": 100}}`.")
     pending_ttl_seconds: float = _setting(3600.0, "How long an event's features wait for their label.")
@@ -143,7 +144,8 @@ class Settings:
         problems = self.kafka_auth.problems()
         if problems:
             raise SettingsError("; ".join(problems))
-        for spec in [self.default_spec, *(s for _, s in self.rules)]:
+        for spec in [self.default_spec, *(s for _, s in self.rules),
+                     *(c for _, cs in self.challenger_specs for c in cs)]:
             if spec not in self.registry:
                 raise SettingsError(f"unknown model spec {spec!r}; known: {', '.join(sorted(self.registry))}")
         for spec, params in self.params.items():
@@ -211,6 +213,18 @@ class Settings:
     @cached_property  # parsed once: spec_for runs for every new model key
     def rules(self) -> list[tuple[str, str]]:
         return _pairs(self.spec_rules, "spec rule", "pattern=spec")
+
+    @cached_property
+    def challenger_specs(self) -> list[tuple[str, list[str]]]:
+        return [(pattern, [c.strip() for c in specs.split("+") if c.strip()])
+                for pattern, specs in _pairs(self.challenger_rules, "challenger rule", "pattern=spec[+spec]")]
+
+    def challengers_for(self, model_key: str) -> list[str]:
+        """The challenger spec names the rules give a model key (none without a match)."""
+        for pattern, specs in self.challenger_specs:
+            if fnmatch.fnmatchcase(model_key, pattern):
+                return specs
+        return []
 
     @cached_property
     def warm_starts(self) -> list[tuple[str, str]]:

@@ -125,9 +125,15 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         return specs[s.spec_for(key)]
 
     def factory(key: str, spec: Spec) -> LiveModel:
-        """A key's model: from its checkpoint when it has one, else from its template, else fresh."""
+        """A key's model: from its checkpoint when it has one, else from its template, else fresh.
+
+        Its challengers: those of the rules (kept from the checkpoint when it had them).
+        """
         live = checkpoints.restore(key) or warm.start(key) or models.new_model(key, spec, params.get(spec.name))
         live.recent.resize(s.dedup_window)
+        changes = models.set_challengers(live, [specs[n] for n in s.challengers_for(key)], params)
+        if changes:
+            log.info("model=%s challengers: %s", key, ", ".join(changes))
         return live
 
     registry = ModelRegistry(factory)

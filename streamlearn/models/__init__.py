@@ -1,12 +1,14 @@
 """The River side: model specs, live model state, predict and learn. No Kafka here."""
 
 from .specs import CLASSIFICATION, REGRESSION, SPECS, Spec, SpecError, Specs, UnknownSpec, get_spec, task_of
-from .state import LiveModel, ModelRegistry, Prediction, RecentEvents, Scored, learn, new_model, predict
+from .state import (Challenger, LiveModel, ModelRegistry, Prediction, RecentEvents, Scored, learn, new_model, predict,
+                    set_challengers)
 from . import versions
 from .versions import ModelVersions, VersionError, VersionSettings
 
 __all__ = [
     "CLASSIFICATION",
+    "Challenger",
     "REGRESSION",
     "SPECS",
     "LiveModel",
@@ -26,5 +28,6 @@ __all__ = [
     "learn",
     "new_model",
     "predict",
+    "set_challengers",
     "versions",
 ]

@@ -85,6 +85,29 @@ class RecentEvents:
 
 
 @dataclass
+class Challenger:
+    """A model learning every example of its key in the champion's shadow: scored on it, then taught it.
+
+    It never answers an event. One that raises on an example stops learning
+    (``error`` says why) and leaves its champion untouched.
+    """
+
+    spec: Spec
+    model: base.Estimator
+    metric: metrics.base.Metric = field(default=None)  # type: ignore[assignment]
+    learned: int = 0
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.metric is None:
+            self.metric = new_metric(self.spec)
+
+    def describe(self) -> dict[str, Any]:
+        return {"spec": self.spec.name, "task": self.spec.task, "learned": self.learned,
+                "metric": {"name": type(self.metric).__name__, "value": self.metric.get()}, "error": self.error}
+
+
+@dataclass
 class LiveModel:
     """One model key's live model and what we know about it."""
 
@@ -103,6 +126,8 @@ class LiveModel:
     warm_start: dict[str, Any] | None = None
     # event ids of the last examples learned: a repeat of one is skipped
     recent: RecentEvents = field(default_factory=RecentEvents)
+    # challengers by spec name: they learn what the champion learns, in the same order (checkpointed with it)
+    challengers: dict[str, Challenger] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.metric is None:
@@ -121,6 +146,7 @@ class LiveModel:
             "created_at": self.created_at,
             "offset": self.offset,
             "warm_start": self.warm_start,
+            "challengers": [c.describe() for c in self.challengers.values()],
         }
 
 
@@ -157,8 +183,43 @@ def learn(live: LiveModel, x: dict[str, Any], y: Any, event_id: str | None = Non
         live.metric.update(y, y_pred)
     live.model.learn_one(x, y)
     live.learned += 1
+    for challenger in live.challengers.values():
+        _shadow(challenger, x, y)
     correct = (y_pred == y) if live.spec.is_classifier and y_pred is not None else None
     return Scored(y_pred, y, correct)
+
+
+def _shadow(c: Challenger, x: dict[str, Any], y: Any) -> None:
+    """A challenger's progressive validation step, like its champion's."""
+    if c.error is not None:
+        return
+    try:
+        y_pred = c.model.predict_one(x)
+        if y_pred is not None:
+            c.metric.update(y, y_pred)
+        c.model.learn_one(x, y)
+        c.learned += 1
+    except Exception as exc:  # noqa: BLE001 - a challenger must never fail its champion
+        c.error = f"{type(exc).__name__}: {exc}"[:300]
+
+
+def set_challengers(live: LiveModel, specs: list[Spec], params: dict[str, dict] | None = None) -> list[str]:
+    """Give ``live`` exactly the challengers of ``specs`` (those it has keep what they learned); what changed.
+
+    A challenger must be of its champion's task, and of another spec.
+    """
+    params = params or {}
+    wanted = {s.name: s for s in specs if s.task == live.spec.task and s.name != live.spec.name}
+    changes = [f"dropped {name}" for name in live.challengers if name not in wanted]
+    kept = {name: c for name, c in live.challengers.items() if name in wanted}
+    for name, spec in wanted.items():
+        if name not in kept:
+            kept[name] = Challenger(spec, spec.build(params.get(name)))
+            changes.append(f"added {name}")
+    changes += [f"refused {s.name} (a {s.task} spec, the champion is {live.spec.task})"
+                for s in specs if s.task != live.spec.task]
+    live.challengers = kept
+    return changes
 
 
 class ModelRegistry:

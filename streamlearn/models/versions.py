@@ -110,6 +110,7 @@ class VersionIndex:
         restored.parent_version = target
         restored.offset = live.offset          # it starts where the replaced model stopped
         restored.recent = live.recent          # ... and never learns again what the replaced one learned
+        restored.challengers = live.challengers   # challengers follow the stream, not the champion's versions
         return restored
 
     def rollback_target(self, live: LiveModel) -> int:

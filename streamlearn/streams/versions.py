@@ -121,6 +121,8 @@ class WarmStart:
         live.key, live.version, live.parent_version, live.offset = key, 1, None, -1
         live.metric = new_metric(live.spec)      # its own online metric, from its own examples
         live.recent = RecentEvents(live.recent.size)   # the template's events are not this key's
+        for challenger in live.challengers.values():    # scored from here on, like the champion
+            challenger.metric = new_metric(challenger.spec)
         live.created_at = time.time()
         live.warm_start = {"template": template, "version": source, "learned": live.learned}
         self.audit.record([Change("warm_start", key, None, 1, "warm-start",

@@ -37,7 +37,7 @@ N_KEYS = 20
 # sent before their features wait long: on 2 busy cores the features topic's backlog can trail the
 # feedback topic's by more than the default minute, and a label that waited longer is dead-lettered.
 SETTINGS = dict(checkpoint_every_examples=300, checkpoint_every_seconds=1.0, snapshot_every_examples=200,
-                quality_gate=False, label_wait_seconds=900)
+                quality_gate=False, label_wait_seconds=900, challenger_rules="*=gaussian_nb")
 
 
 def make_event(rng: random.Random, i: int) -> tuple[str, dict, bool]:
@@ -290,6 +290,9 @@ async def assert_exact(cluster, workers, sent: Sent, crashes: int = 0) -> None:
         for eid in mine:
             _, x, y = sent.events[eid]
             model.learn_one(x, y)
+        # its challenger, checkpointed with it, learned the same examples exactly once too
+        [challenger] = workers[0].get(f"/models/{key}")[1]["challengers"]      # any worker asks the owner
+        assert (challenger["spec"], challenger["learned"], challenger["error"]) == ("gaussian_nb", expected[key], None)
         for j, x in enumerate(probes):
             s = served[f"probe-{key}-{j}"]
             assert s["learned"] == expected[key], key

@@ -44,3 +44,30 @@ async def test_a_user_spec_is_served_and_learns_like_river(cluster, monkeypatch)
     status = w.get("/models/fraud-1")[1]
     assert status["spec"] == "fraud" and status["metric"]["name"] == "Accuracy"
     assert w.get("/models/house-1")[1]["spec"] == "price"
+
+
+async def test_challengers_learn_in_the_shadow_like_river_and_never_answer(cluster):
+    w = cluster.start_worker(challenger_rules="shadowed-*=hoeffding_tree+gaussian_nb")
+    cluster.wait_ready()
+    t = cluster.topics
+    from river import datasets, evaluate
+
+    from streamlearn.models import SPECS
+    from streamlearn.models.state import new_metric
+    data = list(datasets.Phishing())[:300]
+    async with Producer(cluster.bootstrap) as p, Collector(cluster.bootstrap, t.predictions) as preds:
+        for i, (x, y) in enumerate(data):
+            await p.send(t.features, {"event_id": f"s{i}", "features": x}, key="shadowed-1")
+            await p.send(t.feedback, {"event_id": f"s{i}", "label": y}, key="shadowed-1")
+        await wait_learned(w, "shadowed-1", len(data))
+        answered = await preds.wait_count(len(data))
+    assert sorted(v["event_id"] for v in answered) == sorted(f"s{i}" for i in range(len(data)))   # champion only
+    status = w.get("/models/shadowed-1")[1]
+    assert status["spec"] == "logreg"
+    for c in status["challengers"]:
+        # labels sent right after their events: learned in the order sent, as River's progressive validation
+        reference = evaluate.progressive_val_score(iter(data), SPECS[c["spec"]].build(), new_metric(SPECS[c["spec"]]))
+        assert (c["learned"], c["metric"]["value"], c["error"]) == (len(data), reference.get(), None), c
+    metrics = w.get("/metrics")[1]
+    assert 'streamlearn_challenger_metric{challenger="gaussian_nb",metric="Accuracy",model="shadowed-1"}' in metrics
+    assert w.get("/models/other")[0] == 404

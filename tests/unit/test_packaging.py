@@ -49,10 +49,12 @@ def test_dashboard_and_prometheus_config_use_metrics_the_workers_export():
     import re
 
     from streamlearn.app.metrics import Metrics, StateCollector
-    from streamlearn.models import get_spec, new_model
+    from streamlearn.models import get_spec, new_model, set_challengers
 
+    live = new_model("k", get_spec("logreg"))
+    set_challengers(live, [get_spec("gaussian_nb")])
     m = Metrics()
-    m.registry.register(StateCollector(lambda: [new_model("k", get_spec("logreg"))], lambda: [("t", 0, 1)], 10))
+    m.registry.register(StateCollector(lambda: [live], lambda: [("t", 0, 1)], 10))
     for reason in ("x",):
         m.deadletter(reason)
     m.error("predict")
