@@ -376,14 +376,22 @@ class Agents:
                                     model=entry["model"])
 
     async def learn(self, stream: faust.StreamT) -> None:
-        """Learn training examples in order; checkpoint, then ack (see checkpoints.py)."""
+        """Learn training examples in order; checkpoint, then ack (see checkpoints.py).
+
+        Like the other agents, it skips a fetch that is no longer current (a
+        rebalance began): learning it could write a checkpoint into a
+        partition another worker now owns, after that worker restored the
+        previous one. The next owner would then restore a model that misses
+        what was learned in between (and skip it, below its offset).
+        """
         acks = stream.noack()
         out = self.outbox()
         left = self.unfinished.pop("learn", None)
         if left is not None:
             await self._learn_records(*left, out)
         async for event in acks.events():
-            await self._learn_records(acks, event, records_of(event.message), out)
+            if _current(acks.app, event):
+                await self._learn_records(acks, event, records_of(event.message), out)
 
     async def _learn_records(self, acks: faust.StreamT, event, records: list, out: Outbox) -> None:
         partition = event.message.partition

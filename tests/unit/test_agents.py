@@ -317,3 +317,21 @@ async def test_a_command_that_fails_unexpectedly_is_answered_and_learning_goes_o
     assert (answer["request_id"], answer["ok"], answer["error"]) == ("r1", False, "internal_error")
     assert [d["reason"] for d in worker.topics.deadletter.values()] == ["internal_error"]
     assert worker.registry.find("m").learned == 1 and worker.agents.crashes == {}
+
+
+async def test_the_learner_skips_a_fetch_of_an_older_generation_and_writes_no_checkpoint(worker):
+    """A rebalance began: another worker may own the partition now; learning here could checkpoint over it."""
+    p = partition_for("m", 8)
+    example = pack([orjson.dumps({"event_id": f"e{i}", "model": "m", "features": {"a": 1.0}, "label": True})
+                    for i in range(3)], 1 << 20)[0]
+    record = SimpleNamespace(topic="training", partition=p, offset=5, key=None, headers=[], value=example,
+                             timestamp=0, timestamp_type=0)
+    stale = SimpleNamespace(message=Fetched(TP("training", p), [record], generation_id=1))   # the app is at 0
+    stream = FakeStream([stale], [])
+    worker.agents.policy.every_examples = 1      # any learning would be checkpointed at once
+    worker.checkpoints.table = written = {}       # no broker: the checkpoints table as a dict
+    await worker.agents.learn(stream)
+    assert worker.registry.find("m") is None and stream.acked == [] and written == {}
+    current = SimpleNamespace(message=Fetched(TP("training", p), [record], generation_id=0))
+    await worker.agents.learn(FakeStream([current], []))
+    assert worker.registry.find("m").learned == 3 and list(written) == [b"m"]
