@@ -11,6 +11,7 @@
     streamlearn specs list|check [SPEC|mod:factory]    the model specs; the contract suite a spec must pass
     streamlearn models list [--json]                   the cluster's models: key, spec, version, learned, metric, worker
     streamlearn models ACTION MODEL_KEY [VERSION]      status|versions|snapshot|restore|rollback|pin|unpin
+    streamlearn models promote MODEL_KEY SPEC          make a challenger the champion (rollback undoes it)
 """
 
 from __future__ import annotations
@@ -173,9 +174,20 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.model is None:
         print(f"streamlearn models {args.action}: a MODEL_KEY is required", file=sys.stderr)
         return 2
-    if codec.COMMANDS[args.action] and args.version is None:
-        print(f"streamlearn models {args.action}: a VERSION is required", file=sys.stderr)
+    needs = codec.COMMANDS[args.action]
+    if needs is not None and args.argument is None:
+        print(f"streamlearn models {args.action}: a {needs.upper()} is required", file=sys.stderr)
         return 2
+    version = spec = None
+    if needs == "version":
+        try:
+            version = int(args.argument)
+        except ValueError:
+            print(f"streamlearn models {args.action}: VERSION must be a number, not {args.argument!r}",
+                  file=sys.stderr)
+            return 2
+    elif needs == "spec":
+        spec = args.argument
     s = _connected(args)
     timeout = args.timeout or s.command_timeout_seconds
 
@@ -188,8 +200,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     async def call() -> dict:
         client = ControlClient.of(s, timeout)
         try:
-            return await client.call(args.action, args.model, version=args.version, reason=args.reason or "",
-                                     by=args.by)
+            return await client.call(args.action, args.model, version=version, spec=spec,
+                                     reason=args.reason or "", by=args.by)
         finally:
             await client.stop()
 
@@ -343,10 +355,11 @@ def parser() -> argparse.ArgumentParser:
     from streamlearn.streams.codec import COMMANDS
 
     m = common(sub.add_parser("models", help="the cluster's models (list); a model's versions: status, versions, "
-                                             "snapshot, restore, rollback, pin, unpin"))
+                                             "snapshot, restore, rollback, pin, unpin; promote a challenger"))
     m.add_argument("action", choices=["list", *COMMANDS], help="what to do")
     m.add_argument("model", nargs="?", help="the model key (every action but list)")
-    m.add_argument("version", type=int, nargs="?", help="version (restore, pin, unpin)")
+    m.add_argument("argument", nargs="?", metavar="VERSION|SPEC",
+                   help="the version (restore, pin, unpin), or the challenger's spec (promote)")
     m.add_argument("--reason", help="why (kept in the snapshot index and the audit trail)")
     m.add_argument("--by", default=f"cli:{getpass.getuser()}", help="who asks (audit trail)")
     m.add_argument("--timeout", type=float, help="seconds to wait for the result (STREAMLEARN_COMMAND_TIMEOUT_SECONDS)")

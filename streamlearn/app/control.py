@@ -28,6 +28,7 @@ TIMEOUT = "timeout"
 
 # HTTP status of an error result, by reason
 HTTP_STATUS = {"unknown_model": 404, "unknown_version": 404, "no_earlier_version": 409, "bad_snapshot": 422,
+               "no_such_challenger": 404, "already_champion": 409, "challenger_failed": 409,
                TIMEOUT: 504, "expired": 504}
 
 
@@ -87,14 +88,14 @@ class ControlClient:
             if waiter is not None and not waiter.done():
                 waiter.set_result(result)
 
-    async def call(self, command: str, model: str, *, version: int | None = None, reason: str = "",
-                   by: str = "operator", timeout: float | None = None) -> dict[str, Any]:
+    async def call(self, command: str, model: str, *, version: int | None = None, spec: str | None = None,
+                   reason: str = "", by: str = "operator", timeout: float | None = None) -> dict[str, Any]:
         """Send a command and wait for its result (an error result with reason ``timeout`` if none comes)."""
         wait = self.timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait      # one budget for connecting, sending and the answer
         cmd = codec.Command(request_id=uuid.uuid4().hex, command=command, model=model, version=version,
-                            reason=reason, by=by, deadline=time.time() + wait)
+                            reason=reason, by=by, deadline=time.time() + wait, spec=spec)
         waiter = self._waiting[cmd.request_id] = loop.create_future()
         try:
             await asyncio.wait_for(self.start(), wait)

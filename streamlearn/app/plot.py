@@ -7,7 +7,8 @@ accuracy of the last ``window`` labelled predictions. A label carrying
 ``true_label`` (the replay's injected bad labels do) is scored against the
 true one: the plot shows how good the predictions really were. Automatic
 rollbacks are red lines, operator restores and rollbacks orange, warm starts
-green; stretches of injected bad labels are shaded.
+green, promotions of challengers purple (named after the spec promoted);
+stretches of injected bad labels are shaded.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from streamlearn.streams.topics import TopicNames
 
 from .settings import Settings
 
-COLORS = {"auto_rollback": "tab:red", "restore": "tab:orange", "rollback": "tab:orange", "warm_start": "tab:green"}
+COLORS = {"auto_rollback": "tab:red", "restore": "tab:orange", "rollback": "tab:orange", "warm_start": "tab:green",
+          "promote": "tab:purple", "auto_promote": "tab:purple"}
 
 
 @dataclass
@@ -96,6 +98,14 @@ def series(records: dict[str, list[Any]], window: int = 200, models: list[str] |
     return [out[m] for m in sorted(out)]
 
 
+def mark(change: dict[str, Any]) -> tuple[str, str]:
+    """How a version change is marked on the plot: its text and colour."""
+    text = (f"{change['action']} v{change['from_version']}→v{change['to_version']}"
+            + (f" (= v{change['restored_version']})" if change.get("restored_version") else "")
+            + (f": {change['spec']}" if change.get("spec") else ""))
+    return text, COLORS.get(change["action"], "0.3")
+
+
 def render(all_series: list[Series], path: Path, title: str = "Online accuracy") -> Path:
     """Write the PNG: one panel per model."""
     import matplotlib
@@ -116,11 +126,9 @@ def render(all_series: list[Series], path: Path, title: str = "Online accuracy")
             if c["action"] == "snapshot":
                 ax.plot([c["at"] - t0], [0.02], marker="|", color="0.5", ms=6)
                 continue
-            color = COLORS.get(c["action"], "tab:purple")
-            ax.axvline(c["at"] - t0, color=color, lw=1.5, ls="--")
-            ax.annotate(f"{c['action']} v{c['from_version']}→v{c['to_version']}"
-                        + (f" (= v{c['restored_version']})" if c.get("restored_version") else ""),
-                        (c["at"] - t0, 0.08), rotation=90, fontsize=7, color=color, ha="right", va="bottom")
+            text, color = mark(c)
+            ax.axvline(c["at"] - t0, color=color, lw=1.5, ls="-" if c.get("spec") else "--")
+            ax.annotate(text, (c["at"] - t0, 0.08), rotation=90, fontsize=7, color=color, ha="right", va="bottom")
         ax.set_ylim(0, 1.02)
         ax.set_ylabel(s.model)
         ax.grid(alpha=0.3)

@@ -79,11 +79,16 @@ class Settings:
     gate_z_threshold: float = _setting(3.0, "Quality gate: how significant (sign test z) the reference's advantage must be to roll back.")
     gate_min_discordant: int = _setting(30, "Quality gate: fewest examples the two models must disagree on before it may decide.")
     gate_steady_examples: int = _setting(1000, "Quality gate: examples without a rise in the error before a snapshot becomes the reference; a change lasting longer is learned, not rolled back.")
+    auto_promote: bool = _setting(True, "Promote a challenger automatically when it is significantly better than its champion (the gate's paired test, pointed the other way); the champion is snapshotted first and goes on as a challenger.")
+    promote_window: int = _setting(500, "Promotion: examples over which each challenger and its champion are compared.")
+    promote_z_threshold: float = _setting(3.0, "Promotion: how significant (sign test z) the challenger's advantage must be.")
+    promote_min_discordant: int = _setting(30, "Promotion: fewest examples the two models must disagree on before it may decide.")
+    promote_min_examples: int = _setting(1000, "Promotion: fewest examples a challenger must have learned before it may be promoted.")
     warm_start_rules: str = _setting("", "New keys start from a template key's latest snapshot: `pattern=template_key,...`, fnmatch patterns, first match wins.")
     command_timeout_seconds: float = _setting(10.0, "How long the CLI and HTTP wait for a command's result; the owner does not execute it later.")
     signing_key: str = _setting("", "HMAC-SHA256 key signing checkpoints and snapshots (at least 16 characters); a worker refuses to start without one, outside development mode.", secret=True)
     command_secret: str = _setting("", "HMAC-SHA256 secret shared by workers and operators' tools: commands on the control topic must be signed with it (the CLI and HTTP sign for you).", secret=True)
-    api_token: str = _setting("", "Bearer token of the HTTP command endpoints (snapshot, restore, rollback, pin, unpin); without one they are refused, outside development mode.", secret=True)
+    api_token: str = _setting("", "Bearer token of the HTTP command endpoints (snapshot, restore, rollback, pin, unpin, promote); without one they are refused, outside development mode.", secret=True)
     api_protect_reads: bool = _setting(False, "Also require the API token for the HTTP read endpoints (`/models...`) and `/metrics`; `/health` and `/ready` stay open.")
     session_timeout_seconds: float = _setting(6.0, "Kafka consumer session timeout: how soon a dead worker's partitions move (the broker's group.min.session.timeout.ms is 6 s by default).")
     heartbeat_interval_seconds: float = _setting(1.0, "Kafka consumer heartbeat interval.")
@@ -128,6 +133,10 @@ class Settings:
             raise SettingsError("snapshot_every_* must be >= 0 and snapshot_keep at least 1")
         if self.gate_window < 10 or self.gate_min_discordant < 1 or self.gate_z_threshold <= 0:
             raise SettingsError("gate_window must be at least 10, gate_min_discordant and gate_z_threshold positive")
+        if (self.promote_window < 10 or self.promote_min_discordant < 1 or self.promote_z_threshold <= 0
+                or self.promote_min_examples < 0):
+            raise SettingsError("promote_window must be at least 10, promote_min_discordant and promote_z_threshold "
+                                "positive, promote_min_examples >= 0")
         if self.stop_timeout_seconds <= 0:
             raise SettingsError("stop_timeout_seconds must be positive")
         if self.dedup_window < 1:

@@ -168,9 +168,12 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
                        templates, {template for _, template in s.warm_starts})
     gate = models.versions.GateSettings(s.gate_window, s.gate_z_threshold, s.gate_min_discordant,
                                         s.gate_steady_examples) if s.quality_gate else None
+    promotion = models.PromotionSettings(s.promote_window, s.promote_z_threshold, s.promote_min_discordant,
+                                         s.promote_min_examples) if s.auto_promote else None
     versions = models.ModelVersions(
         store, signing_key,
-        models.VersionSettings(s.snapshot_every_examples, s.snapshot_every_seconds, s.snapshot_keep, gate),
+        models.VersionSettings(s.snapshot_every_examples, s.snapshot_every_seconds, s.snapshot_keep, gate,
+                               promotion),
         on_snapshot=snapshot_metrics(metrics), specs=specs)
     audit = Audit(topics.audit, metrics)
     warm = WarmStart(s.template_for, templates, signing_key, audit, specs)
@@ -395,21 +398,24 @@ def _bind_views(w: Worker) -> None:
                     body = await request.json() if request.body_exists else {}
                 except ValueError:
                     body = None
-                version = body.get("version") if isinstance(body, dict) else None
+                version, spec = (body.get("version"), body.get("spec")) if isinstance(body, dict) else (None, None)
+                needs = codec.COMMANDS[command]
                 bad = ("the body must be a JSON object" if not isinstance(body, dict) else
                        "version must be a positive integer" if version is not None and (
                            isinstance(version, bool) or not isinstance(version, int) or version < 1) else
-                       f"{command} needs a version" if codec.COMMANDS[command] and version is None else None)
+                       "spec must be the name of a challenger" if spec is not None and (
+                           not isinstance(spec, str) or not spec) else
+                       f"{command} needs a {needs}" if needs is not None and body.get(needs) is None else None)
                 if bad:
                     return self.json({"ok": False, "error": "bad_request", "detail": bad, "model": key}, status=400)
-                result = await w.control.call(command, key, version=version, reason=str(body.get("reason") or ""),
-                                              by=str(body.get("by") or "http"))
+                result = await w.control.call(command, key, version=version, spec=spec,
+                                              reason=str(body.get("reason") or ""), by=str(body.get("by") or "http"))
                 status = 200 if result["ok"] else HTTP_STATUS.get(result["error"], 400)
                 return self.json(result, status=status)
         CommandView.__name__ = f"{command.title()}View"
         return CommandView
 
-    for command in ("snapshot", "restore", "rollback", "pin", "unpin"):
+    for command in ("snapshot", "restore", "rollback", "pin", "unpin", "promote"):
         app.page(f"/models/{{key}}/{command}")(command_view(command))
 
 

@@ -4,6 +4,7 @@ from .specs import CLASSIFICATION, REGRESSION, SPECS, Spec, SpecError, Specs, Un
 from .state import (Challenger, LiveModel, ModelRegistry, Prediction, RecentEvents, Scored, learn, new_model, predict,
                     set_challengers)
 from . import versions
+from .promotion import PromotionSettings
 from .versions import ModelVersions, VersionError, VersionSettings
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "VersionSettings",
     "ModelRegistry",
     "Prediction",
+    "PromotionSettings",
     "RecentEvents",
     "Scored",
     "Spec",

@@ -95,7 +95,8 @@ def dump(live: LiveModel, key: bytes, created_at: float) -> bytes:
         "warm_start": live.warm_start,
     }
     hbytes = json.dumps(header, separators=(",", ":")).encode()
-    challengers = {name: (c.model, c.metric, c.learned, c.error) for name, c in live.challengers.items()}
+    challengers = {name: (c.model, c.metric, c.learned, c.error, c.retired_version)
+                   for name, c in live.challengers.items()}
     body = _HLEN.pack(len(hbytes)) + hbytes + zlib.compress(
         _dumps((live.model, live.metric, live.recent, challengers)), 6)
     return MAGIC + hmac.new(key, body, hashlib.sha256).digest() + body
@@ -128,10 +129,10 @@ def load(blob: bytes, key: bytes, specs: Mapping[str, Spec] = SPECS) -> LiveMode
                      warm_start=header.warm_start)
     if rest:   # checkpoints before exactly-once against producers have no recent event ids
         live.recent = rest[0]
-    for name, (model, metric, learned, error) in (rest[1] if len(rest) > 1 else {}).items():
+    for name, (model, metric, learned, error, *retired) in (rest[1] if len(rest) > 1 else {}).items():
         if name in specs:   # a challenger whose spec is gone is dropped (set_challengers adds the rules' own)
             _intern_keys(model)
-            live.challengers[name] = Challenger(specs[name], model, metric, learned, error)
+            live.challengers[name] = Challenger(specs[name], model, metric, learned, error, *retired)
     return live
 
 

@@ -59,6 +59,60 @@ class Verdict:
     reference_error: float
 
 
+def error_of(is_classifier: bool, y: Any, y_pred: Any) -> float:
+    """One prediction's error: 0/1 for a classifier, the absolute error for a regressor (no answer: the worst)."""
+    if y_pred is None:
+        return 1.0 if is_classifier else math.inf
+    if is_classifier:
+        return 0.0 if y_pred == y else 1.0
+    return abs(float(y) - float(y_pred))
+
+
+class PairedTest:
+    """The sign test of two models scored on the same examples, over a sliding window.
+
+    ``a_better`` counts the examples of the window where model A had the
+    smaller error, ``b_better`` the reverse; ties count for neither.
+    ``z() = (a_better - b_better) / sqrt(a_better + b_better)``: large when A
+    is significantly better (McNemar's test, for classifiers).
+    """
+
+    __slots__ = ("pairs", "a_better", "b_better")
+
+    def __init__(self, window: int) -> None:
+        self.pairs: deque[tuple[float, float]] = deque(maxlen=window)
+        self.a_better = self.b_better = 0
+
+    def add(self, a_err: float, b_err: float) -> None:
+        if len(self.pairs) == self.pairs.maxlen:
+            self._count(*self.pairs[0], -1)
+        self.pairs.append((a_err, b_err))
+        self._count(a_err, b_err, +1)
+
+    def clear(self) -> None:
+        self.pairs.clear()
+        self.a_better = self.b_better = 0
+
+    @property
+    def discordant(self) -> int:
+        return self.a_better + self.b_better
+
+    def z(self) -> float:
+        n = self.a_better + self.b_better
+        return 0.0 if n == 0 else (self.a_better - self.b_better) / math.sqrt(n)
+
+    def means(self) -> tuple[float, float]:
+        """Mean error of A and of B over the window."""
+        n = len(self.pairs) or 1
+        return sum(p[0] for p in self.pairs) / n, sum(p[1] for p in self.pairs) / n
+
+    def _count(self, a_err: float, b_err: float, step: int) -> None:
+        if a_err < b_err:
+            self.a_better += step
+        elif b_err < a_err:
+            self.b_better += step
+
+
 class QualityGate:
     """The gate of one live model."""
 
@@ -72,8 +126,7 @@ class QualityGate:
     def reset(self) -> None:
         """Start over (after a rollback, or when the reference changes)."""
         self.detector = drift.ADWIN()
-        self.pairs: deque[tuple[float, float]] = deque(maxlen=self.settings.window)
-        self.ref_better = self.live_better = 0
+        self.test = PairedTest(self.settings.window)   # A: the reference, B: the live model
         self.alarmed = False
         self.steady_for = 0
 
@@ -87,51 +140,31 @@ class QualityGate:
         return self.steady_for >= self.settings.steady_examples and self.z() < self.settings.z_threshold
 
     def z(self) -> float:
-        n = self.ref_better + self.live_better
-        return 0.0 if n == 0 else (self.ref_better - self.live_better) / math.sqrt(n)
-
-    def _error(self, y: Any, y_pred: Any) -> float:
-        if y_pred is None:
-            return 1.0 if self.is_classifier else math.inf
-        if self.is_classifier:
-            return 0.0 if y_pred == y else 1.0
-        return abs(float(y) - float(y_pred))
+        return self.test.z()
 
     def observe(self, x: dict[str, Any], y: Any, live_pred: Any) -> Verdict | None:
         """One example scored by the live model (before learning it); a verdict when it must roll back."""
-        live_err = self._error(y, live_pred)
+        live_err = error_of(self.is_classifier, y, live_pred)
         before = self.detector.estimation
         self.detector.update(live_err if math.isfinite(live_err) else 1.0)
         self.steady_for += 1
         if self.detector.drift_detected and self.detector.estimation > before:
             # the error rose: compare the models on what comes after the change only
-            self.pairs.clear()
-            self.ref_better = self.live_better = 0
+            self.test.clear()
             self.alarmed = True
             self.steady_for = 0
         if self.reference is None:
             return None
-        ref_err = self._error(y, self.reference.model.predict_one(x))
-        if len(self.pairs) == self.pairs.maxlen:
-            self._count(*self.pairs[0], -1)
-        self.pairs.append((live_err, ref_err))
-        self._count(live_err, ref_err, +1)
-        n = self.ref_better + self.live_better
-        z = self.z()
-        if self.alarmed and n >= self.settings.min_discordant and z >= self.settings.z_threshold:
-            live_mean = sum(p[0] for p in self.pairs) / len(self.pairs)
-            ref_mean = sum(p[1] for p in self.pairs) / len(self.pairs)
+        test = self.test
+        test.add(error_of(self.is_classifier, y, self.reference.model.predict_one(x)), live_err)
+        z = test.z()
+        if self.alarmed and test.discordant >= self.settings.min_discordant and z >= self.settings.z_threshold:
+            ref_mean, live_mean = test.means()
             what = "error rate" if self.is_classifier else "mean absolute error"
             return Verdict(
                 version=self.reference_version or 0, z=z, live_error=live_mean, reference_error=ref_mean,
                 reason=(f"quality gate: after a rise in the live model's error (ADWIN), snapshot "
-                        f"v{self.reference_version} did better on the same {len(self.pairs)} examples "
-                        f"({what} {ref_mean:.3f} vs live {live_mean:.3f}; better on {self.ref_better}, "
-                        f"worse on {self.live_better}, z={z:.1f})"))
+                        f"v{self.reference_version} did better on the same {len(test.pairs)} examples "
+                        f"({what} {ref_mean:.3f} vs live {live_mean:.3f}; better on {test.a_better}, "
+                        f"worse on {test.b_better}, z={z:.1f})"))
         return None
-
-    def _count(self, live_err: float, ref_err: float, step: int) -> None:
-        if ref_err < live_err:
-            self.ref_better += step
-        elif live_err < ref_err:
-            self.live_better += step

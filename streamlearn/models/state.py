@@ -35,6 +35,8 @@ class Scored:
     y_pred: Any
     y_true: Any
     correct: bool | None
+    # each challenger's prediction for the same example (None when the model has no challengers)
+    shadow: dict[str, Any] | None = None
 
 
 class RecentEvents:
@@ -89,7 +91,9 @@ class Challenger:
     """A model learning every example of its key in the champion's shadow: scored on it, then taught it.
 
     It never answers an event. One that raises on an example stops learning
-    (``error`` says why) and leaves its champion untouched.
+    (``error`` says why) and leaves its champion untouched. A former champion
+    (replaced by a promotion, or by a restore of another spec) stays on as a
+    challenger: ``retired_version`` is the snapshot it was frozen as.
     """
 
     spec: Spec
@@ -97,6 +101,7 @@ class Challenger:
     metric: metrics.base.Metric = field(default=None)  # type: ignore[assignment]
     learned: int = 0
     error: str | None = None
+    retired_version: int | None = None
 
     def __post_init__(self) -> None:
         if self.metric is None:
@@ -104,7 +109,8 @@ class Challenger:
 
     def describe(self) -> dict[str, Any]:
         return {"spec": self.spec.name, "task": self.spec.task, "learned": self.learned,
-                "metric": {"name": type(self.metric).__name__, "value": self.metric.get()}, "error": self.error}
+                "metric": {"name": type(self.metric).__name__, "value": self.metric.get()}, "error": self.error,
+                "retired_version": self.retired_version}
 
 
 @dataclass
@@ -183,35 +189,48 @@ def learn(live: LiveModel, x: dict[str, Any], y: Any, event_id: str | None = Non
         live.metric.update(y, y_pred)
     live.model.learn_one(x, y)
     live.learned += 1
-    for challenger in live.challengers.values():
-        _shadow(challenger, x, y)
+    shadow = None
+    if live.challengers:
+        shadow = {}
+        for name, challenger in live.challengers.items():
+            pred = _shadow(challenger, x, y)
+            if pred is not _FAILED:
+                shadow[name] = pred
     correct = (y_pred == y) if live.spec.is_classifier and y_pred is not None else None
-    return Scored(y_pred, y, correct)
+    return Scored(y_pred, y, correct, shadow)
 
 
-def _shadow(c: Challenger, x: dict[str, Any], y: Any) -> None:
-    """A challenger's progressive validation step, like its champion's."""
+_FAILED = object()
+
+
+def _shadow(c: Challenger, x: dict[str, Any], y: Any) -> Any:
+    """A challenger's progressive validation step, like its champion's: its prediction, or _FAILED."""
     if c.error is not None:
-        return
+        return _FAILED
     try:
         y_pred = c.model.predict_one(x)
         if y_pred is not None:
             c.metric.update(y, y_pred)
         c.model.learn_one(x, y)
         c.learned += 1
+        return y_pred
     except Exception as exc:  # noqa: BLE001 - a challenger must never fail its champion
         c.error = f"{type(exc).__name__}: {exc}"[:300]
+        return _FAILED
 
 
 def set_challengers(live: LiveModel, specs: list[Spec], params: dict[str, dict] | None = None) -> list[str]:
     """Give ``live`` exactly the challengers of ``specs`` (those it has keep what they learned); what changed.
 
-    A challenger must be of its champion's task, and of another spec.
+    A challenger must be of its champion's task, and of another spec. A former
+    champion stays, rules or not (a rollback may bring it back).
     """
     params = params or {}
     wanted = {s.name: s for s in specs if s.task == live.spec.task and s.name != live.spec.name}
-    changes = [f"dropped {name}" for name in live.challengers if name not in wanted]
-    kept = {name: c for name, c in live.challengers.items() if name in wanted}
+    keep = {name for name, c in live.challengers.items()
+            if name != live.spec.name and (name in wanted or c.retired_version is not None)}
+    changes = [f"dropped {name}" for name in live.challengers if name not in keep]
+    kept = {name: c for name, c in live.challengers.items() if name in keep}
     for name, spec in wanted.items():
         if name not in kept:
             kept[name] = Challenger(spec, spec.build(params.get(name)))

@@ -10,6 +10,11 @@ snapshots the model it replaces, then makes a new live version whose parent
 is ``V``. So every version number is either a snapshot or the live model, and
 a snapshot's content never changes.
 
+A promotion is a version change like a restore: the live model is first
+snapshotted (``replaced``), then one of its challengers becomes the live
+model, and the old champion stays on as a challenger; rolling back restores
+the replaced snapshot and makes the promoted model a challenger again.
+
 Retention keeps the last K automatic snapshots and every other one (manual,
 taken before a restore, or pinned).
 """
@@ -22,8 +27,9 @@ from typing import Any, Callable, Mapping, Protocol
 
 from . import checkpoint
 from .gate import GateSettings, QualityGate
+from .promotion import PromotionPolicy, PromotionSettings
 from .specs import SPECS, Spec
-from .state import LiveModel
+from .state import Challenger, LiveModel
 
 AUTO = "auto"          # taken by the snapshot policy
 MANUAL = "manual"      # asked for by an operator
@@ -54,6 +60,7 @@ class SnapshotInfo:
     by: str
     size: int = 0
     pinned: bool = False
+    spec: str | None = None   # the spec of the frozen model (None in indexes of before promotions)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,7 +104,7 @@ class VersionIndex:
         info = SnapshotInfo(version=version, parent_version=live.parent_version,
                             created_at=time.time() if now is None else now, learned=live.learned,
                             metric=live.metric.get(), metric_name=type(live.metric).__name__,
-                            kind=kind, reason=reason, by=by)
+                            kind=kind, reason=reason, by=by, spec=live.spec.name)
         self.snapshots.append(info)
         self.next_version = version + 1
         live.version, live.parent_version = version + 1, version
@@ -110,8 +117,23 @@ class VersionIndex:
         restored.parent_version = target
         restored.offset = live.offset          # it starts where the replaced model stopped
         restored.recent = live.recent          # ... and never learns again what the replaced one learned
-        restored.challengers = live.challengers   # challengers follow the stream, not the champion's versions
+        # challengers follow the stream, not the champion's versions; a replaced champion of another
+        # spec (say, undoing a promotion) goes on as a challenger
+        challengers = {n: c for n, c in live.challengers.items() if n != restored.spec.name}
+        if live.spec.name != restored.spec.name:
+            challengers[live.spec.name] = _retired(live)
+        restored.challengers = challengers
         return restored
+
+    def promoted(self, live: LiveModel, spec: str) -> LiveModel:
+        """The new live model made from challenger ``spec`` (``live`` was just snapshotted); ``live`` retires."""
+        c = live.challengers[spec]
+        new = LiveModel(key=live.key, spec=c.spec, model=c.model, version=self.next_version,
+                        parent_version=live.parent_version, learned=c.learned, metric=c.metric,
+                        offset=live.offset, recent=live.recent)
+        new.challengers = {n: other for n, other in live.challengers.items() if n != spec}
+        new.challengers[live.spec.name] = _retired(live)
+        return new
 
     def rollback_target(self, live: LiveModel) -> int:
         """The previous version: the newest snapshot that is not the live model's own state.
@@ -120,7 +142,8 @@ class VersionIndex:
         since it was made from it (just after a snapshot or a restore).
         """
         for s in reversed(self.snapshots):
-            if s.version == live.parent_version and s.learned == live.learned:
+            if (s.version == live.parent_version and s.learned == live.learned
+                    and s.spec in (None, live.spec.name)):
                 continue
             return s.version
         raise VersionError("no_earlier_version", f"model {self.model!r} has no earlier version to roll back to")
@@ -147,13 +170,14 @@ class VersionIndex:
 class Change:
     """A version change, for the audit trail: who or what asked, from which version to which, why."""
 
-    action: str                     # snapshot | restore | rollback | auto_rollback | warm_start | pin | unpin
+    action: str    # snapshot | restore | rollback | auto_rollback | promote | auto_promote | warm_start | pin | unpin
     model: str
     from_version: int | None
     to_version: int | None
     by: str
     reason: str
     restored_version: int | None = None
+    spec: str | None = None         # promotions: the challenger promoted
     at: float = field(default_factory=time.time)
 
     def to_json(self) -> dict[str, Any]:
@@ -176,6 +200,13 @@ class VersionSettings:
     snapshot_every_seconds: float = 0.0   # 0: never by time
     keep_auto: int = 10
     gate: GateSettings | None = field(default_factory=GateSettings)  # None: no automatic rollback
+    promotion: PromotionSettings | None = field(default_factory=PromotionSettings)  # None: no automatic promotion
+
+
+def _retired(champion: LiveModel) -> Challenger:
+    """A replaced champion (already snapshotted: its parent is that snapshot), going on as a challenger."""
+    return Challenger(champion.spec, champion.model, champion.metric, champion.learned,
+                      retired_version=champion.parent_version)
 
 
 class ModelVersions:
@@ -196,6 +227,7 @@ class ModelVersions:
         self.settings = settings
         self.clock = clock
         self.gates: dict[str, QualityGate] = {}
+        self.promotions: dict[str, PromotionPolicy] = {}
         self._since: dict[str, int] = {}        # examples learned since the last snapshot
         self._last: dict[str, float] = {}       # time of the last snapshot (or first learning after it)
 
@@ -252,13 +284,42 @@ class ModelVersions:
                                     reason=f"replaced by {action} to v{version}")
         new = idx.successor(live, restored, version)
         self.store.save_index(idx)
-        gate = self.gates.get(live.key)
-        if gate is not None:
-            self.gates[new.key] = gate
-            gate.reset()
-        self._since[new.key] = 0
+        self._replaced(new)
         return new, replaced, [Change(action, live.key, from_version, new.version, by,
                                       reason or f"{action} to v{version}", restored_version=version)]
+
+    def promote(self, live: LiveModel, spec: str, *, by: str = "operator", reason: str = "",
+                action: str = "promote") -> tuple[LiveModel, SnapshotInfo, list[Change]]:
+        """Make challenger ``spec`` the live model, after snapshotting the champion (so ``rollback`` undoes it)."""
+        if spec == live.spec.name:
+            raise VersionError("already_champion", f"{spec!r} is already the champion of model {live.key!r}")
+        challenger = live.challengers.get(spec)
+        if challenger is None:
+            raise VersionError("no_such_challenger", f"model {live.key!r} has no challenger {spec!r} "
+                                                     f"(challengers: {', '.join(live.challengers) or 'none'})")
+        if challenger.error is not None:
+            raise VersionError("challenger_failed", f"challenger {spec!r} of {live.key!r} stopped learning: "
+                                                    f"{challenger.error}")
+        idx = self.index(live.key)
+        from_version, champion = live.version, live.spec.name
+        replaced, _ = self.snapshot(live, kind=REPLACED, by=by, index=idx,
+                                    reason=f"replaced by {action} of challenger {spec}")
+        new = idx.promoted(live, spec)
+        self.store.save_index(idx)
+        self._replaced(new)
+        return new, replaced, [Change(action, live.key, from_version, new.version, by,
+                                      reason or f"{action} of challenger {spec} (champion {champion} "
+                                                f"v{replaced.version} retires as a challenger)", spec=spec)]
+
+    def _replaced(self, new: LiveModel) -> None:
+        """After a version change: the gate and the promotion windows start over."""
+        gate = self.gates.get(new.key)
+        if gate is not None:
+            gate.reset()
+        policy = self.promotions.get(new.key)
+        if policy is not None:
+            policy.reset()
+        self._since[new.key] = 0
 
     def rollback(self, live: LiveModel, *, by: str = "operator", reason: str = "",
                  action: str = "rollback") -> tuple[LiveModel, SnapshotInfo, list[Change]]:
@@ -274,11 +335,13 @@ class ModelVersions:
         return info, [Change(action, model, version, version, by, f"{action} v{version}")]
 
     # ---- the learn agent's hooks ---------------------------------------
-    def learned(self, live: LiveModel, x: dict[str, Any], y: Any,
-                y_pred: Any) -> tuple[LiveModel | None, list[Change]]:
-        """After the live model learned one example: the gate's verdict, then the snapshot policy.
+    def learned(self, live: LiveModel, x: dict[str, Any], y: Any, y_pred: Any,
+                shadow: Mapping[str, Any] | None = None) -> tuple[LiveModel | None, list[Change]]:
+        """After the live model learned one example: the gate's verdict, the promotion policy's, then snapshots.
 
-        Returns the new live model when the gate rolled back (else None).
+        ``shadow``: the challengers' predictions for the example. Returns the
+        new live model when the gate rolled back or a challenger was promoted
+        (else None).
         """
         gate = self._gate(live)
         if gate is not None:
@@ -286,6 +349,16 @@ class ModelVersions:
             if verdict is not None:
                 new, _, changes = self.restore(live, verdict.version, by="quality-gate", reason=verdict.reason,
                                                action="auto_rollback")
+                return new, changes
+        if shadow and self.settings.promotion is not None:
+            policy = self.promotions.get(live.key)
+            if policy is None:
+                policy = self.promotions[live.key] = PromotionPolicy(self.settings.promotion,
+                                                                     live.spec.is_classifier)
+            promote = policy.observe(y, y_pred, shadow, live.challengers)
+            if promote is not None:
+                new, _, changes = self.promote(live, promote.spec, by="promotion-policy", reason=promote.reason,
+                                               action="auto_promote")
                 return new, changes
         self._since[live.key] = self._since.get(live.key, 0) + 1
         self._last.setdefault(live.key, self.clock())
@@ -316,5 +389,6 @@ class ModelVersions:
     def forget(self) -> None:
         """Drop in-memory state (after a rebalance): gates restart from the index's reference."""
         self.gates.clear()
+        self.promotions.clear()
         self._since.clear()
         self._last.clear()

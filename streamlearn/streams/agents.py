@@ -478,8 +478,9 @@ class Agents:
             self.metrics.repeat_skipped()
             return
         self.metrics.learned(example.model, scored.correct)
-        new, changes = self.versions.learned(live, example.features, example.label, scored.y_pred)
-        if changes:   # a snapshot, or the quality gate rolled back: checkpoint the new version at once
+        new, changes = self.versions.learned(live, example.features, example.label, scored.y_pred,
+                                                   scored.shadow)
+        if changes:   # a snapshot, a rollback or a promotion: checkpoint the new version at once
             if new is not None:
                 self.registry.put(partition, new)
             self.audit.record(changes)

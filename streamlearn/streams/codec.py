@@ -43,9 +43,9 @@ UNAUTHENTICATED = "unauthenticated"
 # (its exact bytes, so any client can sign), under STREAMLEARN_COMMAND_SECRET.
 SIGNATURE_HEADER = "streamlearn-signature"
 
-# Operator commands: name -> whether it needs a version
-COMMANDS = {"status": False, "versions": False, "snapshot": False, "restore": True, "rollback": False,
-            "pin": True, "unpin": True}
+# Operator commands: name -> the argument it needs (a version, a challenger's spec), or None
+COMMANDS = {"status": None, "versions": None, "snapshot": None, "restore": "version", "rollback": None,
+            "pin": "version", "unpin": "version", "promote": "spec"}
 
 _DUMPS_OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
@@ -105,10 +105,12 @@ class Command:
     reason: str = ""
     by: str = "operator"
     deadline: float | None = None   # epoch seconds: not executed after it (the caller gave up)
+    spec: str | None = None         # promote: the challenger to promote
 
     def to_json(self) -> dict[str, Any]:
         return {"request_id": self.request_id, "command": self.command, "model": self.model,
-                "version": self.version, "reason": self.reason, "by": self.by, "deadline": self.deadline}
+                "version": self.version, "reason": self.reason, "by": self.by, "deadline": self.deadline,
+                "spec": self.spec}
 
 
 # ---- decoding -------------------------------------------------------------
@@ -261,7 +263,7 @@ def _verify(raw: bytes | None, signature: bytes | None, secret: bytes) -> None:
 
 def decode_command(raw: bytes | None, key: bytes | None, *, max_bytes: int, secret: bytes | None = None,
                    signature: bytes | None = None) -> Command:
-    """A command from the control topic: ``{"request_id", "command", "model", "version"?, "reason"?, "by"?, "deadline"?}``.
+    """A command from the control topic: ``{"request_id", "command", "model", "version"?, "spec"?, "reason"?, "by"?, "deadline"?}``.
 
     With a ``secret``, only a command whose ``signature`` (its header) verifies
     is decoded, and it must carry a deadline: a signed command captured off
@@ -289,11 +291,14 @@ def decode_command(raw: bytes | None, key: bytes | None, *, max_bytes: int, secr
     if not isinstance(model, str) or not model:
         raise Rejected(MISSING_FIELD if model is None else BAD_FIELD,
                        "model (the model key) is required, as a field or as the Kafka key", rid)
-    version = obj.get("version")
-    if COMMANDS[name] and version is None:
-        raise Rejected(MISSING_FIELD, f"{name} needs a version", rid)
+    version, spec = obj.get("version"), obj.get("spec")
+    needs = COMMANDS[name]
+    if needs is not None and obj.get(needs) is None:
+        raise Rejected(MISSING_FIELD, f"{name} needs a {needs}", rid)
     if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
         raise Rejected(BAD_FIELD, "version must be a positive integer", rid)
+    if spec is not None and (not isinstance(spec, str) or not spec or len(spec) > 200):
+        raise Rejected(BAD_FIELD, "spec must be the name of a challenger (a non-empty string)", rid)
     for text in ("reason", "by"):
         if obj.get(text) is not None and not isinstance(obj[text], str):
             raise Rejected(BAD_FIELD, f"{text} must be a string", rid)
@@ -304,7 +309,7 @@ def decode_command(raw: bytes | None, key: bytes | None, *, max_bytes: int, secr
         raise Rejected(MISSING_FIELD, "a signed command needs a deadline (epoch seconds), so that it cannot "
                                       "be replayed later", rid)
     return Command(rid, name, model, version, obj.get("reason") or "", obj.get("by") or "operator",
-                   None if deadline is None else float(deadline))
+                   None if deadline is None else float(deadline), spec)
 
 
 def request_id_of(raw: bytes | None) -> str | None:

@@ -170,7 +170,7 @@ class Commands:
             live.offset = msg.offset
             result, new, changes = self._execute(cmd, live)
         except VersionError as exc:
-            log.warning("command %s %s model=%s request_id=%s failed: %s", cmd.command, cmd.version or "",
+            log.warning("command %s %s model=%s request_id=%s failed: %s", cmd.command, cmd.version or cmd.spec or "",
                         cmd.model, cmd.request_id, exc,
                         extra={"model": cmd.model, "reason": exc.reason, "request_id": cmd.request_id})
             await self.answer(cmd, cmd.request_id, ok=False, error=exc.reason, detail=exc.detail)
@@ -184,7 +184,7 @@ class Commands:
     def _execute(self, cmd: Command, live: LiveModel) -> tuple[dict[str, Any], LiveModel | None, list[Change]]:
         v, by = self.versions, cmd.by
         if cmd.command == "status":
-            return status(live, v.index(live.key)), None, []
+            return status(live, v.index(live.key), v), None, []
         if cmd.command == "versions":
             return versions_of(live, v.index(live.key)), None, []
         if cmd.command == "snapshot":
@@ -197,6 +197,9 @@ class Commands:
                 new, replaced, changes = v.rollback(live, by=by, reason=cmd.reason)
             return {"restored": new.parent_version, "replaced": replaced.to_json(),
                     "live": new.describe()}, new, changes
+        if cmd.command == "promote":
+            new, replaced, changes = v.promote(live, cmd.spec, by=by, reason=cmd.reason)
+            return {"promoted": cmd.spec, "replaced": replaced.to_json(), "live": new.describe()}, new, changes
         info, changes = v.pin(live.key, cmd.version, cmd.command == "pin", by=by)
         return {"snapshot": info.to_json()}, None, changes
 
@@ -210,9 +213,12 @@ class Commands:
             result=result, worker=self.worker))
 
 
-def status(live: LiveModel, index: VersionIndex) -> dict[str, Any]:
+def status(live: LiveModel, index: VersionIndex, versions: ModelVersions) -> dict[str, Any]:
+    policy = versions.promotions.get(live.key)
     return {**live.describe(), "snapshots": len(index.snapshots), "gate_reference": index.reference,
-            "latest_snapshot": index.snapshots[-1].version if index.snapshots else None}
+            "latest_snapshot": index.snapshots[-1].version if index.snapshots else None,
+            # each challenger's sign-test z against the champion over the current window (> 0: it is better)
+            "promotion_z": {name: policy.z_of(name) for name in live.challengers} if policy else {}}
 
 
 def versions_of(live: LiveModel | None, index: VersionIndex) -> dict[str, Any]:

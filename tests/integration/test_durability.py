@@ -32,12 +32,13 @@ from .harness import PARTITIONS, Collector, Producer
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 N_KEYS = 20
-# automatic snapshots on (a version change checkpoints at once, mid-stream); the quality gate off:
-# a rollback would rightly make a model differ from River trained once on all its examples. Labels
+# automatic snapshots on (a version change checkpoints at once, mid-stream); the quality gate and automatic
+# promotion off: a rollback or a promotion would rightly make a model differ from River trained once on all
+# its examples (test_promotion checks a promotion against River and a crash). Labels
 # sent before their features wait long: on 2 busy cores the features topic's backlog can trail the
 # feedback topic's by more than the default minute, and a label that waited longer is dead-lettered.
 SETTINGS = dict(checkpoint_every_examples=300, checkpoint_every_seconds=1.0, snapshot_every_examples=200,
-                quality_gate=False, label_wait_seconds=900, challenger_rules="*=gaussian_nb")
+                quality_gate=False, auto_promote=False, label_wait_seconds=900, challenger_rules="*=gaussian_nb")
 
 
 def make_event(rng: random.Random, i: int) -> tuple[str, dict, bool]:

@@ -61,3 +61,24 @@ def test_bench_png_plots_pipeline_and_loop_against_the_offered_rate(tmp_path):
             Result("pipeline", "logreg", 1, 1000, 10, 15.0, 1, 2, 300, 0.1)]
     path = render_bench(runs, tmp_path / "out" / "bench.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
+
+
+def test_the_accuracy_plot_marks_promotions_with_the_spec_promoted(tmp_path):
+    from streamlearn.app.plot import mark, render, series
+
+    preds = [{"event_id": str(i), "model": "m", "prediction": i % 3 != 0, "predicted_at": 100.0 + i}
+             for i in range(300)]
+    records = {"predictions": preds, "feedback": [{"event_id": str(i), "label": True} for i in range(300)],
+               "audit": [{"action": "snapshot", "model": "m", "from_version": 1, "to_version": 2, "at": 150.0},
+                         {"action": "auto_promote", "model": "m", "from_version": 2, "to_version": 4,
+                          "spec": "hoeffding_tree", "at": 200.0, "restored_version": None},
+                         {"action": "rollback", "model": "m", "from_version": 4, "to_version": 6,
+                          "restored_version": 3, "at": 250.0},
+                         {"action": "promote", "model": "other", "from_version": 1, "to_version": 3,
+                          "spec": "knn", "at": 200.0}]}
+    [s] = series(records)
+    assert [c["action"] for c in s.changes] == ["snapshot", "auto_promote", "rollback"]   # only this model's
+    assert mark(s.changes[1]) == ("auto_promote v2→v4: hoeffding_tree", "tab:purple")
+    assert mark(s.changes[2]) == ("rollback v4→v6 (= v3)", "tab:orange")
+    path = render([s], tmp_path / "accuracy.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
