@@ -27,6 +27,8 @@ BUNDLED = {
     "chick_weights": datasets.ChickWeights,
     # an endless synthetic stream (use --limit): SEA concepts, a linear boundary with 10% noise
     "sea": lambda: datasets.synth.SEA(variant=0, seed=42),
+    # endless too: Agrawal's loan function 2 (salary and age thresholds), where a tree beats a linear model
+    "agrawal": lambda: datasets.synth.Agrawal(classification_function=2, seed=42),
 }
 
 

@@ -127,6 +127,18 @@ def test_bench_command_measures_baselines_and_pipeline(cluster):
     assert "events/s" in r.stderr and "vs loop" in r.stderr  # the table
 
 
+def run_demo(tmp_path, bootstrap: str, **options: str) -> str:
+    """scripts/demo as a user runs it, shortened (one key, 200 events/s, stop when done); its output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMLEARN_", "DEMO_", "KAFKA_"))}
+    env.update(KAFKA_PORT=bootstrap.rsplit(":", 1)[1], KAFKA_HOME_DIR=str(tmp_path / "kafka"),
+               DEMO_DIR=str(tmp_path / "demo"), DEMO_RATE="200", DEMO_KEYS="1", DEMO_LABEL_DELAY="5",
+               DEMO_STAY="0", STREAMLEARN_TOPIC_PREFIX="demo-test.", STREAMLEARN_APP_ID="demo-test", **options)
+    demo = subprocess.run(["bash", str(ROOT / "scripts" / "demo")], env=env, capture_output=True, text=True,
+                          timeout=600, stdin=subprocess.DEVNULL)
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    return demo.stdout
+
+
 async def test_the_demo_as_a_user_runs_it(tmp_path):
     """scripts/demo itself, shortened through its options, on a broker of its own started just before.
 
@@ -138,15 +150,7 @@ async def test_the_demo_as_a_user_runs_it(tmp_path):
     """
     with fresh_broker(tmp_path / "kafka") as bootstrap:
         web_port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMLEARN_", "DEMO_", "KAFKA_"))}
-        env.update(KAFKA_PORT=bootstrap.rsplit(":", 1)[1], KAFKA_HOME_DIR=str(tmp_path / "kafka"),
-                   DEMO_WEB_PORT=str(web_port), DEMO_DIR=str(tmp_path / "demo"), DEMO_EVENTS="4000",
-                   DEMO_RATE="200", DEMO_KEYS="1", DEMO_FLIP="2000:800", DEMO_LABEL_DELAY="5", DEMO_STAY="0",
-                   STREAMLEARN_TOPIC_PREFIX="demo-test.", STREAMLEARN_APP_ID="demo-test")
-        demo = subprocess.run(["bash", str(ROOT / "scripts" / "demo")], env=env, capture_output=True, text=True,
-                              timeout=600, stdin=subprocess.DEVNULL)
-        out = demo.stdout
-        assert demo.returncode == 0, out[-3000:] + demo.stderr[-3000:]
+        out = run_demo(tmp_path, bootstrap, DEMO_WEB_PORT=str(web_port), DEMO_EVENTS="4000", DEMO_FLIP="2000:800")
         assert "labels learned: 4000 of 4000" in out
         async with Collector(bootstrap, "demo-test.audit") as audit:
             rollback = await audit.wait_for_one(lambda c: c["action"] == "auto_rollback", timeout=30)
@@ -161,4 +165,19 @@ async def test_the_demo_as_a_user_runs_it(tmp_path):
         assert "stopping ..." in out
         with pytest.raises(OSError):     # the worker is gone
             urllib.request.urlopen(f"http://127.0.0.1:{web_port}/health", timeout=2)
+        assert "Traceback" not in (tmp_path / "demo" / "worker.log").read_text()
+
+
+async def test_the_challenger_demo_shows_a_tree_overtaking_logreg_and_its_promotion(tmp_path):
+    """scripts/demo in its second mode: a Hoeffding tree challenger on a stream where trees win is promoted."""
+    with fresh_broker(tmp_path / "kafka") as bootstrap:
+        out = run_demo(tmp_path, bootstrap, DEMO_MODE="challenger", DEMO_WEB_PORT=str(free_port()), DEMO_EVENTS="3000")
+        assert "labels learned: 3000 of 3000" in out
+        async with Collector(bootstrap, "demo-test.audit") as audit:
+            promotion = await audit.wait_for_one(lambda c: c["action"] == "auto_promote", timeout=30)
+        assert promotion["spec"] == "hoeffding_tree" and promotion["by"] == "promotion-policy"
+        models = out.split("models (GET /models):")[1].split("\n\n")[0]
+        assert "demo       hoeffding_tree" in models and "challenger logreg" in models, models
+        assert "auto_promote v" in out and "by promotion-policy: challenger hoeffding_tree did better" in out
+        assert (tmp_path / "demo" / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert "Traceback" not in (tmp_path / "demo" / "worker.log").read_text()
