@@ -17,6 +17,7 @@ partition, so they land in the partition's changelog and move with the key.
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 from typing import Mapping, MutableMapping, Protocol
 
@@ -76,9 +77,21 @@ class Checkpoints:
         return out
 
     def write(self, live: LiveModel) -> int:
-        """Checkpoint one model (in the agent of its partition); returns the size."""
+        """Checkpoint one model (in the agent of its partition); returns the size.
+
+        A checkpoint over the limit first sheds challengers, the largest
+        first, each stopped with an ``error`` that says why (seen in the
+        model's status, refused for promotion); the champion is never shed.
+        """
         started = time.perf_counter()
         blob = blobs.dump(live, self.signing_key, time.time())
+        while len(blob) > self.max_bytes and (name := largest_challenger(live)) is not None:
+            reason = (f"dropped: the checkpoint of model={live.key} with it was {len(blob)} bytes, over the limit "
+                      f"of {self.max_bytes} (STREAMLEARN_MAX_CHECKPOINT_BYTES)")
+            live.challengers[name].model, live.challengers[name].error = None, reason
+            self.metrics.checkpoint_refused("challenger_dropped")
+            log.error("challenger %s of model=%s %s", name, live.key, reason)
+            blob = blobs.dump(live, self.signing_key, time.time())
         if len(blob) > self.max_bytes:
             self.metrics.checkpoint_refused("too_large")
             raise CheckpointTooLarge(f"checkpoint of model={live.key} is {len(blob)} bytes, over the limit of "
@@ -86,6 +99,12 @@ class Checkpoints:
         self.table[live.key.encode()] = blob
         self.metrics.checkpoint_written(len(blob), time.perf_counter() - started)
         return len(blob)
+
+
+def largest_challenger(live: LiveModel) -> str | None:
+    """The name of the challenger taking the most room in a checkpoint (None: none has a model)."""
+    sizes = {name: len(pickle.dumps(c.model)) for name, c in live.challengers.items() if c.model is not None}
+    return max(sizes, key=sizes.get) if sizes else None
 
 
 class CheckpointPolicy:

@@ -88,3 +88,27 @@ def test_checkpoints_table_refuses_too_large_and_invalid_blobs():
     assert ok.restore("unknown") is None
     forged = Checkpoints(table, b"wrong key", max_bytes=1_000_000, metrics=counted)
     assert forged.restore("m") is None and counted.events[-1] == ("refused", "invalid")
+
+
+def test_a_checkpoint_over_the_limit_sheds_its_largest_challenger_clearly_never_the_champion():
+    from river import datasets
+
+    from streamlearn.models import SPECS, learn, new_model, set_challengers
+    from streamlearn.streams.checkpoints import Checkpoints
+
+    live = new_model("m", SPECS["logreg"])
+    set_challengers(live, [SPECS["gaussian_nb"], SPECS["arf"]])
+    for x, y in datasets.Phishing():
+        learn(live, x, y)
+    alone = len(checkpoint.dump(new_model("m", SPECS["logreg"]), KEY, 0.0))
+    limit = len(checkpoint.dump(live, KEY, 0.0)) - 1          # the forest does not fit, the rest does
+    table, counted = {}, Counted()
+    size = Checkpoints(table, KEY, max_bytes=limit, metrics=counted).write(live)
+    assert alone < size <= limit and counted.events == [("refused", "challenger_dropped"), ("written", size)]
+    forest = live.challengers["arf"]
+    assert forest.model is None and "over the limit" in forest.error and live.challengers["gaussian_nb"].error is None
+    restored = Checkpoints(table, KEY, max_bytes=limit, metrics=counted).restore("m")
+    assert restored.learned == live.learned and restored.challengers["arf"].error == forest.error
+    assert restored.challengers["gaussian_nb"].learned == live.learned
+    learn(restored, {"a": 1.0}, True)                        # the shed challenger learns no more, the rest do
+    assert restored.challengers["arf"].learned == forest.learned
