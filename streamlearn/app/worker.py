@@ -136,7 +136,20 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
             log.info("model=%s challengers: %s", key, ", ".join(changes))
         return live
 
-    registry = ModelRegistry(factory)
+    def still_valid(partition: int, live: LiveModel) -> bool:
+        """A kept model after a rebalance: still the latest state of its key, unless another worker checkpointed it.
+
+        Taken back, it is checkpointed at once: it may be ahead of its
+        checkpoint, and the replay since the committed offset (examples it
+        skips) must not be committed before a checkpoint covers them.
+        """
+        if not checkpoints.unchanged(live.key):
+            log.info("model=%s was checkpointed by another worker since this one had it: restoring", live.key)
+            return False
+        agents.policy.changed(partition, live)
+        return True
+
+    registry = ModelRegistry(factory, still_valid)
     def table(name: str, help: str) -> faust.Table:
         # bytes keys and values: Faust keeps them raw; our codec writes the JSON
         return app.Table(name, default=None, partitions=s.partitions, help=help,
@@ -217,18 +230,20 @@ def _bind_rebalance(w: Worker) -> None:
 
     @w.app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: set, **kwargs: Any) -> None:
-        """Start every assignment from the tables, never from memory.
+        """Models of partitions that moved here start from the tables; those of kept partitions only if still valid.
 
         A partition this worker still owns may have been owned by another
         worker in between (say this one missed heartbeats and was dropped from
-        the group): its in-memory models could be stale. Faust seeks every
+        the group): its in-memory models could be stale. So they are held, and
+        each is taken back on first use (after Faust recovered the tables)
+        only if the checkpoint table still has the last checkpoint this worker
+        wrote of it; else it is restored from the table. Faust seeks every
         assigned partition back to its committed offset, which the held acks
-        keep at or before each model's checkpoint, so restoring from the
-        checkpoint table and replaying is exact, and cheap (at most one
-        checkpoint interval per partition).
+        keep at or before each model's checkpoint, so restoring and replaying
+        is exact, and a kept model skips what it learned already.
         """
         partitions = {tp.partition for tp in assigned if tp.topic in owned_topics}
-        dropped = w.registry.keep_partitions(set())
+        held, dropped = w.registry.hold(partitions)
         for state in (w.pending, w.early, w.agents):
             state.forget_partitions(set())
         for table in (w.pending, w.early):   # kept partitions keep their join state: Faust recovers only the tail
@@ -236,8 +251,10 @@ def _bind_rebalance(w: Worker) -> None:
         w.versions.forget()
         w.metrics.live_models.set(0)
         w.agents.owned = partitions
-        log.info("assigned partitions %s; %d live models will be restored from their checkpoints",
-                 sorted(partitions), len(dropped))
+        log.info("assigned partitions %s; %d live models of kept partitions held (taken back on first use if no "
+                 "other worker checkpointed them since), %d of partitions moved away dropped; since start %d held "
+                 "models were taken back, %d restored instead", sorted(partitions), held, dropped,
+                 w.registry.kept, w.registry.invalidated)
 
 
 def _bind_timers(w: Worker) -> None:

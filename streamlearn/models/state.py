@@ -242,36 +242,56 @@ def set_challengers(live: LiveModel, specs: list[Spec], params: dict[str, dict] 
 
 
 class ModelRegistry:
-    """The live models of the partitions a worker owns: ``{partition: {key: LiveModel}}``."""
+    """The live models of the partitions a worker owns: ``{partition: {key: LiveModel}}``.
 
-    def __init__(self, factory: Callable[[str, Spec], LiveModel]) -> None:
+    After a rebalance the models of partitions the worker kept are *held*:
+    each is taken back on its first use only if ``still_valid(partition,
+    live)`` says nobody else changed it in between (else the caller restores
+    it, as a model of a partition that moved).
+    """
+
+    def __init__(self, factory: Callable[[str, Spec], LiveModel],
+                 still_valid: Callable[[int, LiveModel], bool] = lambda partition, live: False) -> None:
         self._factory = factory
+        self._still_valid = still_valid
         self._partitions: dict[int, dict[str, LiveModel]] = {}
+        self._held: dict[int, dict[str, LiveModel]] = {}
+        self.kept = self.invalidated = 0    # held models taken back / refused, since start
 
     def get(self, partition: int, key: str) -> LiveModel | None:
-        return self._partitions.get(partition, {}).get(key)
+        live = self._partitions.get(partition, {}).get(key)
+        if live is None and self._held:
+            held = self._held.get(partition)
+            if held and key in held:
+                candidate = held.pop(key)
+                if self._still_valid(partition, candidate):
+                    self.kept += 1
+                    self.put(partition, candidate)
+                    return candidate
+                self.invalidated += 1
+        return live
+
+    def hold(self, assigned: set[int]) -> tuple[int, int]:
+        """After a rebalance: hold the models of the partitions still assigned, drop the rest; (held, dropped)."""
+        dropped = 0
+        for source in (self._held, self._partitions):
+            for p in list(source):
+                if p not in assigned:
+                    dropped += len(source.pop(p))
+        for p, models in self._partitions.items():
+            self._held.setdefault(p, {}).update(models)
+        self._partitions = {}
+        return sum(len(m) for m in self._held.values()), dropped
 
     def get_or_create(self, partition: int, key: str, spec: Spec) -> LiveModel:
         """The live model of ``key``; a fresh one of ``spec`` if it has none yet."""
-        models = self._partitions.setdefault(partition, {})
-        live = models.get(key)
+        live = self.get(partition, key)
         if live is None:
-            live = models[key] = self._factory(key, spec)
+            live = self._partitions.setdefault(partition, {})[key] = self._factory(key, spec)
         return live
 
     def put(self, partition: int, live: LiveModel) -> None:
         self._partitions.setdefault(partition, {})[live.key] = live
-
-    def keep_partitions(self, assigned: set[int]) -> list[LiveModel]:
-        """Forget the models of partitions no longer assigned; return them.
-
-        Called with the new assignment after a rebalance: a partition that
-        stayed with this worker keeps its live models.
-        """
-        dropped: list[LiveModel] = []
-        for p in [p for p in self._partitions if p not in assigned]:
-            dropped.extend(self._partitions.pop(p).values())
-        return dropped
 
     def partition(self, partition: int) -> list[LiveModel]:
         return list(self._partitions.get(partition, {}).values())

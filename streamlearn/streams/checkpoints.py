@@ -48,6 +48,18 @@ class Checkpoints:
         self.signing_key = signing_key
         self.max_bytes = max_bytes
         self.metrics = metrics
+        self.written: dict[str, bytes] = {}   # model key -> identity of the last checkpoint this worker wrote
+
+    def unchanged(self, key: str) -> bool:
+        """Whether the table's checkpoint of key is still the last one this worker wrote (or neither exists).
+
+        After a rebalance the table holds what every owner wrote (Faust
+        recovers the changelog's tail): another checkpoint means another
+        worker learned this model in between.
+        """
+        blob = self.table.get(key.encode())
+        ours = self.written.get(key)
+        return blob is None and ours is None or (blob is not None and blobs.identity(blob) == ours)
 
     def restore(self, key: str) -> LiveModel | None:
         """The model of key from its checkpoint; None without a usable one."""
@@ -97,6 +109,7 @@ class Checkpoints:
             raise CheckpointTooLarge(f"checkpoint of model={live.key} is {len(blob)} bytes, over the limit of "
                                      f"{self.max_bytes} (STREAMLEARN_MAX_CHECKPOINT_BYTES)")
         self.table[live.key.encode()] = blob
+        self.written[live.key] = blobs.identity(blob)
         self.metrics.checkpoint_written(len(blob), time.perf_counter() - started)
         return len(blob)
 

@@ -112,3 +112,17 @@ def test_a_checkpoint_over_the_limit_sheds_its_largest_challenger_clearly_never_
     assert restored.challengers["gaussian_nb"].learned == live.learned
     learn(restored, {"a": 1.0}, True)                        # the shed challenger learns no more, the rest do
     assert restored.challengers["arf"].learned == forest.learned
+
+
+def test_a_kept_model_is_still_valid_only_while_the_table_holds_this_workers_last_checkpoint():
+    from streamlearn.streams.checkpoints import Checkpoints
+
+    live, rest = trained("logreg", 50)
+    table = {}
+    mine, other = (Checkpoints(table, KEY, max_bytes=1_000_000, metrics=Counted()) for _ in range(2))
+    assert mine.unchanged("m")                      # never checkpointed by anyone
+    mine.write(live)
+    assert mine.unchanged("m") and not other.unchanged("m")
+    learn(live, *rest[0])
+    other.write(live)                               # another owner learned and checkpointed it in between
+    assert not mine.unchanged("m") and other.unchanged("m")

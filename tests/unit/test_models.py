@@ -62,13 +62,24 @@ def test_hyperparameters_reach_the_estimator_and_bad_ones_are_refused():
         get_spec("nope")
 
 
-def test_registry_keeps_partitions_still_assigned():
-    reg = ModelRegistry(lambda key, spec: new_model(key, spec))
+@pytest.mark.parametrize("valid", [True, False])
+def test_registry_holds_the_models_of_kept_partitions_until_they_prove_still_valid(valid):
+    asked = []
+
+    def still_valid(partition, live):
+        asked.append((partition, live.key))
+        return valid
+    reg = ModelRegistry(lambda key, spec: new_model(key, spec), still_valid)
     spec = get_spec("logreg")
     a = reg.get_or_create(0, "a", spec)
+    reg.get_or_create(0, "c", spec)
     reg.get_or_create(1, "b", spec)
     assert reg.get_or_create(0, "a", spec) is a
-    assert reg.find("b").key == "b" and len(reg) == 2
-    dropped = reg.keep_partitions({0})
-    assert [d.key for d in dropped] == ["b"]
-    assert reg.find("b") is None and reg.get(0, "a") is a
+    assert reg.find("b").key == "b" and len(reg) == 3
+    assert reg.hold({0, 2}) == (2, 1)                   # partition 1 moved away: dropped
+    assert reg.find("b") is None and len(reg) == 0 and reg.get(1, "b") is None
+    assert reg.hold({0}) == (2, 0)                      # a second rebalance before first use: still held
+    again = reg.get_or_create(0, "a", spec)
+    assert asked == [(0, "a")] and (again is a) == valid and reg.get(0, "a") is again
+    assert (reg.kept, reg.invalidated) == ((1, 0) if valid else (0, 1))
+    assert reg.hold(set()) == (0, 2) and reg.get(0, "c") is None and asked == [(0, "a")]
