@@ -289,6 +289,10 @@ def _bind_metrics(w: Worker) -> None:
                                                w.settings.metrics_max_models))
 
 
+class Unsettled(Exception):
+    """A model was asked for while the worker's tables are not recovered (after a rebalance)."""
+
+
 def readiness(owned: list[int], recovered: bool, rebalancing: bool, crashes: dict[str, tuple[float, str]],
               now: float) -> dict[str, Any]:
     """What ``/ready`` answers: ready only with partitions, tables recovered, no rebalance, no recent agent crash.
@@ -348,9 +352,21 @@ def _bind_views(w: Worker) -> None:
                              "metric": {"value": h.metric}, "offset": h.offset, "live": False, "worker": me}
         return list(live.values())
 
+    def settled() -> bool:
+        """Tables recovered and no rebalance running: only then may a request load a model."""
+        return app.tables.recovery.completed.is_set() and not app.rebalancing
+
     def owner_model(key: str) -> LiveModel | None:
-        """The key's live model on its owner (loaded from its checkpoint if needed)."""
+        """The key's live model on its owner (loaded from its checkpoint if needed, once the tables are settled).
+
+        Before Faust has recovered the tables after a rebalance, the
+        checkpoint table may miss what another owner wrote: loading (or
+        taking a held model back) then could serve a stale model, and the
+        learn agent would go on from it. The views answer 503 instead.
+        """
         live = registry.find(key)
+        if live is None and not settled():
+            raise Unsettled(key)
         partition = partition_for(key, w.settings.partitions)
         if live is None and partition in owned() and w.checkpoints.table.get(key.encode()) is not None:
             live = registry.get_or_create(partition, key, w.agents.spec_for(key))
@@ -363,7 +379,12 @@ def _bind_views(w: Worker) -> None:
             refused = gate.refuse(request, command=request.method not in ("GET", "HEAD"))
             if refused:
                 return self.json(refused[1], status=refused[0])
-            return await super().dispatch(request)
+            try:
+                return await super().dispatch(request)
+            except Unsettled as exc:
+                return self.json({"error": "recovering", "model": exc.args[0],
+                                  "detail": "the key's owner is recovering its tables after a rebalance: "
+                                            "ask again in a moment"}, status=503)
 
     @app.page("/models")
     class ModelsView(GatedView):
