@@ -10,6 +10,17 @@ in, predictions out. Throughput is events from the first one sent to the
 last prediction received; latency is from the event's ``ts`` (set when it is
 produced) to the moment its prediction is consumed; CPU is the workers'
 user+system seconds per 1,000 events (from /proc).
+
+Many keys (``--keys 20,10000,100000``): the pipeline runs once per key count,
+events spread round-robin over the keys. Before the timed part every run sends
+a warm-up pass (as many labelled events as the largest key count, over its own
+keys) and waits for its predictions, so every key has a live, checkpointed
+model when timing starts: the figure is the steady state of a worker serving
+that many models, not the one-off cost of building them. ``vs keys`` is
+events/s against the first key count's run of the same spec, workers and rate;
+``rss MB`` is the workers' resident memory after the run, and ``B/model`` the
+extra resident bytes per extra key against that first run (both runs got the
+same warm-up, so the pending and checkpoint traffic is the same).
 """
 
 from __future__ import annotations
@@ -49,11 +60,28 @@ class Result:
     cpu_s_per_1k: float
     ratio_to_baseline: float | None = None   # events/s against the raw passthrough
     ratio_to_loop: float | None = None       # events/s against the hand-written loop
+    keys: int = 20                           # model keys the events are spread over
+    rss_mb: float | None = None              # the workers' resident memory after the run
+    ratio_to_keys: float | None = None       # events/s against the first key count's run
+    bytes_per_model: float | None = None     # extra resident bytes per extra key, against that run
 
 
 def _features(i: int) -> dict:
     return {"amount": (i * 7919) % 1000 / 10.0, "age": (i * 104729) % 90, "score": ((i * 31) % 97) / 97.0,
             "country": ("FR", "DE", "US", "BR")[i % 4], "new": i % 5 == 0}
+
+
+def _rss_mb(pids: list[int]) -> float:
+    """The processes' resident memory (VmRSS), in MB."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])   # kB
+        except (FileNotFoundError, ValueError):
+            pass
+    return total / 1024
 
 
 def _cpu_seconds(pids: list[int]) -> float:
@@ -111,7 +139,7 @@ def _stats(name, spec, workers, rate, n, first_sent, received, cpu) -> Result:
 
 async def _hand_written(bootstrap: str, name: str, spec: str, n: int, rate: float, partitions: int,
                         inputs: list[str], output: str, messages: list, handle,
-                        kafka: Mapping[str, Any]) -> Result:
+                        kafka: Mapping[str, Any], warm: list = ()) -> Result:
     """A consume-handle-produce loop on aiokafka in this process: ``handle(producer, topic, records)``
     for each partition's records of each fetch; n results expected on ``output``. Its CPU includes the
     client's (sending and collecting): an upper bound."""
@@ -130,8 +158,9 @@ async def _hand_written(bootstrap: str, name: str, spec: str, n: int, rate: floa
             for tp, records in (await consumer.getmany(timeout_ms=100)).items():
                 await handle(producer, tp.topic, records)
 
-    cpu0 = time.process_time()
     task = asyncio.create_task(job())
+    await _warm_up(sender, out, warm)
+    cpu0 = time.process_time()
     collecting = asyncio.create_task(_collect(out, n, timeout=300))
     first = time.time()
     await _send_paced(sender, messages, rate * len(messages) / n)   # rate: events/s; messages per event
@@ -159,16 +188,29 @@ async def baseline(bootstrap: str, n: int, rate: float, partitions: int,
                                msgs, forward, kafka or {})
 
 
-def _job_messages(prefix: str, n: int) -> list:
-    """The pipeline's job: n feature events over 20 model keys, each followed by its label."""
+def _job_messages(prefix: str, n: int, keys: int = 20, tag: str = "") -> list:
+    """The pipeline's job: n feature events over ``keys`` model keys (round-robin), each followed by
+    its label; event ids are ``tag`` + the event's number."""
     msgs = []
     for i in range(n):
-        key = f"m{i % 20}".encode()
+        key = f"m{i % keys}".encode()
         msgs.append((f"{prefix}features", key, (lambda i=i: orjson.dumps(
-            {"event_id": str(i), "features": _features(i), "ts": time.time()}))))
+            {"event_id": f"{tag}{i}", "features": _features(i), "ts": time.time()}))))
         msgs.append((f"{prefix}feedback", key, (lambda i=i: orjson.dumps(
-            {"event_id": str(i), "label": _features(i)["amount"] > 50}))))
+            {"event_id": f"{tag}{i}", "label": _features(i)["amount"] > 50}))))
     return msgs
+
+
+async def _warm_up(sender: AIOKafkaProducer, out: AIOKafkaConsumer, messages: list) -> None:
+    """Send the warm-up pass (feature events and labels) and wait for its predictions, untimed."""
+    if not messages:
+        return
+    expected = len(messages) // 2
+    collecting = asyncio.create_task(_collect(out, expected, timeout=max(300, expected / 100)))
+    await _send_paced(sender, messages, 0)
+    got = await collecting
+    if len(got) < expected:
+        raise RuntimeError(f"bench warm-up: {len(got)} of {expected} predictions came back")
 
 
 async def loop_baseline(bootstrap: str, spec: str, n: int, rate: float, partitions: int,
@@ -204,10 +246,13 @@ async def loop_baseline(bootstrap: str, spec: str, n: int, rate: float, partitio
 
     return await _hand_written(bootstrap, "loop", spec, n, rate, partitions,
                                [f"{prefix}features", f"{prefix}feedback"], f"{prefix}predictions",
-                               _job_messages(prefix, n), job, kafka or {})
+                               _job_messages(prefix, n), job, kafka or {}, warm=_job_messages(prefix, 20, 20, "warm-"))
 
 
-async def pipeline(settings: Settings, spec: str, workers: int, n: int, rate: float, workdir: Path) -> Result:
+async def pipeline(settings: Settings, spec: str, workers: int, n: int, rate: float, workdir: Path,
+                   keys: int = 20, warm: int = 20) -> Result:
+    """``streamlearn worker`` processes on n events over ``keys`` keys, after ``warm`` untimed labelled
+    events over the same keys."""
     tag = uuid.uuid4().hex[:6]
     prefix = f"bench-{tag}."
     env = {**os.environ, "STREAMLEARN_BROKER": settings.broker, "STREAMLEARN_APP_ID": f"bench-{tag}",
@@ -227,7 +272,8 @@ async def pipeline(settings: Settings, spec: str, workers: int, n: int, rate: fl
         sender = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, **settings.kafka_options)
         await out.start()
         await sender.start()
-        msgs = _job_messages(prefix, n)
+        await _warm_up(sender, out, _job_messages(prefix, warm, keys, "warm-"))
+        msgs = _job_messages(prefix, n, keys)
         pids = [p.pid for p in procs]
         cpu0 = _cpu_seconds(pids)
         collecting = asyncio.create_task(_collect(out, n, timeout=300))
@@ -235,15 +281,19 @@ async def pipeline(settings: Settings, spec: str, workers: int, n: int, rate: fl
         await _send_paced(sender, msgs, rate * 2)  # two messages per event
         received = await collecting
         cpu = _cpu_seconds(pids) - cpu0
+        rss = _rss_mb(pids)
         await out.stop()
         await sender.stop()
-        return _stats("pipeline", spec, workers, rate, n, first, received, cpu)
+        r = _stats("pipeline", spec, workers, rate, n, first, received, cpu)
+        r.keys, r.rss_mb = keys, rss
+        return r
     finally:
         stop_workers(procs)
 
 
 async def run_bench(settings: Settings, *, events: int, specs: list[str], workers: list[int],
-                    rates: list[float], as_json: bool, plot: Path | None = None) -> int:
+                    rates: list[float], as_json: bool, plot: Path | None = None,
+                    keys: list[int] = (20,)) -> int:
     results: list[Result] = []
     table = Table(sys.stderr if as_json else sys.stdout)
     with tempfile.TemporaryDirectory() as d:
@@ -259,12 +309,19 @@ async def run_bench(settings: Settings, *, events: int, specs: list[str], worker
                 table.row(loops[rate])
             for w in workers:
                 for rate in rates:
-                    r = await pipeline(settings, spec, w, events, rate, Path(d))
-                    if rate == 0:
-                        r.ratio_to_baseline = r.events_per_s / base.events_per_s
-                        r.ratio_to_loop = r.events_per_s / loops[rate].events_per_s
-                    results.append(r)
-                    table.row(r)
+                    reference = None
+                    for k in keys:
+                        r = await pipeline(settings, spec, w, events, rate, Path(d), keys=k, warm=max(keys))
+                        if rate == 0 and k == keys[0]:
+                            r.ratio_to_baseline = r.events_per_s / base.events_per_s
+                            r.ratio_to_loop = r.events_per_s / loops[rate].events_per_s
+                        if reference is None:
+                            reference = r
+                        else:
+                            r.ratio_to_keys = r.events_per_s / reference.events_per_s
+                            r.bytes_per_model = (r.rss_mb - reference.rss_mb) * 2**20 / (k - reference.keys)
+                        results.append(r)
+                        table.row(r)
     if as_json:
         print(json.dumps({"machine": _machine(), "results": [asdict(r) for r in results]}, indent=2))
     if plot is not None:
@@ -282,14 +339,17 @@ class Table:
 
     def __init__(self, out) -> None:
         self.out = out
-        print(f"{'run':<9}{'spec':<16}{'workers':>8}{'rate':>8}{'events':>8}{'events/s':>10}"
-              f"{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'cpu s/1k':>10}{'vs raw':>8}{'vs loop':>9}",
-              file=out, flush=True)
+        print(f"{'run':<9}{'spec':<16}{'workers':>8}{'rate':>8}{'keys':>8}{'events':>8}{'events/s':>10}"
+              f"{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'cpu s/1k':>10}{'vs raw':>8}{'vs loop':>9}"
+              f"{'rss MB':>8}{'vs keys':>9}{'B/model':>9}", file=out, flush=True)
 
     def row(self, r: Result) -> None:
         rate = "max" if not r.target_rate else f"{r.target_rate:g}"
         raw = f"{r.ratio_to_baseline:.2f}" if r.ratio_to_baseline is not None else "-"
         loop = f"{r.ratio_to_loop:.2f}" if r.ratio_to_loop is not None else "-"
-        print(f"{r.name:<9}{r.spec:<16}{r.workers:>8}{rate:>8}{r.events:>8}{r.events_per_s:>10,.0f}"
-              f"{r.p50_ms:>9.1f}{r.p95_ms:>9.1f}{r.p99_ms:>9.1f}{r.cpu_s_per_1k:>10.2f}{raw:>8}{loop:>9}",
-              file=self.out, flush=True)
+        rss = f"{r.rss_mb:.0f}" if r.rss_mb is not None else "-"
+        vs_keys = f"{r.ratio_to_keys:.2f}" if r.ratio_to_keys is not None else "-"
+        per_model = f"{r.bytes_per_model:,.0f}" if r.bytes_per_model is not None else "-"
+        print(f"{r.name:<9}{r.spec:<16}{r.workers:>8}{rate:>8}{r.keys:>8}{r.events:>8}{r.events_per_s:>10,.0f}"
+              f"{r.p50_ms:>9.1f}{r.p95_ms:>9.1f}{r.p99_ms:>9.1f}{r.cpu_s_per_1k:>10.2f}{raw:>8}{loop:>9}"
+              f"{rss:>8}{vs_keys:>9}{per_model:>9}", file=self.out, flush=True)

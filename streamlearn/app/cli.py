@@ -6,7 +6,7 @@
     streamlearn plot PATH.png [--model KEY]            online accuracy over time, version changes marked
     streamlearn topics                                 create the topics (workers also do at start)
     streamlearn status [URL ...]                       are the workers alive and ready
-    streamlearn bench [--events N] [--specs ...]       throughput and latency against a raw Kafka baseline
+    streamlearn bench [--events N] [--specs ...] [--keys 20,100000]   throughput and latency against baselines
     streamlearn settings                               every setting, its env var and value
     streamlearn specs list|check [SPEC|mod:factory]    the model specs; the contract suite a spec must pass
     streamlearn models list [--json]                   the cluster's models: key, spec, version, learned, metric, worker
@@ -158,7 +158,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return asyncio.run(run_bench(_connected(args), events=args.events, specs=args.specs.split(","),
                                  workers=[int(w) for w in args.workers.split(",")],
                                  rates=[float(r) for r in args.rates.split(",")], as_json=args.json,
-                                 plot=args.plot))
+                                 plot=args.plot, keys=_key_counts(args.keys)))
+
+
+def _key_counts(text: str) -> list[int]:
+    """``--keys``: the key counts, the 20-key reference first (added when not given first)."""
+    counts = [int(k) for k in text.split(",")]
+    if any(k < 1 for k in counts):
+        raise SystemExit("streamlearn bench --keys: key counts must be positive")
+    return counts if counts[0] == 20 else [20, *counts]
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -341,6 +349,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--specs", default="logreg,hoeffding_tree,arf", help="model specs, comma-separated")
     b.add_argument("--workers", default="1,2", help="worker counts, comma-separated")
     b.add_argument("--rates", default="0,1000,5000", help="events/s per run, comma-separated (0: flat out)")
+    b.add_argument("--keys", default="20", help="model key counts, comma-separated (a 20-key reference run "
+                                               "comes first); events are spread over the keys")
     b.add_argument("--json", action="store_true", help="also print the results as JSON (table on stderr)")
     b.add_argument("--plot", type=Path, help="also write a PNG of throughput and p99 against the offered rate")
     b.set_defaults(func=cmd_bench)

@@ -82,3 +82,21 @@ def test_the_accuracy_plot_marks_promotions_with_the_spec_promoted(tmp_path):
     assert mark(s.changes[2]) == ("rollback v4→v6 (= v3)", "tab:orange")
     path = render([s], tmp_path / "accuracy.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_table_shows_key_counts_memory_and_the_ratio_to_the_first_key_count():
+    import io
+
+    from streamlearn.app.bench import Result, Table
+    from streamlearn.app.cli import _key_counts
+
+    out = io.StringIO()
+    table = Table(out)
+    table.row(Result("pipeline", "logreg", 1, 0, 10, 100.0, 1, 2, 3, 0.1, keys=20, rss_mb=200.0))
+    table.row(Result("pipeline", "logreg", 1, 0, 10, 80.0, 1, 2, 3, 0.1, keys=10_000, rss_mb=300.0,
+                     ratio_to_keys=0.8, bytes_per_model=10_506.0))
+    header, first, second = out.getvalue().splitlines()
+    assert header.endswith("rss MB  vs keys  B/model")
+    assert first.split()[-3:] == ["200", "-", "-"] and " 20 " in first
+    assert second.split()[-3:] == ["300", "0.80", "10,506"] and " 10000 " in second
+    assert _key_counts("10000,100000") == [20, 10_000, 100_000] and _key_counts("20,5") == [20, 5]
