@@ -56,6 +56,13 @@ class Metrics:
             ["reason"], registry=r)
         self.checkpoints_restored = Counter(
             "streamlearn_checkpoints_restored_total", "Models restored from their checkpoint.", registry=r)
+        self.restore_seconds = Histogram(
+            "streamlearn_checkpoint_restore_seconds", "Time to verify and unpickle a model's checkpoint.",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.models_evicted = Counter(
+            "streamlearn_models_evicted_total", "Live models that left memory (their state is in their checkpoint): "
+            "over STREAMLEARN_MAX_LIVE_MODELS (cap) or idle for STREAMLEARN_MODEL_IDLE_SECONDS (idle).",
+            ["reason"], registry=r)
         self.replayed_skips = Counter(
             "streamlearn_replay_skipped_total",
             "Training examples skipped on replay because the model's checkpoint already had them.", registry=r)
@@ -122,8 +129,9 @@ class Metrics:
     def checkpoint_refused(self, reason: str) -> None:
         self.checkpoints_refused.labels(reason).inc()
 
-    def checkpoint_restored(self) -> None:
+    def checkpoint_restored(self, seconds: float) -> None:
         self.checkpoints_restored.inc()
+        self.restore_seconds.observe(seconds)
 
     def repeat_skipped(self) -> None:
         self.repeats_skipped.inc()

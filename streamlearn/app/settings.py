@@ -70,6 +70,8 @@ class Settings:
     max_message_bytes: int = _setting(1_000_000, "Input messages larger than this are dead-lettered as oversized.")
     checkpoint_every_examples: int = _setting(1000, "Checkpoint a partition's changed models after this many examples.")
     checkpoint_every_seconds: float = _setting(5.0, "... or after this many seconds, whichever comes first.")
+    max_live_models: int = _setting(0, "Most models live in one worker's memory (0: no cap); beyond it the least recently used models whose state is all in their checkpoint leave memory, and come back from it on their next event (see docs/operations.md, sizing).")
+    model_idle_seconds: float = _setting(0.0, "A model without an event for this long leaves memory once checkpointed, and comes back from its checkpoint on demand (0: never).")
     max_checkpoint_bytes: int = _setting(900_000, "Largest checkpoint written (keep under the broker's message.max.bytes); larger ones are refused and counted.")
     snapshot_every_examples: int = _setting(1000, "Snapshot a model after this many examples learned (0: never by count).")
     snapshot_every_seconds: float = _setting(0.0, "... and/or after this many seconds, if it learned anything since (0: never by time).")
@@ -139,6 +141,8 @@ class Settings:
                                 "positive, promote_min_examples >= 0")
         if self.stop_timeout_seconds <= 0:
             raise SettingsError("stop_timeout_seconds must be positive")
+        if self.max_live_models < 0 or self.model_idle_seconds < 0:
+            raise SettingsError("max_live_models and model_idle_seconds must be >= 0 (0: no cap, never idle)")
         if self.dedup_window < 1:
             raise SettingsError("dedup_window must be at least 1")
         if self.batch_max < 1:

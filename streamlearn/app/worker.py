@@ -149,7 +149,12 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         agents.policy.changed(partition, live)
         return True
 
-    registry = ModelRegistry(factory, still_valid)
+    def evicted(partition: int, live: LiveModel, reason: str) -> None:
+        versions.forget_model(live.key)
+        metrics.models_evicted.labels(reason).inc()
+
+    registry = ModelRegistry(factory, still_valid, max_live=s.max_live_models, on_evict=evicted,
+                             evictable=lambda p, live: checkpoints.clean(live, agents.policy.dirty.get(p, {})))
     def table(name: str, help: str) -> faust.Table:
         # bytes keys and values: Faust keeps them raw; our codec writes the JSON
         return app.Table(name, default=None, partitions=s.partitions, help=help,
@@ -269,6 +274,13 @@ def _bind_timers(w: Worker) -> None:
         reread = getattr(w.app.consumer, "reread_skipped", None)
         if reread is not None:
             await reread()
+
+    if s.model_idle_seconds:
+        @w.app.timer(max(1.0, s.model_idle_seconds / 4))
+        async def evict_idle_models() -> None:
+            """Idle models leave memory once their checkpoint has them (they come back from it on demand)."""
+            if w.registry.evict_idle(s.model_idle_seconds):
+                w.metrics.live_models.set(len(w.registry))
 
 
 def _bind_metrics(w: Worker) -> None:

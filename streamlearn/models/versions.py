@@ -386,6 +386,11 @@ class ModelVersions:
                     pass
         return gate
 
+    def forget_model(self, key: str) -> None:
+        """Drop one model's in-memory state (it left memory): its gate restarts from the index's reference."""
+        for d in (self.gates, self.promotions, self._since, self._last):
+            d.pop(key, None)
+
     def forget(self) -> None:
         """Drop in-memory state (after a rebalance): gates restart from the index's reference."""
         self.gates.clear()

@@ -31,7 +31,7 @@ log = logging.getLogger("streamlearn.checkpoints")
 class CheckpointCounters(Protocol):
     def checkpoint_written(self, size: int, seconds: float) -> None: ...
     def checkpoint_refused(self, reason: str) -> None: ...
-    def checkpoint_restored(self) -> None: ...
+    def checkpoint_restored(self, seconds: float) -> None: ...
 
 
 class CheckpointTooLarge(Exception):
@@ -48,10 +48,11 @@ class Checkpoints:
         self.signing_key = signing_key
         self.max_bytes = max_bytes
         self.metrics = metrics
-        self.written: dict[str, bytes] = {}   # model key -> identity of the last checkpoint this worker wrote
+        # model key -> identity of the last checkpoint this worker wrote or restored
+        self.written: dict[str, bytes] = {}
 
     def unchanged(self, key: str) -> bool:
-        """Whether the table's checkpoint of key is still the last one this worker wrote (or neither exists).
+        """Whether the table's checkpoint of key is still the last one this worker wrote or restored (or neither exists).
 
         After a rebalance the table holds what every owner wrote (Faust
         recovers the changelog's tail): another checkpoint means another
@@ -66,14 +67,16 @@ class Checkpoints:
         blob = self.table.get(key.encode())
         if blob is None:
             return None
+        started = time.perf_counter()
         try:
             live = blobs.load(blob, self.signing_key, self.specs)
         except CheckpointError as exc:
             self.metrics.checkpoint_refused("invalid")
             log.error("refused the checkpoint of model=%s: %s; starting it fresh", key, exc)
             return None
-        self.metrics.checkpoint_restored()
-        log.info("restored model=%s version=%d learned=%d offset=%d", key, live.version, live.learned, live.offset)
+        self.written[key] = blobs.identity(blob)
+        self.metrics.checkpoint_restored(time.perf_counter() - started)
+        log.debug("restored model=%s version=%d learned=%d offset=%d", key, live.version, live.learned, live.offset)
         return live
 
     def headers(self, keep) -> list[blobs.Header]:
@@ -87,6 +90,12 @@ class Checkpoints:
                 except CheckpointError:
                     continue
         return out
+
+    def clean(self, live: LiveModel, dirty: Mapping[str, LiveModel]) -> bool:
+        """Whether a live model may leave memory, to come back from the table as it is: nothing changed
+        since its checkpoint (not among the partition's ``dirty`` models) and that checkpoint is the one
+        this worker wrote or restored last; or it never learned anything (it comes back as it started)."""
+        return live.key not in dirty and (live.key in self.written or live.learned == 0)
 
     def write(self, live: LiveModel) -> int:
         """Checkpoint one model (in the agent of its partition); returns the size.

@@ -68,7 +68,8 @@ class Counted:
     def checkpoint_refused(self, reason):
         self.events.append(("refused", reason))
 
-    def checkpoint_restored(self):
+    def checkpoint_restored(self, seconds):
+        assert seconds >= 0
         self.events.append(("restored",))
 
 
