@@ -14,8 +14,8 @@ user+system seconds per 1,000 events (from /proc).
 Many keys (``--keys 20,10000,100000``): the pipeline runs once per key count,
 events spread round-robin over the keys. Before the timed part every run sends
 a warm-up pass (as many labelled events as the largest key count, over its own
-keys) and waits for its predictions, so every key has a live, checkpointed
-model when timing starts: the figure is the steady state of a worker serving
+keys) and waits until it is predicted, learned and checkpointed, so every key
+has a live, checkpointed model when timing starts: the figure is the steady state of a worker serving
 that many models, not the one-off cost of building them. ``vs keys`` is
 events/s against the first key count's run of the same spec, workers and rate;
 ``rss MB`` is the workers' resident memory after the run, and ``B/model`` the
@@ -42,7 +42,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from .local import start_worker, stop_workers, wait_split
+from .local import start_worker, stop_workers, wait_metric, wait_split
 from .settings import Settings
 
 
@@ -202,15 +202,18 @@ def _job_messages(prefix: str, n: int, keys: int = 20, tag: str = "") -> list:
 
 
 async def _warm_up(sender: AIOKafkaProducer, out: AIOKafkaConsumer, messages: list) -> None:
-    """Send the warm-up pass (feature events and labels) and wait for its predictions, untimed."""
+    """Send the warm-up pass and wait for its predictions, untimed: its feature events first, then
+    their labels (were they interleaved, a worker building many new models could fall further behind
+    on features than labels wait for them, STREAMLEARN_LABEL_WAIT_SECONDS)."""
     if not messages:
         return
-    expected = len(messages) // 2
-    collecting = asyncio.create_task(_collect(out, expected, timeout=max(300, expected / 100)))
-    await _send_paced(sender, messages, 0)
+    features, labels = messages[0::2], messages[1::2]
+    collecting = asyncio.create_task(_collect(out, len(features), timeout=max(300, len(features) / 100)))
+    await _send_paced(sender, features, 0)
     got = await collecting
-    if len(got) < expected:
-        raise RuntimeError(f"bench warm-up: {len(got)} of {expected} predictions came back")
+    if len(got) < len(features):
+        raise RuntimeError(f"bench warm-up: {len(got)} of {len(features)} predictions came back")
+    await _send_paced(sender, labels, 0)
 
 
 async def loop_baseline(bootstrap: str, spec: str, n: int, rate: float, partitions: int,
@@ -273,6 +276,10 @@ async def pipeline(settings: Settings, spec: str, workers: int, n: int, rate: fl
         await out.start()
         await sender.start()
         await _warm_up(sender, out, _job_messages(prefix, warm, keys, "warm-"))
+        # ... and learned, and checkpointed: a model's first examples cost most (River builds its plan),
+        # which must not spill into the timed part
+        await asyncio.to_thread(wait_metric, ports, "streamlearn_examples_learned_total", warm)
+        await asyncio.sleep(settings.checkpoint_every_seconds + 1)
         msgs = _job_messages(prefix, n, keys)
         pids = [p.pid for p in procs]
         cpu0 = _cpu_seconds(pids)

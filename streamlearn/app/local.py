@@ -26,6 +26,27 @@ def get_json(port: int, path: str) -> dict | None:
         return None
 
 
+def get_metric(port: int, name: str) -> float | None:
+    """The sum of a worker's samples of one metric on /metrics, or None while it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + " ") or line.startswith(name + "{"))
+
+
+def wait_metric(ports: list[int], name: str, at_least: float, timeout: float = 600.0) -> None:
+    """Wait until the workers' metric, summed, reaches at_least."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum(get_metric(p, name) or 0.0 for p in ports) >= at_least:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"{name} of the workers on ports {ports} did not reach {at_least:g} in {timeout:g}s")
+
+
 def start_worker(env: dict[str, str], workdir: Path, name: str) -> tuple[subprocess.Popen, int]:
     """``streamlearn worker`` on a free port, logging to workdir/name.log; returns (process, web port)."""
     port = free_port()
