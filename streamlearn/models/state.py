@@ -345,8 +345,12 @@ class ModelRegistry:
     def evict_idle(self, idle_seconds: float) -> int:
         """Drop the evictable models unused for ``idle_seconds``; how many were dropped."""
         cutoff = self._clock() - idle_seconds
-        return sum(self._evict(self._order[key], key, "idle")
-                   for key in [k for k in self._order if self._used[k] <= cutoff])
+        idle = []
+        for key in self._order:   # least recently used first: the idle ones are a prefix
+            if self._used[key] > cutoff:
+                break
+            idle.append(key)
+        return sum(self._evict(self._order[key], key, "idle") for key in idle)
 
     def _evict(self, partition: int, key: str, reason: str) -> bool:
         live = self._partitions[partition][key]
