@@ -64,10 +64,11 @@ class WorkerProc:
     proc: subprocess.Popen
     log: Path
     token: str = ""      # the worker's STREAMLEARN_API_TOKEN, sent with every request when set
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def get(self, path: str, timeout: float = 5.0, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         return self.request("GET", path, timeout=timeout, headers=headers)
@@ -163,18 +164,22 @@ class Cluster:
         env.update({f"STREAMLEARN_{k.upper()}": str(v) for k, v in base.items()})
         return env
 
-    def start_worker(self, name: str | None = None, **settings: Any) -> WorkerProc:
+    def start_worker(self, name: str | None = None, netns: str | None = None, host: str = "127.0.0.1",
+                     **settings: Any) -> WorkerProc:
+        """A ``streamlearn worker`` process; with ``netns``, inside that network namespace, serving on ``host``."""
         name = name or f"w{len(self.workers)}"
-        port = free_port()
+        port = 6066 if netns else free_port()     # a namespace has its own ports
         data = self.workdir / name
         data.mkdir(parents=True, exist_ok=True)
         log = self.workdir / f"{name}.log"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlearn.app.cli", "worker", "--web-port", str(port),
+            [*(["ip", "netns", "exec", netns] if netns else []),
+             sys.executable, "-m", "streamlearn.app.cli", "worker", "--web-port", str(port),
              "--data-dir", str(data)],
-            env=self.env(**settings), stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=self.workdir,
+            env=self.env(web_host=host, **settings), stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            cwd=self.workdir,
         )
-        w = WorkerProc(name, port, proc, log, token=str(settings.get("api_token", "")))
+        w = WorkerProc(name, port, proc, log, token=str(settings.get("api_token", "")), host=host)
         self.workers.append(w)
         return w
 
@@ -182,21 +187,32 @@ class Cluster:
         """Wait until the given workers are ready and split all partitions between them."""
         workers = workers or [w for w in self.workers if w.alive]
         deadline = time.monotonic() + timeout
-        last: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            for w in workers:
-                if not w.alive:
-                    raise AssertionError(f"worker {w.name} exited:\n{w.log_tail()}")
-            states = {w.name: w.ready() for w in workers}
-            last = states
-            if all(states.values()):
-                parts = [set(s["partitions"]) for s in states.values()]
-                union = set().union(*parts)
-                if union == set(range(PARTITIONS)) and sum(map(len, parts)) == PARTITIONS:
-                    return {n: s["partitions"] for n, s in states.items()}
+        while (split := self._split(workers)) is None and time.monotonic() < deadline:
             time.sleep(0.3)
+        return split or self._not_ready(workers, timeout)
+
+    async def ready(self, workers: list[WorkerProc], timeout: float = 60.0) -> dict[str, list[int]]:
+        """``wait_ready`` for a test that goes on publishing meanwhile (it sleeps without blocking the loop)."""
+        deadline = time.monotonic() + timeout
+        while (split := self._split(workers)) is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.3)
+        return split or self._not_ready(workers, timeout)
+
+    def _split(self, workers: list[WorkerProc]) -> dict[str, list[int]] | None:
+        """Each worker's partitions, when all are ready and split all partitions between them; else None."""
+        for w in workers:
+            if not w.alive:
+                raise AssertionError(f"worker {w.name} exited:\n{w.log_tail()}")
+        self._last = states = {w.name: w.ready() for w in workers}
+        if all(states.values()):
+            parts = [set(s["partitions"]) for s in states.values()]
+            if set().union(*parts) == set(range(PARTITIONS)) and sum(map(len, parts)) == PARTITIONS:
+                return {n: s["partitions"] for n, s in states.items()}
+        return None
+
+    def _not_ready(self, workers: list[WorkerProc], timeout: float):
         tails = "\n".join(f"--- {w.name}\n{w.log_tail()}" for w in workers)
-        raise AssertionError(f"workers not ready in {timeout}s: {last}\n{tails}")
+        raise AssertionError(f"workers not ready in {timeout}s: {getattr(self, '_last', {})}\n{tails}")
 
     def stop_all(self) -> None:
         for w in self.workers:
@@ -238,6 +254,7 @@ class Collector:
     def __init__(self, bootstrap: str, topic: str, **kwargs: Any) -> None:
         self.topic = topic
         self.records: list[Any] = []
+        self.arrived: list[float] = []      # time.monotonic() when each record was read
         self._values: list[Any] = []
         self._arrived = asyncio.Event()
         self._consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
@@ -262,6 +279,7 @@ class Collector:
     async def _run(self) -> None:
         async for m in self._consumer:
             self.records.append(m)
+            self.arrived.append(time.monotonic())
             self._values.append(orjson.loads(m.value))
             self._arrived.set()
 
