@@ -94,6 +94,7 @@ class Settings:
     api_protect_reads: bool = _setting(False, "Also require the API token for the HTTP read endpoints (`/models...`) and `/metrics`; `/health` and `/ready` stay open.")
     session_timeout_seconds: float = _setting(6.0, "Kafka consumer session timeout: how soon a dead worker's partitions move (the broker's group.min.session.timeout.ms is 6 s by default).")
     heartbeat_interval_seconds: float = _setting(1.0, "Kafka consumer heartbeat interval.")
+    broker_request_timeout_seconds: float = _setting(30.0, "How long a Kafka request (fetch, commit, produce) waits for its answer before its connection is dropped and made again: after packets were lost for a while, how soon a worker talks to the broker again, since TCP alone retries ever more slowly (Kafka's own clients default to 30 s). At least the session timeout.")
     commit_interval_seconds: float = _setting(1.0, "How often consumed offsets are committed.")
     producer_linger_ms: int = _setting(1, "Producer linger: how long a batch waits to fill.")
     batch_max: int = _setting(500, "Most records one fetch brings, over all partitions (the consumer's `max_poll_records`); each partition's share reaches its agent as one batch, handled at once, so batches grow only with a backlog.")
@@ -141,6 +142,8 @@ class Settings:
                                 "positive, promote_min_examples >= 0")
         if self.stop_timeout_seconds <= 0:
             raise SettingsError("stop_timeout_seconds must be positive")
+        if self.broker_request_timeout_seconds < self.session_timeout_seconds:
+            raise SettingsError("broker_request_timeout_seconds must be at least session_timeout_seconds")
         if self.max_live_models < 0 or self.model_idle_seconds < 0:
             raise SettingsError("max_live_models and model_idle_seconds must be >= 0 (0: no cap, never idle)")
         if self.dedup_window < 1:

@@ -95,6 +95,10 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         web_tables_enabled=False,
         broker_session_timeout=s.session_timeout_seconds,
         broker_heartbeat_interval=s.heartbeat_interval_seconds,
+        # Faust's defaults (90 s, the producer's 1,200 s) leave a worker waiting on a connection whose
+        # packets were dropped until TCP's next retransmission, tens of seconds after the network is back
+        broker_request_timeout=s.broker_request_timeout_seconds,
+        producer_request_timeout=s.broker_request_timeout_seconds,
         broker_commit_interval=s.commit_interval_seconds,
         broker_max_poll_records=s.batch_max,
         producer_linger=s.producer_linger_ms / 1000.0,

@@ -46,6 +46,7 @@ def test_settings_from_env_and_rules():
     ({"STREAMLEARN_SPEC_RULES": "a*=nope"}, "unknown model spec"),
     ({"STREAMLEARN_SPEC_PARAMS": "{"}, "not JSON"),
     ({"STREAMLEARN_OFFSET_RESET": "middle"}, "offset_reset"),
+    ({"STREAMLEARN_SESSION_TIMEOUT_SECONDS": "40"}, "broker_request_timeout_seconds"),
 ])
 def test_bad_settings_are_refused_clearly(env, match):
     with pytest.raises(SettingsError, match=match):
