@@ -26,6 +26,7 @@ same warm-up, so the pending and checkpoint traffic is the same).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -191,14 +192,17 @@ async def baseline(bootstrap: str, n: int, rate: float, partitions: int,
 def _job_messages(prefix: str, n: int, keys: int = 20, tag: str = "") -> list:
     """The pipeline's job: n feature events over ``keys`` model keys (round-robin), each followed by
     its label; event ids are ``tag`` + the event's number."""
-    msgs = []
-    for i in range(n):
+    return list(itertools.islice(job_stream(prefix, keys, tag), 2 * n))
+
+
+def job_stream(prefix: str, keys: int = 20, tag: str = ""):
+    """``_job_messages`` without an end, built as it is sent (a soak sends millions)."""
+    for i in itertools.count():
         key = f"m{i % keys}".encode()
-        msgs.append((f"{prefix}features", key, (lambda i=i: orjson.dumps(
-            {"event_id": f"{tag}{i}", "features": _features(i), "ts": time.time()}))))
-        msgs.append((f"{prefix}feedback", key, (lambda i=i: orjson.dumps(
-            {"event_id": f"{tag}{i}", "label": _features(i)["amount"] > 50}))))
-    return msgs
+        yield (f"{prefix}features", key, (lambda i=i: orjson.dumps(
+            {"event_id": f"{tag}{i}", "features": _features(i), "ts": time.time()})))
+        yield (f"{prefix}feedback", key, (lambda i=i: orjson.dumps(
+            {"event_id": f"{tag}{i}", "label": _features(i)["amount"] > 50})))
 
 
 async def _warm_up(sender: AIOKafkaProducer, out: AIOKafkaConsumer, messages: list) -> None:
@@ -258,15 +262,7 @@ async def pipeline(settings: Settings, spec: str, workers: int, n: int, rate: fl
     events over the same keys."""
     tag = uuid.uuid4().hex[:6]
     prefix = f"bench-{tag}."
-    env = {**os.environ, "STREAMLEARN_BROKER": settings.broker, "STREAMLEARN_APP_ID": f"bench-{tag}",
-           "STREAMLEARN_TOPIC_PREFIX": prefix, "STREAMLEARN_DEFAULT_SPEC": spec,
-           "STREAMLEARN_LOG_LEVEL": "warning", "STREAMLEARN_PARTITIONS": str(settings.partitions),
-           "STREAMLEARN_DEV": "true"}   # throwaway workers of a local measurement
-    procs, ports = [], []
-    for i in range(workers):
-        proc, port = start_worker(env, workdir, f"{tag}-{i}")
-        procs.append(proc)
-        ports.append(port)
+    procs, ports = start_workers(settings, spec, workers, tag, workdir)
     try:
         await asyncio.to_thread(wait_split, ports, settings.partitions)
         bootstrap = settings.bootstrap_servers
@@ -296,6 +292,22 @@ async def pipeline(settings: Settings, spec: str, workers: int, n: int, rate: fl
         return r
     finally:
         stop_workers(procs)
+
+
+def start_workers(settings: Settings, spec: str, workers: int, tag: str, workdir: Path
+                  ) -> tuple[list, list[int]]:
+    """Throwaway ``streamlearn worker`` processes of a local measurement (development mode), on topics
+    ``bench-{tag}.*``: their processes and web ports."""
+    env = {**os.environ, "STREAMLEARN_BROKER": settings.broker, "STREAMLEARN_APP_ID": f"bench-{tag}",
+           "STREAMLEARN_TOPIC_PREFIX": f"bench-{tag}.", "STREAMLEARN_DEFAULT_SPEC": spec,
+           "STREAMLEARN_LOG_LEVEL": "warning", "STREAMLEARN_PARTITIONS": str(settings.partitions),
+           "STREAMLEARN_DEV": "true"}
+    procs, ports = [], []
+    for i in range(workers):
+        proc, port = start_worker(env, workdir, f"{tag}-{i}")
+        procs.append(proc)
+        ports.append(port)
+    return procs, ports
 
 
 async def run_bench(settings: Settings, *, events: int, specs: list[str], workers: list[int],

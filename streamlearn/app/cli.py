@@ -7,6 +7,7 @@
     streamlearn topics                                 create the topics (workers also do at start)
     streamlearn status [URL ...]                       are the workers alive and ready
     streamlearn bench [--events N] [--specs ...] [--keys 20,100000]   throughput and latency against baselines
+    streamlearn soak [--minutes 30] [--share 0.5]          a long labelled stream, reported once a minute
     streamlearn settings                               every setting, its env var and value
     streamlearn specs list|check [SPEC|mod:factory]    the model specs; the contract suite a spec must pass
     streamlearn models list [--json]                   the cluster's models: key, spec, version, learned, metric, worker
@@ -159,6 +160,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                  workers=[int(w) for w in args.workers.split(",")],
                                  rates=[float(r) for r in args.rates.split(",")], as_json=args.json,
                                  plot=args.plot, keys=_key_counts(args.keys)))
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    from .soak import run_soak
+
+    if not 0 < args.share <= 1 or args.minutes <= 0 or args.workers < 1 or args.keys < 1 or args.probe < 1:
+        raise SystemExit("streamlearn soak: --share in (0, 1], --minutes positive, --workers, --keys and "
+                         "--probe at least 1")
+    return asyncio.run(run_soak(_connected(args), spec=args.spec, workers=args.workers, minutes=args.minutes,
+                                share=args.share, rate=args.rate, probe=args.probe, keys=args.keys,
+                                report_every=args.report_every, drain=args.drain, max_rss_mb=args.max_rss_mb,
+                                as_json=args.json))
 
 
 def _key_counts(text: str) -> list[int]:
@@ -354,6 +367,21 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="also print the results as JSON (table on stderr)")
     b.add_argument("--plot", type=Path, help="also write a PNG of throughput and p99 against the offered rate")
     b.set_defaults(func=cmd_bench)
+
+    so = common(sub.add_parser("soak", help="a labelled stream at a share of the measured maximum, reported "
+                                             "once a minute; fails when an event is lost or memory passes a bound"))
+    so.add_argument("--minutes", type=float, default=30.0, help="how long to send")
+    so.add_argument("--share", type=float, default=0.5, help="share of the maximum measured by the probe")
+    so.add_argument("--rate", type=float, default=0.0, help="events/s instead of a share of the maximum")
+    so.add_argument("--probe", type=int, default=5_000, help="labelled events of the flat-out probe (and warm-up)")
+    so.add_argument("--spec", default="logreg", help="model spec of the workers")
+    so.add_argument("--workers", type=int, default=1)
+    so.add_argument("--keys", type=int, default=20, help="model keys the events are spread over")
+    so.add_argument("--report-every", type=float, default=60.0, help="seconds between reports")
+    so.add_argument("--drain", type=float, default=120.0, help="seconds to wait at the end for the backlog")
+    so.add_argument("--max-rss-mb", type=float, help="fail when the workers' resident memory passes this")
+    so.add_argument("--json", action="store_true", help="also print the reports as JSON (table on stderr)")
+    so.set_defaults(func=cmd_soak)
 
     ss = sub.add_parser("status", help="ask workers whether they are alive and ready")
     ss.add_argument("url", nargs="*", help="worker URLs (default: this host's STREAMLEARN_WEB_PORT)")

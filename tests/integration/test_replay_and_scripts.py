@@ -127,6 +127,27 @@ def test_bench_command_measures_baselines_and_pipeline(cluster):
     assert "events/s" in r.stderr and "vs loop" in r.stderr  # the table
 
 
+@pytest.mark.timeout(600)
+def test_soak_for_two_minutes_loses_nothing_and_stays_within_memory(cluster):
+    """`streamlearn soak`, 2 minutes at half the measured maximum: every event answered, every label learned
+    once (against what the soak sent), the backlog drained, the worker's memory under 600 MB throughout."""
+    r = subprocess.run([sys.executable, "-m", "streamlearn.app.cli", "soak", "--minutes", "2", "--report-every", "30",
+                        "--probe", "3000", "--max-rss-mb", "600", "--json"], env=cluster.env(partitions=8),
+                       capture_output=True, text=True, timeout=540)
+    print(r.stderr)
+    assert r.returncode == 0, r.stderr[-3000:]
+    soak = orjson.loads(r.stdout)
+    n = int(soak["rate"] * 2 * 60)
+    assert soak["ok"] and soak["max_events_per_s"] > 0 and soak["rate"] == pytest.approx(soak["max_events_per_s"] / 2)
+    assert soak["answered"] == n
+    *minutes, final = soak["reports"]
+    assert len(minutes) >= 3                                   # once every 30 s while sending
+    assert final["sent"] == final["learned"] == n and final["lag"] == 0
+    assert all(m["learned"] <= m["sent"] for m in soak["reports"])
+    assert max(m["rss_mb"] for m in soak["reports"]) < 600
+    assert "soak passed" in r.stderr
+
+
 def run_demo(tmp_path, bootstrap: str, **options: str) -> str:
     """scripts/demo as a user runs it, shortened (one key, 200 events/s, stop when done); its output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMLEARN_", "DEMO_", "KAFKA_"))}
