@@ -167,7 +167,7 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     def new_outbox() -> Outbox:
         return Outbox(app, on_retry=lambda topic: metrics.error("send"))
 
-    behind = WriteBehind(new_outbox(), codec.dumps)   # the join state's changelogs, written behind each batch
+    behind = WriteBehind(new_outbox())   # the join state's changelogs, written behind each batch
 
     def bounded(name: str, help: str, ttl: float) -> BoundedTable:
         t = table(name, help)

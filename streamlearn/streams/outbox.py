@@ -139,14 +139,13 @@ class WriteBehind:
     Flushes hold a lock, so a key's values reach the broker in the order written.
     """
 
-    def __init__(self, out: Outbox, encode: Callable[[Any], bytes]) -> None:
+    def __init__(self, out: Outbox) -> None:
         self.out = out
-        self.encode = encode
-        self._staged: dict[tuple[str, bytes], tuple[int, Any]] = {}   # (topic, key) -> (partition, value)
+        self._staged: dict[tuple[str, bytes], tuple[int, bytes | None]] = {}   # (topic, key) -> (partition, value)
         self._lock = asyncio.Lock()
         self._done: asyncio.Future | None = None
 
-    def stage(self, topic: str, partition: int, key: bytes, value: Any) -> None:
+    def stage(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
         """The key's new value (None: deleted), sent at the next flush; a newer value replaces a staged one."""
         self._staged.pop((topic, key), None)
         self._staged[(topic, key)] = (partition, value)
@@ -156,8 +155,7 @@ class WriteBehind:
         async with self._lock:
             staged, self._staged = self._staged, {}
             for (topic, key), (partition, value) in staged.items():
-                await self.out.send(topic, key=key, value=None if value is None else self.encode(value),
-                                    partition=partition)
+                await self.out.send(topic, key=key, value=value, partition=partition)
             if staged:
                 self._done = self.out.delivered()
             return self._done

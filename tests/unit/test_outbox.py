@@ -71,13 +71,13 @@ async def test_a_batch_that_sent_nothing_is_acked_at_once():
 async def test_state_written_behind_once_per_key_in_order_and_acked_after_whoever_sent_it():
     """Two agents share the join state: one's batch may be sent by the other's flush; both wait for it."""
     producer = FlakyProducer(fail_first={"state"})     # the first changelog send fails: sent again
-    behind = WriteBehind(Outbox(SimpleNamespace(producer=producer), retry_backoff=0.01), encode=orjson.dumps)
+    behind = WriteBehind(Outbox(SimpleNamespace(producer=producer), retry_backoff=0.01))
     a, b = Outbox(SimpleNamespace(producer=producer)), Outbox(SimpleNamespace(producer=producer))
     stream = Stream()
 
-    behind.stage("state", 3, b"k1", {"f": 1})               # agent A's batch writes k1 ...
-    behind.stage("state", 3, b"k2", {"f": 2})               # ... agent B's batch writes k2
-    behind.stage("state", 3, b"k1", {"f": 1, "l": 7})      # ... and A again: k1's latest value only
+    behind.stage("state", 3, b"k1", orjson.dumps({"f": 1}))               # agent A's batch writes k1 ...
+    behind.stage("state", 3, b"k2", orjson.dumps({"f": 2}))               # ... agent B's batch writes k2
+    behind.stage("state", 3, b"k1", orjson.dumps({"f": 1, "l": 7}))      # ... and A again: k1's latest value only
     a.ack_when_delivered(stream, ["a"], after=await behind.flush())   # A's flush sends B's k2 too
     b.ack_when_delivered(stream, ["b"], after=await behind.flush())   # B's flush finds nothing new
     assert [(t, orjson.loads(v)) for t, v in producer.sent] == [("state", {"f": 2}), ("state", {"f": 1, "l": 7})]

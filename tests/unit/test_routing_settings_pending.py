@@ -104,3 +104,20 @@ def test_the_join_state_of_partitions_moved_away_leaves_memory_not_the_changelog
     assert table.drop_other_partitions({2}) == 2
     assert list(data) == [join_key(keys[2], "e1")]
     assert len(written) == writes        # nothing written: the new owners have these entries in the changelog
+
+
+def test_the_join_state_is_kept_as_json_of_its_own_size():
+    """Entries are held as JSON bytes (no objects for the garbage collector to scan), each in memory its size."""
+    import tracemalloc
+
+    data: dict = {}
+    table = BoundedTable(data, partitions=8, ttl=10, max_per_partition=10_000)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(2000):
+        table.put(0, join_key("m", f"e{i}"), {"f": {"amount": i / 10, "country": "FR"}, "l": None})
+    per_entry = (tracemalloc.get_traced_memory()[0] - before) / 2000
+    tracemalloc.stop()
+    assert all(type(v) is bytes for v in data.values())
+    assert table.get(join_key("m", "e7"))["f"] == {"amount": 0.7, "country": "FR"}
+    assert per_entry < 600, per_entry      # key, JSON, index and dict slots; orjson's own bytes took 4 KB each
