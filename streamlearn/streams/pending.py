@@ -15,10 +15,10 @@ partition never holds more than ``max_per_partition`` entries.
 
 Entries live in the table's in-memory store as their JSON bytes, the same
 bytes the changelog holds: encoded once when written, decoded when read. As
-dicts (as they were until 2026-12-03) every entry was several objects for
-Python's garbage collector to scan: a soak with 800,000 pending events had
-full collections of up to 0.66 s that freed nothing, and 1.6 KB of memory per
-pending event. A write changes the store at once and is written behind to
+dicts (until 2026-12-03) an entry took 1.2-1.6 KB of worker memory and was
+several objects for Python's garbage collector to scan; as bytes, 0.7 KB, and
+the longest full collection of a 3-minute soak fell from 0.66 s to 0.34 s
+(docs/operations.md, "Soak"). A write changes the store at once and is written behind to
 the changelog (``outbox.WriteBehind``): once per key per batch, acked before
 the batch's inputs are. Writes name their partition (the
 owner's, where the agent consumed the key's message): Faust's own
