@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 import pickle
+import struct
+import zlib
 
 import pytest
+import zstandard
 from river.datasets import synth
 
 from streamlearn.models import checkpoint, get_spec, learn, new_model, predict
@@ -33,6 +38,19 @@ def test_restored_model_predicts_and_learns_exactly_like_the_live_one(spec):
         assert predict(restored, x).proba == predict(live, x).proba
         learn(live, x, y)
         learn(restored, x, y)
+
+
+def test_a_checkpoint_written_with_zlib_before_zstd_still_loads_exactly():
+    live, rest = trained("hoeffding_tree", 500)
+    blob = checkpoint.dump(live, KEY, 1.0)
+    body = blob[len(checkpoint.MAGIC) + 32:]
+    (n,) = struct.unpack_from(">I", body)
+    assert body[4 + n:].startswith(b"\x28\xb5\x2f\xfd")    # written as a zstd frame now
+    old = body[:4 + n] + zlib.compress(zstandard.ZstdDecompressor().decompress(body[4 + n:]), 1)
+    restored = checkpoint.load(checkpoint.MAGIC + hmac.new(KEY, old, hashlib.sha256).digest() + old, KEY)
+    assert restored.learned == 500
+    for x, _ in rest:
+        assert predict(restored, x).proba == predict(live, x).proba
 
 
 def test_trees_are_stored_without_the_gaussians_random_state():
