@@ -7,6 +7,7 @@ import hmac
 import itertools
 import pickle
 import struct
+import sys
 import zlib
 
 import pytest
@@ -51,6 +52,33 @@ def test_a_checkpoint_written_with_zlib_before_zstd_still_loads_exactly():
     assert restored.learned == 500
     for x, _ in rest:
         assert predict(restored, x).proba == predict(live, x).proba
+
+
+def feature_names_held(root) -> list[str]:
+    """The string dict keys reachable from root that name one of Agrawal's features."""
+    names = set(next(iter(synth.Agrawal(seed=3)))[0])
+    seen, stack, out = set(), [root], []
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, dict):
+            out += [k for k in obj if type(k) is str and k in names]
+            stack += obj.values()
+        elif isinstance(obj, (list, tuple)):
+            stack += obj
+        elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+            stack.append(vars(obj))
+    return out
+
+
+def test_a_small_models_feature_names_come_back_interned_a_large_ones_as_unpickled():
+    small = feature_names_held(checkpoint.load(checkpoint.dump(trained("logreg", 200)[0], KEY, 1.0), KEY).model)
+    assert small and all(name is sys.intern(name) for name in small)
+    live, _ = trained("arf", 2000)
+    big = feature_names_held(checkpoint.load(checkpoint.dump(live, KEY, 1.0), KEY).model)
+    assert big and not any(name is sys.intern(name) for name in big)
 
 
 def test_trees_are_stored_without_the_gaussians_random_state():
