@@ -37,6 +37,9 @@ class Metrics:
         self.errors = Counter(
             "streamlearn_processing_errors_total", "Exceptions raised while processing an event.", ["stage"],
             registry=r)
+        self.recovery_stalls = Counter(
+            "streamlearn_recovery_stalls_total", "Changelog partitions Faust's recovery waited on in vain, asked "
+            "for again (streams/transport.py).", registry=r)
         self.prediction_latency = Histogram(
             "streamlearn_prediction_latency_seconds", "Time to process one routed event into a prediction.",
             buckets=_LATENCY_BUCKETS, registry=r)
@@ -120,6 +123,9 @@ class Metrics:
 
     def error(self, stage: str) -> None:
         self.errors.labels(stage).inc()
+
+    def recovery_stalled(self, partitions: int) -> None:
+        self.recovery_stalls.inc(partitions)
 
     def checkpoint_written(self, size: int, seconds: float) -> None:
         self.checkpoints.inc()

@@ -121,6 +121,7 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     # the agents' topics reach them a fetch per partition at a time (streams/transport.py)
     app.batched_topics = frozenset([names.features, names.feedback, names.control, *names.internal()])
     metrics = Metrics()
+    app.on_recovery_stall = metrics.recovery_stalled   # the consumer's recovery watchdog counts here
     params = s.params
 
     specs = s.registry

@@ -39,6 +39,18 @@ Faust one ``Fetched`` message per partition per fetch: one Faust event whose
 every offset it holds; the gap check sees its first offset. Table changelogs
 (read by Faust's recovery) keep Faust's per-message path.
 
+A recovery watchdog: Faust's recovery waits for changelog events until every
+active changelog partition reaches its highwater, and nothing in Faust ever
+asks again for a partition whose events stopped coming. The hosts test saw a
+worker wait so for a minute after another host's link was cut (partitions it
+had just taken, every one still at offset -1, "No event received for active
+tp ... since recovery start"), the worker never ready. ``unstick_recovery``
+(every ``RECOVERY_CHECK_SECONDS``) finds active changelog partitions with
+records left, no event for ``RECOVERY_STALL_SECONDS`` and nothing queued for
+recovery, logs what the consumer knows of each (to find the cause), resumes
+them and seeks them to the next offset recovery needs. Records recovery has
+seen already are ignored by it, so asking twice costs a re-fetch, no more.
+
 Selected by the broker URL's scheme: the worker's consumer uses
 ``streamlearn://host:port`` (registered as a ``faust.transports`` entry point
 in pyproject.toml); the producer keeps Faust's own transport.
@@ -49,11 +61,13 @@ from __future__ import annotations
 import logging
 import weakref
 from collections import Counter
+from time import monotonic
 from typing import Any
 
 from faust.transport.consumer import notify
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.tuples import ConsumerMessage, ack_lock
+from mode import Service
 
 log = logging.getLogger("streamlearn.transport")
 
@@ -63,6 +77,9 @@ SCHEME = "streamlearn"
 MARKER_PATIENCE = 40
 # Commits a partition's committed offset may wait for its message before the partition is read again.
 REREAD_AFTER = 10
+# An active changelog partition with records left and no event for this long, nothing queued, is asked again.
+RECOVERY_STALL_SECONDS = 15.0
+RECOVERY_CHECK_SECONDS = 5.0
 
 
 class Fetched(ConsumerMessage):
@@ -233,6 +250,54 @@ class Consumer(faust_aiokafka.Consumer):
                 await self.seek(tp, offset)
                 n += 1
         return n
+
+    @Service.timer(RECOVERY_CHECK_SECONDS)
+    async def _watch_recovery(self) -> None:
+        try:
+            await self.unstick_recovery()
+        except Exception as exc:  # noqa: BLE001 - a watchdog must not take the consumer down; tried again later
+            log.warning("recovery watchdog failed: %r", exc)
+
+    def stalled_recovery(self, now: float, stall: float = RECOVERY_STALL_SECONDS) -> dict[Any, int]:
+        """Active changelog partitions recovery waits for in vain: partition -> next offset it needs."""
+        app = self.app
+        recovery = app.tables.recovery
+        # (app.rebalancing stays set until recovery ends; a new rebalance stops the flow first)
+        if not recovery.in_recovery or not self.flow_active:
+            return {}
+        started = recovery._recovery_started_at     # Faust keeps no public accessor for these
+        if started is None or now - started < stall or app.tables.changelog_queue.qsize():
+            return {}
+        received = recovery._active_events_received_at
+        return {tp: max(0, recovery.active_offsets[tp] + 1)
+                for tp, remaining in recovery.active_remaining().items()
+                if remaining > 0 and now - received.get(tp, started) >= stall}
+
+    async def unstick_recovery(self, stall: float = RECOVERY_STALL_SECONDS) -> int:
+        """Resume and seek again the partitions recovery stalled on; returns how many (see the module's doc)."""
+        stuck = self.stalled_recovery(monotonic(), stall)
+        if not stuck:
+            return 0
+        recovery = self.app.tables.recovery
+        active = self._get_active_partitions()
+        for tp, offset in sorted(stuck.items()):
+            try:
+                position, high = await self.position(tp), self.highwater(tp)
+            except Exception as exc:  # noqa: BLE001 - only for the log line
+                position = high = repr(exc)
+            log.warning(
+                "recovery stalled on %s: needs offset %d up to highwater %s, no event for %.0f s; consumer "
+                "position %s, highwater %s, fetched %s, paused %s, buffered %s, read offset %s, flow %s, flow "
+                "control %s: resuming it and seeking it to %d", tp, offset, recovery.active_highwaters[tp],
+                monotonic() - recovery._active_events_received_at.get(tp, recovery._recovery_started_at),
+                position, high, tp in active, tp in self._paused_partitions, tp in self._buffered_partitions,
+                self._read_offset.get(tp), self.flow_active, self.app.flow_control.is_active(), offset)
+        self.resume_partitions(stuck)
+        await self.seek_wait(stuck)
+        count = getattr(self.app, "on_recovery_stall", None)
+        if count is not None:
+            count(len(stuck))
+        return len(stuck)
 
 
 class Transport(faust_aiokafka.Transport):

@@ -141,3 +141,63 @@ async def test_only_offsets_before_a_fetch_are_a_gap(faust_gaps):
     c._fetching[tp] = 33                 # read up to 29, fetched 33..40: 30..32 are a gap (markers)
     await c._add_gap(tp, 30, 40)
     assert faust_gaps == [(30, 32)]
+
+
+def recovering(now: float) -> tuple[Consumer, list, list]:
+    """Our consumer on a real (not started) Faust app, its recovery 30 s into reading three changelog partitions."""
+    import faust
+
+    app = faust.App("t-recovery", broker="memory://", store="memory://")
+    c = Consumer.__new__(Consumer)
+    c.app, c.flow_active = app, True
+    c._active_partitions, c._paused_partitions, c._buffered_partitions = set(), set(), set()
+    c._read_offset = defaultdict(lambda: None)
+    stuck, moving, done = (faust_consumer.TP("cl", p) for p in (0, 1, 2))
+    c._paused_partitions.add(stuck)
+    r = app.tables.recovery
+    r.in_recovery, r._recovery_started_at = True, now - 30
+    app.rebalancing = True                              # as in Faust: set from the rebalance until recovery ends
+    r.active_highwaters.update({stuck: 40, moving: 90, done: 7})
+    r.active_offsets.update({stuck: -1, moving: 50, done: 7})
+    r._active_events_received_at[moving] = now - 2      # events still arriving for this one
+    sought, counted = [], []
+
+    async def seek_wait(partitions):
+        sought.append(dict(partitions))
+
+    async def position(tp):
+        return 0
+
+    c.seek_wait, c.position, c.highwater = seek_wait, position, lambda tp: 41
+    app.on_recovery_stall = counted.append
+    return c, sought, counted
+
+
+async def test_a_changelog_partition_recovery_waits_on_in_vain_is_resumed_and_sought_again():
+    import time
+
+    c, sought, counted = recovering(time.monotonic())
+    stuck = faust_consumer.TP("cl", 0)
+    assert await c.unstick_recovery() == 1
+    assert sought == [{stuck: 0}] and counted == [1]    # from the next offset recovery needs (it has seen none)
+    assert stuck in c._active_partitions and stuck not in c._paused_partitions
+
+
+async def test_recovery_still_moving_or_not_under_way_is_left_alone():
+    import time
+
+    now = time.monotonic()
+    c, sought, counted = recovering(now)
+    r = c.app.tables.recovery
+    assert c.stalled_recovery(now, stall=60) == {}          # not waited that long yet
+    c.flow_active = False
+    assert c.stalled_recovery(now) == {}                    # a new rebalance stopped the flow: its own recovery
+    c.flow_active = True
+    assert c.stalled_recovery(now)
+    c.app.tables.changelog_queue.put_nowait(object())
+    assert c.stalled_recovery(now) == {}                    # events queued: recovery is behind, not stuck
+    c.app.tables.changelog_queue.get_nowait()
+    r.active_offsets[faust_consumer.TP("cl", 0)] = 39       # one left: still stalled
+    assert c.stalled_recovery(now) == {faust_consumer.TP("cl", 0): 40}
+    r.in_recovery = False
+    assert await c.unstick_recovery() == 0 and sought == [] and counted == []
