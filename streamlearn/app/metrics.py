@@ -57,6 +57,10 @@ class Metrics:
         self.checkpoints_refused = Counter(
             "streamlearn_checkpoints_refused_total", "Checkpoints refused (too large to write, or invalid to load).",
             ["reason"], registry=r)
+        self.changelog_restored = Counter(
+            "streamlearn_changelog_records_restored_total", "Changelog records read back into a table at "
+            "recovery: a worker restarting on its data directory (RocksDB) reads only what the changelog gained "
+            "since it stopped.", ["table"], registry=r)
         self.checkpoints_restored = Counter(
             "streamlearn_checkpoints_restored_total", "Models restored from their checkpoint.", registry=r)
         self.restore_seconds = Histogram(

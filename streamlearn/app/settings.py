@@ -56,7 +56,9 @@ class Settings:
     replication_factor: int = _setting(1, "Replication factor of topics streamlearn creates.")
     web_host: str = _setting("127.0.0.1", "Interface the worker's HTTP server binds to.")
     web_port: int = _setting(6066, "Port of the worker's HTTP server (`/metrics`, `/models`).")
-    data_dir: str = _setting("streamlearn-data", "Faust data directory of this worker.")
+    data_dir: str = _setting("streamlearn-data", "Faust data directory of this worker: its tables' RocksDB databases live here (one directory per worker).")
+    table_store: str = _setting("rocksdb", "Where this worker keeps its tables: `rocksdb` (on disk in `DATA_DIR`; a restart reads only what the changelogs gained since) or `memory` (a restart reads every changelog in full).")
+    rocksdb_memory_mb: int = _setting(16, "RocksDB memory per table partition, in MB: half write buffer, half block cache (a worker opens one database per table and partition it owns).")
     default_model_key: str = _setting("default", "Model key used when an event names none (no `model` field, no Kafka key).")
     specs: str = _setting("", "Your own model specs, by import path: `name=package.module:factory,...`, each factory returning a River estimator or pipeline (task and metric come from it); checked at start.")
     default_spec: str = _setting("logreg", "Model spec for keys that no rule matches.")
@@ -153,6 +155,10 @@ class Settings:
         _ = self.warm_starts
         if self.log_format not in ("text", "json"):
             raise SettingsError("log_format must be 'text' or 'json'")
+        if self.table_store not in ("rocksdb", "memory"):
+            raise SettingsError("table_store must be 'rocksdb' or 'memory'")
+        if self.rocksdb_memory_mb < 2:
+            raise SettingsError("rocksdb_memory_mb must be at least 2")
         if self.offset_reset not in ("earliest", "latest"):
             raise SettingsError("offset_reset must be 'earliest' or 'latest'")
         if self.api_protect_reads and not self.api_token:

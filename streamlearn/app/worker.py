@@ -26,7 +26,7 @@ from streamlearn.streams.agents import Agents, Options
 from streamlearn.streams.checkpoints import CheckpointPolicy, Checkpoints
 from streamlearn.streams.deadletter import DeadLetters
 from streamlearn.streams.outbox import Outbox, WriteBehind
-from streamlearn.streams.pending import BoundedTable, table_writer
+from streamlearn.streams.pending import BoundedTable, TableState
 from streamlearn.streams.routing import partition_for
 from streamlearn.streams.transport import consumer_url
 from streamlearn.streams.topics import Changelog, TopicNames, Topics, ensure_committed, ensure_topics
@@ -81,7 +81,7 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         broker=s.broker,
         broker_credentials=s.kafka_auth.faust_credentials(),
         broker_consumer=consumer_url(s.broker),   # commits only what agents handled: streams/transport.py
-        store="memory://",
+        store=f"{s.table_store}://",   # RocksDB by default: a restart reads only the changelogs' tail
         datadir=s.data_dir,
         autodiscover=False,
         topic_partitions=s.partitions,
@@ -160,10 +160,21 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
 
     registry = ModelRegistry(factory, still_valid, max_live=s.max_live_models, on_evict=evicted,
                              evictable=lambda p, live: checkpoints.clean(live, agents.policy.dirty.get(p, {})))
+    half = s.rocksdb_memory_mb * 2**20 // 2
+    # Faust's RocksDB defaults give each database (a table's partition) 3 x 64 MB of write buffers and a 2 GB cache
+    rocksdb_options = {"write_buffer_size": half // 2, "max_write_buffer_number": 2, "block_cache_size": half}
+
     def table(name: str, help: str) -> faust.Table:
         # bytes keys and values: Faust keeps them raw; our codec writes the JSON
-        return app.Table(name, default=None, partitions=s.partitions, help=help,
-                         key_type=bytes, value_type=bytes)
+        t = app.Table(name, default=None, partitions=s.partitions, help=help,
+                      key_type=bytes, value_type=bytes, options=dict(rocksdb_options))
+        restored, apply = metrics.changelog_restored.labels(name), t.apply_changelog_batch
+
+        def apply_counted(batch: list) -> None:   # Faust's recovery hands each table its changelog in batches
+            restored.inc(len(batch))
+            apply(batch)
+        t.apply_changelog_batch = apply_counted
+        return t
 
     def new_outbox() -> Outbox:
         return Outbox(app, on_retry=lambda topic: metrics.error("send"))
@@ -171,8 +182,8 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     behind = WriteBehind(new_outbox())   # the join state's changelogs, written behind each batch
 
     def bounded(name: str, help: str, ttl: float) -> BoundedTable:
-        t = table(name, help)
-        return BoundedTable(t, s.partitions, ttl, s.pending_max_per_partition, write=table_writer(t, behind))
+        state = TableState(table(name, help), behind, lambda: app.assignor.assigned_actives())
+        return BoundedTable(state, s.partitions, ttl, s.pending_max_per_partition)
 
     pending = bounded("pending", "Features of predicted events waiting for their label.", s.pending_ttl_seconds)
     early = bounded("early-labels", "Labels that arrived before their event's features.", s.label_wait_seconds)
@@ -183,7 +194,7 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     # changelog, which brings back Faust's standby recovery (disabled above); with it,
     # learning stalled after scale-in in the durability test (2 runs of 3).
     templates: Any = app.GlobalTable(
-        "templates", default=None, partitions=1, recovery_buffer_size=1, use_partitioner=True,
+        "templates", default=None, partitions=1, recovery_buffer_size=1, use_partitioner=True, store="memory://",
         key_type=bytes, value_type=bytes, help="Latest snapshot of each warm-start template key, on every worker.",
     ) if s.warm_starts else {}
     store = TableStore(table("snapshot-index", "Snapshot index of each model (JSON)."),

@@ -80,16 +80,17 @@ class Outbox:
         task.add_done_callback(self._deliveries.discard)
 
     def delivered(self) -> asyncio.Future:
-        """Done once everything sent through this outbox so far is delivered."""
+        """Done once everything sent through this outbox so far is delivered; its result: the delivery
+        (``RecordMetadata``: topic, partition, offset) of each record sent since the previous call, in order."""
         sent, self._sent = self._sent, []
         task = asyncio.ensure_future(self._deliver_after(self._last, sent))
         self._last = task
         return task
 
-    async def _deliver_after(self, previous: asyncio.Future | None, sent: list) -> None:
+    async def _deliver_after(self, previous: asyncio.Future | None, sent: list) -> list:
         if previous is not None:
             await asyncio.shield(previous)
-        await self._deliver_all(sent)
+        return await self._deliver_all(sent)
 
     async def _deliver(self, stream: faust.StreamT, events: list, sent: list,
                        after: Awaitable[None] | None) -> None:
@@ -102,20 +103,28 @@ class Outbox:
                 handled(event.message)
             await stream.ack(event)
 
-    async def _deliver_all(self, sent: list) -> None:
-        """Until every record of ``sent`` is on the broker: failed ones are sent again."""
-        while sent:
-            results = await asyncio.gather(*(future for future, _ in sent), return_exceptions=True)
-            failed = [record for (_, record), result in zip(sent, results) if isinstance(result, BaseException)]
+    async def _deliver_all(self, sent: list) -> list:
+        """Until every record of ``sent`` is on the broker (failed ones are sent again); their deliveries, in order."""
+        deliveries: list = [None] * len(sent)
+        waiting = list(enumerate(sent))
+        while waiting:
+            results = await asyncio.gather(*(future for _, (future, _) in waiting), return_exceptions=True)
+            failed = []
+            for (i, (_, record)), result in zip(waiting, results):
+                if isinstance(result, BaseException):
+                    failed.append((i, record))
+                else:
+                    deliveries[i] = result
             if not failed:
                 break
             log.warning("%d sends failed (first: %r to %s); sending them again", len(failed),
-                        next(r for r in results if isinstance(r, BaseException)), failed[0][0])
+                        next(r for r in results if isinstance(r, BaseException)), failed[0][1][0])
             await asyncio.sleep(self.retry_backoff)
-            sent = []
-            for record in failed:
+            waiting = []
+            for i, record in failed:
                 self.on_retry(record[0])
-                sent.append((await self._send(record), record))
+                waiting.append((i, (await self._send(record), record)))
+        return deliveries
 
     async def _send(self, record: tuple) -> Any:
         """Hand one record to the producer; while it cannot take it (no metadata, broker away), wait and retry."""
@@ -137,6 +146,10 @@ class WriteBehind:
     sent so far (each delivery waits for the one before), and an agent acks its
     batch after that: whoever sent its changes, they are on the broker first.
     Flushes hold a lock, so a key's values reach the broker in the order written.
+
+    Once a flush is delivered, the sink of each topic (``on_delivered``) is
+    given its writes with their offsets, flush after flush in order: that is
+    where a table's store takes them (``pending.TableState``).
     """
 
     def __init__(self, out: Outbox) -> None:
@@ -144,6 +157,11 @@ class WriteBehind:
         self._staged: dict[tuple[str, bytes], tuple[int, bytes | None]] = {}   # (topic, key) -> (partition, value)
         self._lock = asyncio.Lock()
         self._done: asyncio.Future | None = None
+        self._sinks: dict[str, Sink] = {}
+
+    def on_delivered(self, topic: str, sink: "Sink") -> None:
+        """``sink(writes)`` gets the delivered writes to ``topic``: ``(partition, key, value, offset)`` each."""
+        self._sinks[topic] = sink
 
     def stage(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
         """The key's new value (None: deleted), sent at the next flush; a newer value replaces a staged one."""
@@ -157,5 +175,24 @@ class WriteBehind:
             for (topic, key), (partition, value) in staged.items():
                 await self.out.send(topic, key=key, value=value, partition=partition)
             if staged:
-                self._done = self.out.delivered()
+                self._done = asyncio.ensure_future(self._delivered(self._done, self.out.delivered(), staged))
             return self._done
+
+    async def _delivered(self, previous: asyncio.Future | None, delivery: asyncio.Future,
+                         staged: dict[tuple[str, bytes], tuple[int, bytes | None]]) -> None:
+        deliveries = await asyncio.shield(delivery)
+        if previous is not None:
+            await asyncio.shield(previous)   # the sinks take flushes in order
+        by_topic: dict[str, list[tuple[int, bytes, bytes | None, int]]] = {}
+        for ((topic, key), (partition, value)), meta in zip(staged.items(), deliveries):
+            if topic in self._sinks:
+                by_topic.setdefault(topic, []).append((partition, key, value, meta.offset))
+        for topic, writes in by_topic.items():
+            try:
+                self._sinks[topic](writes)
+            except Exception:  # noqa: BLE001 - a store that failed to take them must not hold every ack back
+                log.exception("the store of %s could not take %d delivered writes; they stay in memory", topic,
+                              len(writes))
+
+
+Sink = Callable[[list[tuple[int, bytes, "bytes | None", int]]], None]

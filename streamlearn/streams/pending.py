@@ -13,17 +13,23 @@ label is told its event *expired*); it is evicted, oldest first, once twice
 the time-to-live has passed, whenever its partition is written or ticked; a
 partition never holds more than ``max_per_partition`` entries.
 
-Entries live in the table's in-memory store as their JSON bytes, the same
-bytes the changelog holds: encoded once when written, decoded when read. As
-dicts (until 2026-12-03) an entry took 1.2-1.6 KB of worker memory and was
-several objects for Python's garbage collector to scan; as bytes, 0.7 KB, and
-the longest full collection of a 3-minute soak fell from 0.66 s to 0.34 s
-(docs/operations.md, "Soak"). A write changes the store at once and is written behind to
-the changelog (``outbox.WriteBehind``): once per key per batch, acked before
-the batch's inputs are. Writes name their partition (the
-owner's, where the agent consumed the key's message): Faust's own
-``table[key] = value`` takes it from the event being iterated, and a batch
-holds many.
+Entries live in the table's store as their JSON bytes, the same bytes the
+changelog holds: encoded once when written, decoded when read. As dicts
+(until 2026-12-03) an entry took 1.2-1.6 KB of worker memory and was several
+objects for Python's garbage collector to scan; as bytes, 0.7 KB, and the
+longest full collection of a 3-minute soak fell from 0.66 s to 0.34 s
+(docs/operations.md, "Soak").
+
+A write is written behind to the changelog (``outbox.WriteBehind``): once per
+key per batch, acked before the batch's inputs are. Writes name their
+partition (the owner's, where the agent consumed the key's message): Faust's
+own ``table[key] = value`` takes it from the event being iterated, and a
+batch holds many. The store takes a write only once the changelog has it
+(``TableState``); until then it is read from memory. So the store always
+holds a prefix of its changelog, up to the offset it records: with RocksDB, a
+worker that restarts, even after a SIGKILL, reads only the changelog after
+that offset, and never keeps a change the changelog lacks (say a deletion
+whose tombstone was never sent, which would lose a replayed label's join).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, MutableMapping
+
+from faust.types import TP
 
 from . import codec
 from .routing import partition_for
@@ -48,17 +56,80 @@ def join_key(model: str, event_id: str) -> bytes:
 Write = Callable[[int, bytes, "bytes | None"], None]   # (partition, key, the entry's JSON or None: deleted)
 
 
-def table_writer(table: Any, behind: "WriteBehind") -> Write:
-    """``write(partition, key, entry)`` for a Faust table: its store now, its changelog behind."""
-    changelog = table.changelog_topic.get_topic_name()
+class TableState:
+    """The join state of one Faust table, read and written by key and partition.
 
-    def write(partition: int, key: bytes, entry: bytes | None) -> None:
-        if entry is None:
-            table.data.pop(key, None)
+    Its store (memory or RocksDB) takes a write once the changelog has it;
+    writes on their way are read from memory, so readers see every write at
+    once. A write whose partition has moved away by the time it is delivered
+    is not stored: the partition's next owner reads it from the changelog.
+    The store's persisted offset (RocksDB: where a restart resumes reading
+    the changelog) follows the delivered writes it took.
+    """
+
+    def __init__(self, table: Any, behind: "WriteBehind", actives: Callable[[], set]) -> None:
+        self.store = table.data
+        self.changelog = table.changelog_topic.get_topic_name()
+        self.behind = behind
+        self.actives = actives   # the worker's assigned topic-partitions (the changelog's among them)
+        # Faust's RocksDB store has one database per partition: revoked ones are closed, not kept in memory
+        self._partition_db = getattr(self.store, "_db_for_partition", None)
+        self.holds_other_partitions = self._partition_db is None
+        self._waiting: dict[bytes, bytes | None] = {}   # key -> value written, not yet in the store
+        behind.on_delivered(self.changelog, self._delivered)
+
+    def write(self, partition: int, key: bytes, value: bytes | None) -> None:
+        self._waiting[key] = value
+        self.behind.stage(self.changelog, partition, key, value)
+
+    def get(self, key: bytes, default: Any = None) -> Any:
+        if key in self._waiting:
+            value = self._waiting[key]
+            return default if value is None else value
+        return self.store.get(key, default)
+
+    def __contains__(self, key: bytes) -> bool:
+        return self.get(key) is not None
+
+    def items(self) -> list[tuple[bytes, bytes]]:
+        waiting = dict(self._waiting)
+        found = [(k, v) for k, v in self.store.items() if k not in waiting]
+        return found + [(k, v) for k, v in waiting.items() if v is not None]
+
+    def __iter__(self):
+        return iter([k for k, _ in self.items()])
+
+    def pop(self, key: bytes, default: Any = None) -> Any:
+        """Drop a key from this worker's memory only (not from the changelog): see ``drop_other_partitions``."""
+        self._waiting.pop(key, None)
+        return self.store.pop(key, default)
+
+    def _delivered(self, writes: list[tuple[int, bytes, bytes | None, int]]) -> None:
+        actives = self.actives()
+        offsets: dict[Any, int] = {}
+        for partition, key, value, offset in writes:
+            tp = TP(self.changelog, partition)
+            if tp in actives:
+                self._store(partition, key, value)
+                offsets[tp] = max(offset, offsets.get(tp, -1))
+            if key in self._waiting and self._waiting[key] is value:   # not written again since
+                del self._waiting[key]
+        for tp, offset in offsets.items():
+            self.store.set_persisted_offset(tp, offset)
+
+    def _store(self, partition: int, key: bytes, value: bytes | None) -> None:
+        if self._partition_db is None:        # the memory store: one mapping of every partition's keys
+            if value is None:
+                self.store.pop(key, None)
+            else:
+                self.store[key] = value
+            return
+        db = self._partition_db(partition)   # a write to RocksDB names its partition's database
+        if value is None:
+            db.delete(key)
         else:
-            table.data[key] = entry
-        behind.stage(changelog, partition, key, entry)
-    return write
+            db.put(key, value)
+            self.store._key_index[key] = partition
 
 
 def dict_writer(table: MutableMapping[bytes, Any]) -> Write:
@@ -78,12 +149,10 @@ def _entry(value: Any) -> dict:
 class BoundedTable:
     """A table of ``{"t": time, ...}`` JSON entries with a TTL and a per-partition size bound."""
 
-    def __init__(self, table: Any, partitions: int, ttl: float,
-                 max_per_partition: int, clock: Callable[[], float] = time.time,
-                 write: Write | None = None) -> None:
-        self.table = table
-        self.data: MutableMapping[bytes, Any] = getattr(table, "data", table)   # read from; written by ``write``
-        self.write = write or dict_writer(self.data)
+    def __init__(self, data: "TableState | MutableMapping[bytes, Any]", partitions: int, ttl: float,
+                 max_per_partition: int, clock: Callable[[], float] = time.time) -> None:
+        self.data = data   # a TableState; a plain dict in tests
+        self.write: Write = getattr(data, "write", None) or dict_writer(data)
         self.partitions = partitions
         self.ttl = ttl
         self.max_per_partition = max_per_partition
@@ -146,6 +215,8 @@ class BoundedTable:
         recovery then replays the changelog over them, but compaction may have
         removed the tombstone of an entry deleted meanwhile. Returns how many.
         """
+        if not getattr(self.data, "holds_other_partitions", True):
+            return 0
         gone = [key for key in list(self.data)
                 if partition_for(key.split(SEP, 1)[0].decode(), self.partitions) not in keep]
         for key in gone:
@@ -158,14 +229,18 @@ class BoundedTable:
     def _partition_index(self, partition: int) -> OrderedDict[bytes, float]:
         index = self._index.get(partition)
         if index is None:
-            # First use since the partition was assigned: index what the
-            # changelog restored for it. The table also holds the other
-            # partitions (and standbys), so filter by the key's partition.
-            found = []
-            for key, value in list(self.data.items()):
-                model = key.split(SEP, 1)[0].decode()
-                if partition_for(model, self.partitions) == partition:
-                    found.append((_entry(value)["t"], key))
-            found.sort()
-            index = self._index[partition] = OrderedDict((k, t) for t, k in found)
+            self._index_partitions(partition)
+            index = self._index[partition]
         return index
+
+    def _index_partitions(self, partition: int) -> None:
+        """Index what the changelog restored, for ``partition`` and every other partition not indexed yet
+        (one pass: after a restart the store holds every owned partition's entries)."""
+        found: dict[int, list[tuple[float, bytes]]] = {partition: []}
+        for key, value in list(self.data.items()):
+            p = partition_for(key.split(SEP, 1)[0].decode(), self.partitions)
+            if p not in self._index:
+                found.setdefault(p, []).append((_entry(value)["t"], key))
+        for p, entries in found.items():
+            entries.sort()
+            self._index[p] = OrderedDict((k, t) for t, k in entries)

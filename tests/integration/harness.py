@@ -165,11 +165,12 @@ class Cluster:
         return env
 
     def start_worker(self, name: str | None = None, netns: str | None = None, host: str = "127.0.0.1",
-                     **settings: Any) -> WorkerProc:
-        """A ``streamlearn worker`` process; with ``netns``, inside that network namespace, serving on ``host``."""
+                     data_of: str | None = None, **settings: Any) -> WorkerProc:
+        """A ``streamlearn worker`` process; with ``netns``, inside that network namespace, serving on ``host``;
+        with ``data_of``, on the data directory of that (stopped) worker, as a restarted worker."""
         name = name or f"w{len(self.workers)}"
         port = 6066 if netns else free_port()     # a namespace has its own ports
-        data = self.workdir / name
+        data = self.workdir / (data_of or name)
         data.mkdir(parents=True, exist_ok=True)
         log = self.workdir / f"{name}.log"
         proc = subprocess.Popen(

@@ -432,3 +432,67 @@ async def test_broker_restart_mid_stream(cluster, kafka_port):
     # Nothing lost: an input is committed only once what it produced is on the
     # broker (streams/outbox.py), so every labelled event became an example.
     await assert_exact(cluster, [w0, w1], sent)
+
+
+async def changelog_records(cluster, table: str) -> int:
+    """How many records a table's changelog holds (its end offsets, summed: nothing is compacted this soon)."""
+    c = AIOKafkaConsumer(bootstrap_servers=cluster.bootstrap, group_id=None)
+    await c.start()
+    try:
+        tps = [TopicPartition(f"{cluster.app_id}-{table}-changelog", p) for p in range(PARTITIONS)]
+        return sum((await c.end_offsets(tps)).values())
+    finally:
+        await c.stop()
+
+
+@pytest.mark.timeout(900)
+async def test_a_worker_restarted_on_its_data_directory_reads_only_the_changelog_tail(cluster):
+    """RocksDB tables: a worker stopped, or killed mid-stream (three times), and started again on its data
+    directory reads back only what the changelogs gained since; the features of events still waiting for
+    their labels come from its own store, and learning stays exact against what the producer sent."""
+    sent = Sent()
+    t = cluster.topics
+    restored = "streamlearn_changelog_records_restored_total"
+    w = cluster.start_worker("w0", **SETTINGS)
+    cluster.wait_ready()
+    held_back: dict[str, tuple[str, dict, bool]] = {}   # features published, labels sent only at the end
+    async with Producer(cluster.bootstrap) as p:
+        async with Collector(cluster.bootstrap, t.predictions) as preds:
+            await publish(cluster, p, 0, 3000, sent)
+            rng = random.Random(7)
+            for i in range(2000):
+                key, x, y = make_event(rng, i)
+                held_back[f"held{i}"] = (key, x, y)
+                await p.send(t.features, {"event_id": f"held{i}", "features": x}, key=key)
+            await preds.wait_for(lambda v: set(held_back) <= {x["event_id"] for x in v}, timeout=120,
+                                 what="predictions of the held-back events")
+        await wait_learning([w], 3000)
+        written = await changelog_records(cluster, "pending")
+        w.stop()
+        # the control: a worker on a fresh data directory reads the whole changelog
+        fresh = cluster.start_worker("fresh", **SETTINGS)
+        cluster.wait_ready([fresh], timeout=90)
+        assert fresh.metric(restored, 'table="pending"') == written
+        fresh.stop()
+        w = cluster.start_worker("w0-restarted", data_of="w0", **SETTINGS)
+        cluster.wait_ready([w], timeout=90)
+        tail = w.metric(restored, 'table="pending"')
+        print(f"\npending changelog: {written} records; read back by a fresh worker: {written}, "
+              f"by the worker restarted on its data directory: {tail:.0f}")
+        assert tail < written / 10
+        # SIGKILL mid-stream, three times, each time restarted on the same data directory
+        publishing = asyncio.create_task(publish(cluster, p, 3000, 9000, sent))
+        for k in range(3):
+            await wait_learning([w], 3000 + 1200 * (k + 1), timeout=300)
+            w.stop(signal.SIGKILL)
+            w = cluster.start_worker(f"w0-killed{k}", data_of="w0", **SETTINGS)
+            cluster.wait_ready([w], timeout=90)
+            tail = w.metric(restored, 'table="pending"')
+            print(f"killed {k + 1}: the restarted worker read back {tail:.0f} of the pending changelog's "
+                  f"{await changelog_records(cluster, 'pending')} records")
+        await publishing
+        # Their features are in the worker's own store only: every restart read the changelog after them.
+        for eid, (key, x, y) in held_back.items():
+            await p.send(t.feedback, {"event_id": eid, "label": y}, key=key)
+            sent.events[eid] = (key, x, y)
+    await assert_exact(cluster, [w], sent, crashes=3)

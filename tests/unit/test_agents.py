@@ -67,6 +67,8 @@ def worker(tmp_path):
     w.agents.outbox = RecordingOutbox
     w.agents.dead.topic = w.topics.deadletter
     w.agents.state.out = ChangelogRecorder()   # no broker to write the join state's changelogs to
+    for table in (w.pending, w.early):          # no rebalance either: every partition is this worker's
+        table.data.actives = lambda changelog=table.data.changelog: {TP(changelog, p) for p in range(8)}
     return w
 
 
@@ -80,8 +82,10 @@ class ChangelogRecorder:
         self.sent.append({"topic": topic, **kwargs})
 
     def delivered(self):
+        """The deliveries of what was sent since the last call: offsets counting up per topic-partition."""
+        new, self._reported = self.sent[getattr(self, "_reported", 0):], len(self.sent)
         done = asyncio.get_running_loop().create_future()
-        done.set_result(None)
+        done.set_result([SimpleNamespace(offset=self._reported - len(new) + i) for i in range(len(new))])
         return done
 
 

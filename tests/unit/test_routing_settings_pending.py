@@ -93,10 +93,15 @@ def test_bounded_table_indexes_what_the_changelog_restored():
 
 
 def test_the_join_state_of_partitions_moved_away_leaves_memory_not_the_changelog():
-    data: dict = {}
     written = []
-    table = BoundedTable(data, partitions=8, ttl=10, max_per_partition=100,
-                         write=lambda p, k, v: (data.__setitem__(k, v), written.append(k)))
+
+    class Logged(dict):   # a store that logs what is written to it (the changelog), not what it drops
+        def write(self, partition, key, value):
+            self[key] = value
+            written.append(key)
+
+    data = Logged()
+    table = BoundedTable(data, partitions=8, ttl=10, max_per_partition=100)
     keys = {p: next(f"k{i}" for i in range(1000) if partition_for(f"k{i}", 8) == p) for p in (1, 2, 5)}
     for p, model in keys.items():
         table.put(p, join_key(model, "e1"), {"f": {"a": 1.0}, "l": None})
