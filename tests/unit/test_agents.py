@@ -14,6 +14,7 @@ from streamlearn.app.settings import Settings
 from streamlearn.app.worker import CRASH_WINDOW_SECONDS, create_worker, readiness
 from streamlearn.streams import codec
 from streamlearn.streams.codec import pack
+from streamlearn.streams.pending import join_key
 from streamlearn.streams.routing import partition_for
 from streamlearn.streams.transport import Fetched
 
@@ -339,3 +340,25 @@ async def test_the_learner_skips_a_fetch_of_an_older_generation_and_writes_no_ch
     current = SimpleNamespace(message=Fetched(TP("training", p), [record], generation_id=0))
     await worker.agents.learn(FakeStream([current], []))
     assert worker.registry.find("m").learned == 3 and list(written) == [b"m"]
+
+
+async def test_the_join_state_store_takes_a_write_once_its_changelog_has_it(worker):
+    """RocksDB holds a prefix of the changelog, up to the offset it records: a restart reads only after it."""
+    state = worker.pending.data
+    assert not state.holds_other_partitions              # Faust's RocksDB store: a database per partition
+    p = partition_for("tenant-7", 8)
+    key, tp = join_key("tenant-7", "e1"), TP(state.changelog, p)
+    state.write(p, key, b'{"t": 1}')
+    assert state.get(key) == b'{"t": 1}'                 # readers see it at once ...
+    assert state.store.get(key) is None                  # ... the store only once delivered
+    await (await worker.agents.state.flush())
+    assert state.store.get(key) == b'{"t": 1}' and state.store.persisted_offset(tp) == 0
+    state.write(p, key, None)
+    assert state.get(key) is None and key not in state and state.store.get(key) == b'{"t": 1}'
+    await (await worker.agents.state.flush())
+    assert state.store.get(key) is None and state.store.persisted_offset(tp) == 1
+    # delivered after its partition moved away: not stored, the offset stays (the next owner has the changelog)
+    state.write(p, key, b'{"t": 2}')
+    state.actives = lambda: set()
+    await (await worker.agents.state.flush())
+    assert state.store.get(key) is None and state.store.persisted_offset(tp) == 1
