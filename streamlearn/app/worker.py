@@ -28,6 +28,7 @@ from streamlearn.streams.deadletter import DeadLetters
 from streamlearn.streams.outbox import Outbox, WriteBehind
 from streamlearn.streams.pending import BoundedTable, TableState
 from streamlearn.streams.routing import partition_for
+from streamlearn.streams.stores import count_restored, guard_persisted_offsets
 from streamlearn.streams.transport import consumer_url
 from streamlearn.streams.topics import Changelog, TopicNames, Topics, ensure_committed, ensure_topics
 from streamlearn.streams.versions import Audit, Commands, TableStore, WarmStart, snapshot_metrics, versions_of
@@ -160,6 +161,10 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
 
     registry = ModelRegistry(factory, still_valid, max_live=s.max_live_models, on_evict=evicted,
                              evictable=lambda p, live: checkpoints.clean(live, agents.policy.dirty.get(p, {})))
+
+    def actives() -> set:
+        return app.assignor.assigned_actives()
+
     half = s.rocksdb_memory_mb * 2**20 // 2
     # Faust's RocksDB defaults give each database (a table's partition) 3 x 64 MB of write buffers and a 2 GB cache
     rocksdb_options = {"write_buffer_size": half // 2, "max_write_buffer_number": 2, "block_cache_size": half}
@@ -168,12 +173,8 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         # bytes keys and values: Faust keeps them raw; our codec writes the JSON
         t = app.Table(name, default=None, partitions=s.partitions, help=help,
                       key_type=bytes, value_type=bytes, options=dict(rocksdb_options))
-        restored, apply = metrics.changelog_restored.labels(name), t.apply_changelog_batch
-
-        def apply_counted(batch: list) -> None:   # Faust's recovery hands each table its changelog in batches
-            restored.inc(len(batch))
-            apply(batch)
-        t.apply_changelog_batch = apply_counted
+        count_restored(t, metrics.changelog_restored.labels(name))
+        guard_persisted_offsets(t, actives)
         return t
 
     def new_outbox() -> Outbox:
@@ -182,7 +183,7 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     behind = WriteBehind(new_outbox())   # the join state's changelogs, written behind each batch
 
     def bounded(name: str, help: str, ttl: float) -> BoundedTable:
-        state = TableState(table(name, help), behind, lambda: app.assignor.assigned_actives())
+        state = TableState(table(name, help), behind, actives, s.partitions)
         return BoundedTable(state, s.partitions, ttl, s.pending_max_per_partition)
 
     pending = bounded("pending", "Features of predicted events waiting for their label.", s.pending_ttl_seconds)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, MutableMapping
 
 from faust.types import TP
 
@@ -67,14 +67,17 @@ class TableState:
     the changelog) follows the delivered writes it took.
     """
 
-    def __init__(self, table: Any, behind: "WriteBehind", actives: Callable[[], set]) -> None:
+    def __init__(self, table: Any, behind: "WriteBehind", actives: Callable[[], set], partitions: int) -> None:
         self.store = table.data
         self.changelog = table.changelog_topic.get_topic_name()
         self.behind = behind
         self.actives = actives   # the worker's assigned topic-partitions (the changelog's among them)
-        # Faust's RocksDB store has one database per partition: revoked ones are closed, not kept in memory
-        self._partition_db = getattr(self.store, "_db_for_partition", None)
-        self.holds_other_partitions = self._partition_db is None
+        self.partitions = partitions
+        # Faust's RocksDB store: a database per partition, open while assigned (revoked ones are closed, so
+        # they hold nothing in memory). Read and written here by the key's partition: Faust's own path
+        # takes the partition from the event being iterated, and costs 7.7 us a read against 0.9.
+        self._dbs: dict[int, Any] | None = getattr(self.store, "_dbs", None)
+        self.holds_other_partitions = self._dbs is None
         self._waiting: dict[bytes, bytes | None] = {}   # key -> value written, not yet in the store
         behind.on_delivered(self.changelog, self._delivered)
 
@@ -86,18 +89,27 @@ class TableState:
         if key in self._waiting:
             value = self._waiting[key]
             return default if value is None else value
-        return self.store.get(key, default)
+        if self._dbs is None:
+            return self.store.get(key, default)
+        db = self._dbs.get(partition_for(key.split(SEP, 1)[0].decode(), self.partitions))
+        value = db.get(key) if db is not None else None
+        return default if value is None else value
 
     def __contains__(self, key: bytes) -> bool:
         return self.get(key) is not None
 
-    def items(self) -> list[tuple[bytes, bytes]]:
-        waiting = dict(self._waiting)
-        found = [(k, v) for k, v in self.store.items() if k not in waiting]
-        return found + [(k, v) for k, v in waiting.items() if v is not None]
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every entry, one at a time (a million of them would take 300 MB as a list); do not write meanwhile."""
+        waiting = self._waiting
+        for key, value in self.store.items():
+            if key not in waiting:
+                yield key, value
+        for key, value in list(waiting.items()):
+            if value is not None:
+                yield key, value
 
-    def __iter__(self):
-        return iter([k for k, _ in self.items()])
+    def __iter__(self) -> Iterator[bytes]:
+        return (key for key, _ in self.items())
 
     def pop(self, key: bytes, default: Any = None) -> Any:
         """Drop a key from this worker's memory only (not from the changelog): see ``drop_other_partitions``."""
@@ -109,27 +121,29 @@ class TableState:
         offsets: dict[Any, int] = {}
         for partition, key, value, offset in writes:
             tp = TP(self.changelog, partition)
-            if tp in actives:
-                self._store(partition, key, value)
+            if tp in actives and self._store(partition, key, value):
                 offsets[tp] = max(offset, offsets.get(tp, -1))
             if key in self._waiting and self._waiting[key] is value:   # not written again since
                 del self._waiting[key]
         for tp, offset in offsets.items():
             self.store.set_persisted_offset(tp, offset)
 
-    def _store(self, partition: int, key: bytes, value: bytes | None) -> None:
-        if self._partition_db is None:        # the memory store: one mapping of every partition's keys
+    def _store(self, partition: int, key: bytes, value: bytes | None) -> bool:
+        """Put a delivered write in the store; False if its partition's database is not open (revoked)."""
+        if self._dbs is None:        # the memory store: one mapping of every partition's keys
             if value is None:
                 self.store.pop(key, None)
             else:
                 self.store[key] = value
-            return
-        db = self._partition_db(partition)   # a write to RocksDB names its partition's database
+            return True
+        db = self._dbs.get(partition)
+        if db is None:
+            return False
         if value is None:
             db.delete(key)
         else:
             db.put(key, value)
-            self.store._key_index[key] = partition
+        return True
 
 
 def dict_writer(table: MutableMapping[bytes, Any]) -> Write:
@@ -237,7 +251,7 @@ class BoundedTable:
         """Index what the changelog restored, for ``partition`` and every other partition not indexed yet
         (one pass: after a restart the store holds every owned partition's entries)."""
         found: dict[int, list[tuple[float, bytes]]] = {partition: []}
-        for key, value in list(self.data.items()):
+        for key, value in self.data.items():
             p = partition_for(key.split(SEP, 1)[0].decode(), self.partitions)
             if p not in self._index:
                 found.setdefault(p, []).append((_entry(value)["t"], key))

@@ -70,6 +70,8 @@ def worker(tmp_path):
     w.agents.state.out = ChangelogRecorder()   # no broker to write the join state's changelogs to
     for table in (w.pending, w.early):          # no rebalance either: every partition is this worker's
         table.data.actives = lambda changelog=table.data.changelog: {TP(changelog, p) for p in range(8)}
+        for p in range(8):
+            table.data.store._db_for_partition(p)   # as Faust opens an assigned partition's database
     return w
 
 
@@ -362,3 +364,18 @@ async def test_the_join_state_store_takes_a_write_once_its_changelog_has_it(work
     state.actives = lambda: set()
     await (await worker.agents.state.flush())
     assert state.store.get(key) is None and state.store.persisted_offset(tp) == 1
+
+
+def test_a_checkpoint_delivered_after_its_partition_left_does_not_move_the_stores_offset(worker):
+    """Faust records each delivered changelog write's offset in RocksDB; one delivered after its partition was
+    revoked would claim the next owner's writes before it, and a later recovery would skip them."""
+    table = worker.checkpoints.table
+    tp = TP(table.changelog_topic.get_topic_name(), 3)
+    table.data._db_for_partition(3)                       # open, as while assigned
+    delivered = lambda offset: SimpleNamespace(result=lambda: SimpleNamespace(topic_partition=tp, offset=offset))
+    worker.app.assignor.assigned_actives = lambda: {tp}
+    table._on_changelog_sent(delivered(41))
+    assert table.data.persisted_offset(tp) == 41
+    worker.app.assignor.assigned_actives = lambda: set()  # revoked: delivered late, not recorded
+    table._on_changelog_sent(delivered(57))
+    assert table.data.persisted_offset(tp) == 41
