@@ -453,7 +453,8 @@ async def test_a_worker_restarted_on_its_data_directory_reads_only_the_changelog
     sent = Sent()
     t = cluster.topics
     restored = "streamlearn_changelog_records_restored_total"
-    w = cluster.start_worker("w0", **SETTINGS)
+    rocks = dict(SETTINGS, table_store="rocksdb")
+    w = cluster.start_worker("w0", **rocks)
     cluster.wait_ready()
     held_back: dict[str, tuple[str, dict, bool]] = {}   # features published, labels sent only at the end
     async with Producer(cluster.bootstrap) as p:
@@ -470,11 +471,11 @@ async def test_a_worker_restarted_on_its_data_directory_reads_only_the_changelog
         written = await changelog_records(cluster, "pending")
         w.stop()
         # the control: a worker on a fresh data directory reads the whole changelog
-        fresh = cluster.start_worker("fresh", **SETTINGS)
+        fresh = cluster.start_worker("fresh", **rocks)
         cluster.wait_ready([fresh], timeout=90)
         assert fresh.metric(restored, 'table="pending"') == written
         fresh.stop()
-        w = cluster.start_worker("w0-restarted", data_of="w0", **SETTINGS)
+        w = cluster.start_worker("w0-restarted", data_of="w0", **rocks)
         cluster.wait_ready([w], timeout=90)
         tail = w.metric(restored, 'table="pending"')
         print(f"\npending changelog: {written} records; read back by a fresh worker: {written}, "
@@ -485,7 +486,7 @@ async def test_a_worker_restarted_on_its_data_directory_reads_only_the_changelog
         for k in range(3):
             await wait_learning([w], 3000 + 1200 * (k + 1), timeout=300)
             w.stop(signal.SIGKILL)
-            w = cluster.start_worker(f"w0-killed{k}", data_of="w0", **SETTINGS)
+            w = cluster.start_worker(f"w0-killed{k}", data_of="w0", **rocks)
             cluster.wait_ready([w], timeout=90)
             tail = w.metric(restored, 'table="pending"')
             print(f"killed {k + 1}: the restarted worker read back {tail:.0f} of the pending changelog's "

@@ -59,9 +59,11 @@ class RecordingOutbox:
                 event.ack()
 
 
-@pytest.fixture
-def worker(tmp_path):
-    w = create_worker(Settings.from_env({}, data_dir=str(tmp_path), label_wait_seconds=60, dev=True))
+@pytest.fixture(params=["memory", "rocksdb"])
+def worker(tmp_path, request):
+    """A worker without a broker, on each table store."""
+    w = create_worker(Settings.from_env({}, data_dir=str(tmp_path), label_wait_seconds=60, dev=True,
+                                        table_store=request.param))
     for name in ("predictions", "deadletter", "events", "labels", "training"):
         setattr(w.topics, name, Recorder(name))
     w.agents.topics = w.topics
@@ -70,8 +72,9 @@ def worker(tmp_path):
     w.agents.state.out = ChangelogRecorder()   # no broker to write the join state's changelogs to
     for table in (w.pending, w.early):          # no rebalance either: every partition is this worker's
         table.data.actives = lambda changelog=table.data.changelog: {TP(changelog, p) for p in range(8)}
-        for p in range(8):
-            table.data.store._db_for_partition(p)   # as Faust opens an assigned partition's database
+        if request.param == "rocksdb":
+            for p in range(8):
+                table.data.store._db_for_partition(p)   # as Faust opens an assigned partition's database
     return w
 
 
@@ -344,6 +347,7 @@ async def test_the_learner_skips_a_fetch_of_an_older_generation_and_writes_no_ch
     assert worker.registry.find("m").learned == 3 and list(written) == [b"m"]
 
 
+@pytest.mark.parametrize("worker", ["rocksdb"], indirect=True)
 async def test_the_join_state_store_takes_a_write_once_its_changelog_has_it(worker):
     """RocksDB holds a prefix of the changelog, up to the offset it records: a restart reads only after it."""
     state = worker.pending.data
@@ -366,6 +370,7 @@ async def test_the_join_state_store_takes_a_write_once_its_changelog_has_it(work
     assert state.store.get(key) is None and state.store.persisted_offset(tp) == 1
 
 
+@pytest.mark.parametrize("worker", ["rocksdb"], indirect=True)
 def test_a_checkpoint_delivered_after_its_partition_left_does_not_move_the_stores_offset(worker):
     """Faust records each delivered changelog write's offset in RocksDB; one delivered after its partition was
     revoked would claim the next owner's writes before it, and a later recovery would skip them."""
