@@ -28,11 +28,13 @@ def count_restored(table: Any, restored: Any) -> None:
 
 def guard_persisted_offsets(table: Any, actives: Callable[[], set]) -> None:
     """Record a delivered write's offset in the store only while its partition is this worker's."""
+    dbs = getattr(table.data, "_dbs", None)   # RocksDB: the open databases
+    if dbs is None:
+        return   # the memory store records no offsets: nothing to guard
     record = table._on_changelog_sent   # Faust passes it as each changelog send's callback
-    dbs = getattr(table.data, "_dbs", None)   # RocksDB: the open databases (the memory store records nothing)
 
     def on_changelog_sent(fut: Any) -> None:
         tp = fut.result().topic_partition
-        if (dbs is None or tp.partition in dbs) and (tp.topic, tp.partition) in actives():
+        if tp.partition in dbs and (tp.topic, tp.partition) in actives():
             record(fut)
     table._on_changelog_sent = on_changelog_sent
