@@ -72,6 +72,7 @@ class Settings:
     max_message_bytes: int = _setting(1_000_000, "Input messages larger than this are dead-lettered as oversized.")
     checkpoint_every_examples: int = _setting(1000, "Checkpoint a partition's changed models after this many examples.")
     checkpoint_every_seconds: float = _setting(5.0, "... or after this many seconds, whichever comes first.")
+    checkpoint_defer_seconds: float = _setting(0.0, "How long a changed model may wait for its checkpoint (0: none, every changed model at each checkpoint). With many keys of few examples each, raise it (say 60): one checkpoint then takes in a model's examples of that long, and a crash replays that much more (see docs/operations.md, sizing).")
     max_live_models: int = _setting(0, "Most models live in one worker's memory (0: no cap); beyond it the least recently used models whose state is all in their checkpoint leave memory, and come back from it on their next event (see docs/operations.md, sizing).")
     model_idle_seconds: float = _setting(0.0, "A model without an event for this long leaves memory once checkpointed, and comes back from its checkpoint on demand (0: never).")
     max_checkpoint_bytes: int = _setting(900_000, "Largest checkpoint written (keep under the broker's message.max.bytes); larger ones are refused and counted.")
@@ -134,6 +135,8 @@ class Settings:
             raise SettingsError("partitions must be at least 1")
         if self.checkpoint_every_examples < 1 or self.checkpoint_every_seconds <= 0:
             raise SettingsError("checkpoint_every_examples and checkpoint_every_seconds must be positive")
+        if self.checkpoint_defer_seconds < 0:
+            raise SettingsError("checkpoint_defer_seconds must be >= 0")
         if self.snapshot_every_examples < 0 or self.snapshot_every_seconds < 0 or self.snapshot_keep < 1:
             raise SettingsError("snapshot_every_* must be >= 0 and snapshot_keep at least 1")
         if self.gate_window < 10 or self.gate_min_discordant < 1 or self.gate_z_threshold <= 0:

@@ -220,7 +220,7 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         deadletters=DeadLetters(topics.deadletter, metrics), metrics=metrics,
         options=Options(s.partitions, s.default_model_key, s.max_message_bytes, s.command_key, specs),
         spec_for=spec_for, checkpoints=checkpoints,
-        policy=CheckpointPolicy(s.checkpoint_every_examples, s.checkpoint_every_seconds),
+        policy=CheckpointPolicy(s.checkpoint_every_examples, s.checkpoint_every_seconds, s.checkpoint_defer_seconds),
         versions=versions, commands=commands, audit=audit,
         outbox=new_outbox, state=behind,
     )

@@ -402,14 +402,18 @@ class Agents:
         except Exception:
             self.unfinished["learn"] = (acks, event, records[i:])
             raise
-        self.held.setdefault(partition, []).append(event)
+        held = self.held.setdefault(partition, [])
+        held.append(event)
         if self.policy.due(partition):
             self._checkpoint(partition)
-            out.ack_when_delivered(acks, self.held.pop(partition, []))
-        elif not self.policy.dirty.get(partition):
-            # nothing learned since the last checkpoint (ticks, answered commands, replayed examples
-            # already inside their checkpoint): commit them now, or an idle partition's lag grows
-            out.ack_when_delivered(acks, self.held.pop(partition, []))
+        # ack what checkpoints cover: the messages below the first one a model's checkpoint lacks (all of
+        # them once nothing is dirty: ticks, answered commands and replays are committed too, or an idle
+        # partition's lag grows)
+        low = self.policy.low_water(partition)
+        n = len(held) if low is None else next((i for i, e in enumerate(held) if e.message.offset >= low), len(held))
+        if n:
+            out.ack_when_delivered(acks, held[:n])
+            del held[:n]
 
     async def _learn_record(self, partition: int, msg, out: Outbox) -> None:
         if is_tick(msg.headers):

@@ -130,27 +130,46 @@ def largest_challenger(live: LiveModel) -> str | None:
 
 
 class CheckpointPolicy:
-    """When a partition's models are due: every N examples or T seconds (of a dirty partition)."""
+    """When a partition's models are due: every N examples or T seconds (of a dirty partition).
 
-    def __init__(self, every_examples: int, every_seconds: float, clock=time.monotonic) -> None:
+    ``defer_seconds`` (0: off) lets a changed model wait that long for its
+    checkpoint: a due partition then writes only the models changed that
+    long ago (all of them when a version changed). With many keys of few
+    examples each, nearly every example changes a model of its own, and a
+    checkpoint per example costs more than learning it; deferred, a model
+    takes in every example of the wait in one checkpoint. The acks follow
+    ``low_water``: a training message is committed once every model's
+    examples in it are inside a checkpoint, so a crash replays up to
+    ``defer_seconds`` more.
+    """
+
+    def __init__(self, every_examples: int, every_seconds: float, defer_seconds: float = 0.0,
+                 clock=time.monotonic) -> None:
         self.every_examples = every_examples
         self.every_seconds = every_seconds
+        self.defer_seconds = defer_seconds
         self.clock = clock
         self._since: dict[int, int] = {}
         self._last: dict[int, float] = {}
         self._now: set[int] = set()
         self.dirty: dict[int, dict[str, LiveModel]] = {}
+        # partition -> model key -> (first training offset its checkpoint lacks, when it changed first)
+        self._first: dict[int, dict[str, tuple[int, float]]] = {}
 
     def learned(self, partition: int, live: LiveModel) -> None:
-        self.dirty.setdefault(partition, {})[live.key] = live
+        self._dirty(partition, live, live.offset)
         self._since[partition] = self._since.get(partition, 0) + 1
         self._last.setdefault(partition, self.clock())
 
     def changed(self, partition: int, live: LiveModel | None) -> None:
         """The model's version changed: checkpoint the partition now (a new version must survive a crash)."""
         if live is not None:
-            self.dirty.setdefault(partition, {})[live.key] = live
+            self._dirty(partition, live, -1)   # what it lacks is not known: nothing is acked until it is written
         self._now.add(partition)
+
+    def _dirty(self, partition: int, live: LiveModel, offset: int) -> None:
+        self.dirty.setdefault(partition, {})[live.key] = live
+        self._first.setdefault(partition, {}).setdefault(live.key, (offset, self.clock()))
 
     def due(self, partition: int) -> bool:
         if not self.dirty.get(partition):
@@ -161,15 +180,33 @@ class CheckpointPolicy:
                 or self.clock() - self._last.get(partition, self.clock()) >= self.every_seconds)
 
     def done(self, partition: int) -> list[LiveModel]:
-        """The partition's dirty models, and reset its counters."""
-        models = list(self.dirty.pop(partition, {}).values())
+        """The partition's dirty models to checkpoint now (all, unless deferred), and reset its counters."""
+        dirty, first = self.dirty.get(partition, {}), self._first.get(partition, {})
+        if self.defer_seconds <= 0 or partition in self._now:
+            keys = list(dirty)
+        else:
+            ripe = self.clock() - self.defer_seconds
+            keys = [key for key, (_, since) in first.items() if since <= ripe]
+        models = [dirty.pop(key) for key in keys]
+        for key in keys:
+            del first[key]
         self._since.pop(partition, None)
         self._last.pop(partition, None)
         self._now.discard(partition)
+        if dirty:   # models left waiting: due again by time, even if the partition learns nothing more
+            self._last[partition] = self.clock()
+        else:
+            self.dirty.pop(partition, None)
+            self._first.pop(partition, None)
         return models
+
+    def low_water(self, partition: int) -> int | None:
+        """The lowest training offset of the partition some model's checkpoint lacks (None: none lacks any)."""
+        first = self._first.get(partition)
+        return min(offset for offset, _ in first.values()) if first else None
 
     def forget_partitions(self, keep: set[int]) -> None:
         self._now &= keep
-        for d in (self.dirty, self._since, self._last):
+        for d in (self.dirty, self._since, self._last, self._first):
             for p in [p for p in d if p not in keep]:
                 del d[p]

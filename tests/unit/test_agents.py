@@ -384,3 +384,39 @@ def test_a_checkpoint_delivered_after_its_partition_left_does_not_move_the_store
     worker.app.assignor.assigned_actives = lambda: set()  # revoked: delivered late, not recorded
     table._on_changelog_sent(delivered(57))
     assert table.data.persisted_offset(tp) == 41
+
+
+async def test_deferred_checkpoints_commit_what_they_cover_and_no_more(worker):
+    """With checkpoint_defer_seconds a changed model waits for its checkpoint; the training messages are acked
+    (committed) only up to the first one that some model's checkpoint still lacks, so a crash replays it."""
+    from streamlearn.streams.checkpoints import CheckpointPolicy
+    from streamlearn.streams.routing import TICK_HEADER
+
+    now = [0.0]
+    worker.agents.policy = CheckpointPolicy(1000, 5.0, defer_seconds=10.0, clock=lambda: now[0])
+    worker.checkpoints.table = written = {}       # no broker: the checkpoints table as a dict
+    p = partition_for("a", 8)
+    b = next(k for k in (f"b{i}" for i in range(100)) if partition_for(k, 8) == p)
+
+    def fetch(offset: int, model: str | None):
+        if model is None:
+            value, headers = b"", [(TICK_HEADER, b"1")]
+        else:
+            value = pack([orjson.dumps({"event_id": f"e{offset}", "model": model, "features": {"x": 1.0},
+                                        "label": True})], 1 << 20)[0]
+            headers = []
+        record = SimpleNamespace(topic="training", partition=p, offset=offset, key=None, headers=headers,
+                                 value=value, timestamp=0, timestamp_type=0)
+        return SimpleNamespace(message=Fetched(TP("training", p), [record], generation_id=0))
+
+    acked: list[int] = []
+    for t, offset, model, acked_then, checkpointed in [
+            (0.0, 5, "a", [], set()),             # a changed at 5: nothing is covered
+            (4.0, 6, b, [], set()),               # b changed at 6
+            (11.0, 7, None, [5], {b"a"}),         # due: a waited 10 s, written; b not yet, so 6 and on wait
+            (14.0, 8, None, [5], {b"a"}),         # not due
+            (16.0, 9, None, [5, 6, 7, 8, 9], {b"a", b.encode()})]:   # b written: everything is covered
+        now[0] = t
+        await worker.agents.learn(FakeStream([fetch(offset, model)], acked))
+        assert (acked, set(written)) == (acked_then, checkpointed), (t, offset)
+    assert worker.registry.find("a").learned == 1 and worker.registry.find(b).learned == 1
