@@ -16,6 +16,7 @@ partition, so they land in the partition's changelog and move with the key.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import pickle
 import time
@@ -153,8 +154,10 @@ class CheckpointPolicy:
         self._last: dict[int, float] = {}
         self._now: set[int] = set()
         self.dirty: dict[int, dict[str, LiveModel]] = {}
-        # partition -> model key -> (first training offset its checkpoint lacks, when it changed first)
+        # partition -> model key -> (first training offset its checkpoint lacks, when it changed first),
+        # in the order they changed (so by time); and the lowest of those offsets, kept while valid
         self._first: dict[int, dict[str, tuple[int, float]]] = {}
+        self._low: dict[int, int] = {}
 
     def learned(self, partition: int, live: LiveModel) -> None:
         self._dirty(partition, live, live.offset)
@@ -169,7 +172,11 @@ class CheckpointPolicy:
 
     def _dirty(self, partition: int, live: LiveModel, offset: int) -> None:
         self.dirty.setdefault(partition, {})[live.key] = live
-        self._first.setdefault(partition, {}).setdefault(live.key, (offset, self.clock()))
+        first = self._first.setdefault(partition, {})
+        if live.key not in first:
+            first[live.key] = (offset, self.clock())
+            if partition in self._low:
+                self._low[partition] = min(self._low[partition], offset)
 
     def due(self, partition: int) -> bool:
         if not self.dirty.get(partition):
@@ -184,29 +191,35 @@ class CheckpointPolicy:
         dirty, first = self.dirty.get(partition, {}), self._first.get(partition, {})
         if self.defer_seconds <= 0 or partition in self._now:
             keys = list(dirty)
-        else:
+        else:   # the models that waited long enough: a prefix, as they are in the order they changed
             ripe = self.clock() - self.defer_seconds
-            keys = [key for key, (_, since) in first.items() if since <= ripe]
+            keys = list(itertools.takewhile(lambda key: first[key][1] <= ripe, first))
         models = [dirty.pop(key) for key in keys]
         for key in keys:
             del first[key]
+        if keys:
+            self._low.pop(partition, None)
         self._since.pop(partition, None)
         self._last.pop(partition, None)
         self._now.discard(partition)
         if dirty:   # models left waiting: due again by time, even if the partition learns nothing more
             self._last[partition] = self.clock()
         else:
-            self.dirty.pop(partition, None)
-            self._first.pop(partition, None)
+            for d in (self.dirty, self._first, self._low):
+                d.pop(partition, None)
         return models
 
     def low_water(self, partition: int) -> int | None:
         """The lowest training offset of the partition some model's checkpoint lacks (None: none lacks any)."""
         first = self._first.get(partition)
-        return min(offset for offset, _ in first.values()) if first else None
+        if not first:
+            return None
+        if partition not in self._low:   # offsets need not rise in that order: a re-read goes back
+            self._low[partition] = min(offset for offset, _ in first.values())
+        return self._low[partition]
 
     def forget_partitions(self, keep: set[int]) -> None:
         self._now &= keep
-        for d in (self.dirty, self._since, self._last, self._first):
+        for d in (self.dirty, self._since, self._last, self._first, self._low):
             for p in [p for p in d if p not in keep]:
                 del d[p]

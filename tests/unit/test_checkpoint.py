@@ -173,3 +173,33 @@ def test_a_kept_model_is_still_valid_only_while_the_table_holds_this_workers_las
     learn(live, *rest[0])
     other.write(live)                               # another owner learned and checkpointed it in between
     assert not mine.unchanged("m") and other.unchanged("m")
+
+
+def test_the_checkpoint_policys_low_water_is_the_lowest_offset_a_dirty_model_lacks():
+    """The policy caches the lowest offset some model's checkpoint lacks; against a plain record of the same
+    steps (random learning, version changes, deferred checkpoints, offsets going back as after a re-read)."""
+    import random
+    from types import SimpleNamespace
+
+    from streamlearn.streams.checkpoints import CheckpointPolicy
+
+    rng, now = random.Random(3), [0.0]
+    for _ in range(100):
+        policy = CheckpointPolicy(rng.randint(1, 20), 5.0, defer_seconds=rng.choice([0.0, 3.0, 10.0]),
+                                  clock=lambda: now[0])
+        lacking: dict[int, dict[str, int]] = {p: {} for p in range(3)}   # partition -> key -> first offset
+        for _ in range(300):
+            now[0] += rng.random()
+            p, live = rng.randrange(3), SimpleNamespace(key=f"k{rng.randrange(30)}", offset=rng.randrange(500))
+            op = rng.random()
+            if op < 0.6:
+                policy.learned(p, live)
+                lacking[p].setdefault(live.key, live.offset)
+            elif op < 0.65:
+                policy.changed(p, live)
+                lacking[p].setdefault(live.key, -1)
+            elif policy.due(p):
+                for written in policy.done(p):
+                    del lacking[p][written.key]
+            for q in range(3):
+                assert policy.low_water(q) == (min(lacking[q].values()) if lacking[q] else None)
