@@ -1,9 +1,10 @@
-"""Integration fixtures: one real Kafka broker per session, workers as real processes.
+"""Integration fixtures: the session's real Kafka broker, workers as real processes.
 
-The broker is Apache Kafka from Maven Central, started by ``scripts/kafka``
-on ``STREAMLEARN_TEST_KAFKA_PORT`` (default 19092) and stopped at the end of
-the session (unless it was already running). Each test gets its own topic
-prefix and consumer group, so tests never see each other's messages.
+The broker is Apache Kafka from Maven Central, started by ``scripts/kafka`` on
+``STREAMLEARN_TEST_KAFKA_PORT`` (default 19092) by the run's controller
+(``tests/conftest.py``), which stops it, removing its storage, at the end.
+Each test gets its own topic prefix and consumer group, so tests never see
+each other's messages and may run side by side.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -23,19 +25,20 @@ KAFKA = ROOT / "scripts" / "kafka"
 
 
 @pytest.fixture(scope="session")
-def kafka_port() -> int:
-    return int(os.environ.get("STREAMLEARN_TEST_KAFKA_PORT", "19092"))
-
-
-@pytest.fixture(scope="session")
-def bootstrap(kafka_port: int) -> str:
-    env = {**os.environ, "KAFKA_PORT": str(kafka_port)}
-    was_running = subprocess.run([sys.executable, KAFKA, "status"], env=env, capture_output=True).returncode == 0
-    if not was_running:
-        subprocess.run([sys.executable, KAFKA, "start"], env=env, check=True)
-    yield f"127.0.0.1:{kafka_port}"
-    if not was_running:
-        subprocess.run([sys.executable, KAFKA, "stop"], env=env, check=False)
+def bootstrap() -> str:
+    """The session broker's address, once it answers."""
+    address = os.environ.get("STREAMLEARN_TEST_BOOTSTRAP")
+    if not address:
+        pytest.fail("no session broker: STREAMLEARN_TEST_BOOTSTRAP is unset (tests/conftest.py sets it)")
+    env = {**os.environ, "KAFKA_PORT": address.rsplit(":", 1)[1]}
+    deadline = time.monotonic() + 150
+    while subprocess.run([sys.executable, KAFKA, "status"], env=env, capture_output=True).returncode:
+        if time.monotonic() > deadline:
+            log = Path(os.environ.get("STREAMLEARN_TEST_BROKER_LOG", "/nonexistent"))
+            pytest.fail(f"the session broker at {address} did not answer in 150 s: "
+                        f"{log.read_text()[-3000:] if log.exists() else ''}")
+        time.sleep(0.5)
+    return address
 
 
 @pytest.fixture

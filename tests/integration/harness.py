@@ -35,20 +35,42 @@ DEV_COMMAND_KEY = DEV_COMMAND_SECRET.encode()   # what the test workers (develop
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@dataclass
+class Broker:
+    """A broker of a test's own, run by ``scripts/kafka`` with this environment."""
+
+    env: dict[str, str]
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.env['KAFKA_PORT']}"
+
+    def kafka(self, command: str, keep_data: bool = False, check: bool = True) -> None:
+        env = {**self.env, "KAFKA_KEEP_DATA": "1" if keep_data else "0"}
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "kafka"), command], env=env, check=check,
+                       stdout=subprocess.DEVNULL)
+
+    def restart(self, pause: float = 3.0) -> None:
+        """Stopped and started again on the same data, as a broker's restart in production."""
+        self.kafka("stop", keep_data=True)
+        time.sleep(pause)
+        self.kafka("start", keep_data=True)
+
+
 @contextlib.contextmanager
 def fresh_broker(home: Path, **kafka_env: str):
-    """A broker of its own: a new KRaft cluster on fresh ports, its data under ``home``; stopped at the end.
+    """A broker of its own: a new KRaft cluster on fresh ports, its data under ``home``; stopped (its data
+    removed) at the end.
 
     ``kafka_env``: more of ``scripts/kafka``'s environment (e.g. ``KAFKA_SASL_SSL_PORT``).
     """
-    env = {**os.environ, "KAFKA_PORT": str(free_port()), "KAFKA_CONTROLLER_PORT": str(free_port()),
-           "KAFKA_HOME_DIR": str(home), "KAFKA_HEAP_OPTS": "-Xms128m -Xmx512m", **kafka_env}
-    kafka = [sys.executable, str(ROOT / "scripts" / "kafka")]
-    subprocess.run([*kafka, "start"], env=env, check=True, stdout=subprocess.DEVNULL)
+    broker = Broker({**os.environ, "KAFKA_PORT": str(free_port()), "KAFKA_CONTROLLER_PORT": str(free_port()),
+                     "KAFKA_HOME_DIR": str(home), "KAFKA_HEAP_OPTS": "-Xms128m -Xmx512m", **kafka_env})
+    broker.kafka("start")
     try:
-        yield f"127.0.0.1:{env['KAFKA_PORT']}"
+        yield broker
     finally:
-        subprocess.run([*kafka, "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
+        broker.kafka("stop", check=False)
 
 
 def free_port() -> int:
@@ -215,9 +237,19 @@ class Cluster:
         tails = "\n".join(f"--- {w.name}\n{w.log_tail()}" for w in workers)
         raise AssertionError(f"workers not ready in {timeout}s: {getattr(self, '_last', {})}\n{tails}")
 
-    def stop_all(self) -> None:
+    def stop_all(self, grace: float = 3.0) -> None:
+        """The end of a test: every worker signalled at once, and what still runs ``grace`` seconds later killed
+        (a worker's graceful stop, tested on its own, can take its whole stop timeout)."""
         for w in self.workers:
-            w.stop()
+            if w.alive:
+                w.proc.terminate()
+        deadline = time.monotonic() + grace
+        for w in self.workers:
+            try:
+                w.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait()
 
 
 class Producer:

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.integration
 MAX_BYTES = 2000
 
 
+@pytest.mark.smoke
 async def test_malformed_messages_are_dead_lettered_and_valid_ones_served(cluster):
     w = cluster.start_worker(max_message_bytes=MAX_BYTES, label_wait_seconds=2, pending_ttl_seconds=2)
     cluster.wait_ready()

@@ -11,6 +11,7 @@ from .harness import wait_learned, Collector, Producer
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.smoke
 async def test_prediction_contract_and_learning(cluster):
     w = cluster.start_worker()
     cluster.wait_ready()

@@ -25,8 +25,8 @@ EVENTS = 600
 
 @pytest.mark.parametrize("run", range(3))
 async def test_first_run_on_a_fresh_broker_learns_everything(tmp_path, run):
-    with fresh_broker(tmp_path / "kafka") as bootstrap:
-        cluster = Cluster(bootstrap=bootstrap, prefix="streamlearn.", app_id="streamlearn", workdir=tmp_path)
+    with fresh_broker(tmp_path / "kafka") as broker:
+        cluster = Cluster(bootstrap=broker.bootstrap, prefix="streamlearn.", app_id="streamlearn", workdir=tmp_path)
         try:
             settings = dict(snapshot_every_examples=100, quality_gate=False)
             w = cluster.start_worker(**settings)      # as soon as the broker answers

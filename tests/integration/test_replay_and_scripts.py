@@ -69,6 +69,7 @@ async def test_replay_files_jsonl_and_csv_unkeyed(cluster, tmp_path):
     assert bad.returncode == 2 and "neither a bundled dataset" in bad.stderr
 
 
+@pytest.mark.smoke
 def test_kafka_script_runs_brokers_side_by_side(bootstrap, tmp_path):
     """A second broker on another port, with its own data and PID file, beside the session's."""
     port = free_port()
@@ -105,6 +106,7 @@ def test_kafka_script_runs_brokers_side_by_side(bootstrap, tmp_path):
     finally:
         stop = subprocess.run([*kafka, "stop"], env=env, capture_output=True, text=True)
     assert stop.returncode == 0 and "stopped" in stop.stdout
+    assert not (tmp_path / f"broker-{port}").exists()      # its storage went with it
     assert subprocess.run([*kafka, "status"], env=env, capture_output=True).returncode == 1
 
 
@@ -169,7 +171,8 @@ async def test_the_demo_as_a_user_runs_it(tmp_path):
     model had learned when each event came; a worker lagging behind its labels predicts with an older model
     (a CI run at 400 events/s lagged 1,500 examples and predicted the tail with the model of the bad labels).
     """
-    with fresh_broker(tmp_path / "kafka") as bootstrap:
+    with fresh_broker(tmp_path / "kafka") as broker:
+        bootstrap = broker.bootstrap
         web_port = free_port()
         out = run_demo(tmp_path, bootstrap, DEMO_WEB_PORT=str(web_port), DEMO_EVENTS="4000", DEMO_FLIP="2000:800")
         assert "labels learned: 4000 of 4000" in out
@@ -191,7 +194,8 @@ async def test_the_demo_as_a_user_runs_it(tmp_path):
 
 async def test_the_challenger_demo_shows_a_tree_overtaking_logreg_and_its_promotion(tmp_path):
     """scripts/demo in its second mode: a Hoeffding tree challenger on a stream where trees win is promoted."""
-    with fresh_broker(tmp_path / "kafka") as bootstrap:
+    with fresh_broker(tmp_path / "kafka") as broker:
+        bootstrap = broker.bootstrap
         out = run_demo(tmp_path, bootstrap, DEMO_MODE="challenger", DEMO_WEB_PORT=str(free_port()), DEMO_EVENTS="3000")
         assert "labels learned: 3000 of 3000" in out
         async with Collector(bootstrap, "demo-test.audit") as audit:

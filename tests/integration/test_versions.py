@@ -74,6 +74,7 @@ async def probe(p: Producer, preds: Collector, cluster, key: str, tag: str) -> l
     return [by_id[f"probe-{tag}-{i}"] for i in range(len(PROBE))]
 
 
+@pytest.mark.smoke
 async def test_snapshot_restore_rollback_three_ways_and_audit(cluster):
     w0, w1 = cluster.start_worker("w0", snapshot_every_examples=0), cluster.start_worker("w1", snapshot_every_examples=0)
     split = cluster.wait_ready()

@@ -74,3 +74,38 @@ def test_dashboard_and_prometheus_config_use_metrics_the_workers_export():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     assert {t.split(":")[0] for t in targets} <= set(compose)
     assert {"prometheus", "grafana"} <= set(compose)
+
+
+def test_kafka_clean_removes_the_folders_of_brokers_no_longer_running_and_nothing_else(tmp_path):
+    """`scripts/kafka clean` (also run by every start): a dead broker's folder goes, a running one's stays."""
+    import os
+    import subprocess
+    import sys
+
+    def broker_folder(port: int, pid: int, size: int = 0) -> Path:
+        folder = tmp_path / f"broker-{port}"
+        (folder / "logs").mkdir(parents=True)
+        (folder / "kafka.pid").write_text(str(pid))
+        (folder / "logs" / "segment").write_bytes(b"x" * size)
+        return folder
+
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    dead = broker_folder(1, int(dead_pid), size=2_000_000)
+    kept = broker_folder(2, int(dead_pid))
+    (kept / "kept").touch()                          # KAFKA_KEEP_DATA=1 at its stop: `clean` removes it too
+    pretend_broker = subprocess.Popen(["sleep", "60"])   # not a Kafka broker: its folder counts as dead
+    reused = broker_folder(3, pretend_broker.pid)
+    running_broker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "kafka.Kafka"])
+    running = broker_folder(4, running_broker.pid)
+    env = {**os.environ, "KAFKA_HOME_DIR": str(tmp_path), "KAFKA_PORT": "5"}
+    try:
+        out = subprocess.run([sys.executable, str(ROOT / "scripts" / "kafka"), "clean"], env=env,
+                             capture_output=True, text=True, check=True).stdout
+    finally:
+        for proc in (pretend_broker, running_broker):
+            proc.kill()
+            proc.wait()
+    assert "removed 3 folders" in out and "2.0 MB freed" in out, out
+    assert not dead.exists() and not kept.exists() and not reused.exists()
+    assert running.exists()
