@@ -505,17 +505,16 @@ async def prepare(worker: Worker) -> None:
 class _Runner(faust.Worker):
     """Faust's worker, whose stop on a signal is bounded.
 
-    Faust's stop hangs for good after ``Table: pending: Shutting down...``: the
-    tables' cleanup task was created on the thread's default event loop (the
-    app and its tables are built before ``new_loop``), never runs, and the stop
-    cancels it and awaits it forever (SIGUSR1 stack dump). Building the app
-    after ``new_loop`` fixes that, but then the broker-restart durability test
-    lost a label in 3 runs in a row (later it passed 3 of 3 that way in a fresh
-    clone: the residual loss of the exactly-once issue, or the order; not settled).
-    So the stop is bounded: ``stop_timeout`` after the signal the process exits,
-    with a warning. That loses nothing: what the worker produced is committed
-    only once delivered (the consumer stopped and committed first), and a
-    restart resumes from the committed offsets, as after a crash.
+    The app and its tables must be built on the loop that runs them
+    (``new_loop`` first): a table's cleanup task made on another loop never
+    runs, and Faust's stop then cancels it and awaits it forever (it hung after
+    ``Table: pending: Shutting down...`` on every stop while the loop was made
+    after the app). Built in that order the worker stops in about a second,
+    having left the group and flushed its producer. The bound stays as a
+    safety net: ``stop_timeout`` after the signal the process exits, with a
+    warning. That loses nothing: what the worker produced is committed only
+    once delivered, and a restart resumes from the committed offsets, as after
+    a crash.
     """
 
     stop_timeout: float = 10.0
@@ -537,7 +536,7 @@ class _Runner(faust.Worker):
 def new_loop() -> asyncio.AbstractEventLoop:
     """The worker's event loop, uvloop, set as current; also the policy for Faust's consumer thread's loop.
 
-    Made after the app (see ``_Runner`` for why, and what it costs).
+    Made before the app (see ``_Runner``).
     """
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     loop = asyncio.new_event_loop()

@@ -113,7 +113,8 @@ async def test_status_command_and_json_logs(cluster):
 
 @pytest.mark.parametrize("busy", [False, True], ids=["idle", "after-traffic"])
 async def test_a_worker_stops_on_sigterm_within_its_stop_timeout(cluster, busy):
-    """SIGTERM ends the worker, exit code 0, within STREAMLEARN_STOP_TIMEOUT_SECONDS (Faust's own stop can hang)."""
+    """SIGTERM ends the worker cleanly, exit code 0, within 2 s: Faust's own stop completes (the stop timeout,
+    4 s here, is only a bound for a stop that hangs)."""
     w = cluster.start_worker(stop_timeout_seconds=4)
     cluster.wait_ready()
     if busy:
@@ -126,5 +127,6 @@ async def test_a_worker_stops_on_sigterm_within_its_stop_timeout(cluster, busy):
     w.stop(timeout=60)
     took = time.monotonic() - started
     assert w.proc.returncode == 0, w.log_tail()
-    assert took < 4 + 5, f"stopped in {took:.1f}s"
-    assert "Traceback" not in w.log.read_text(errors="replace")
+    assert took < 2.0, f"stopped in {took:.1f}s"     # a clean stop, not the stop timeout's bound
+    log = w.log.read_text(errors="replace")
+    assert "Traceback" not in log and "did not stop" not in log, log[-2000:]
