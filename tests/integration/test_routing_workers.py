@@ -94,7 +94,10 @@ async def test_any_producer_any_partitioner_reaches_the_one_owner(cluster):
 
 
 async def test_survivor_takes_over_the_keys_of_a_stopped_worker(cluster):
-    w0, w1 = cluster.start_worker(), cluster.start_worker()
+    # a session timeout far longer than the takeover may take: the stopped worker must hand its
+    # partitions back (leave the group), not be found dead
+    slow_to_notice = dict(session_timeout_seconds=20, heartbeat_interval_seconds=1)
+    w0, w1 = cluster.start_worker(**slow_to_notice), cluster.start_worker(**slow_to_notice)
     cluster.wait_ready()
     t = cluster.topics
     keys = [f"k{i}" for i in range(16)]
@@ -107,9 +110,14 @@ async def test_survivor_takes_over_the_keys_of_a_stopped_worker(cluster):
         moved = [k for k, ws in held.items() if ws == ["w1"]]
         assert moved and len(moved) < len(keys)
 
+        stopping = time.monotonic()
         w1.stop()  # graceful: it leaves the group, w0 is given its partitions
-        assert not w1.alive
+        assert not w1.alive and w1.proc.returncode == 0
         cluster.wait_ready([w0])
+        took = time.monotonic() - stopping
+        print(f"w1 stopped and w0 owned every partition {took:.1f} s after the signal")
+        assert took < 10, f"{took:.1f} s: w1 was found dead (session timeout 20 s), it did not leave"
+        assert "did not stop" not in w1.log.read_text(errors="replace")
 
         for key in keys:
             await p.send(t.features, {"event_id": f"{key}-b", "features": {"v": 2.0}}, key=key)
