@@ -131,9 +131,9 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
                                     "but those of running brokers)")
 
 
-def sweep(basetemp: Path, session_broker: Path | None) -> list[str]:
+def sweep(basetemp: Path, session_broker: Path | None, grace: float = GRACE) -> list[str]:
     """What the run left: its processes (waited for, then killed) and dead brokers' folders (removed)."""
-    deadline = time.monotonic() + GRACE
+    deadline = time.monotonic() + grace
     while (procs := run_processes(basetemp, session_broker)) and time.monotonic() < deadline:
         time.sleep(0.5)
     left = [f"process {pid}: {cmd[:200]}" for pid, cmd in procs.items()]
