@@ -113,9 +113,9 @@ async def test_status_command_and_json_logs(cluster):
 
 @pytest.mark.parametrize("busy", [False, True], ids=["idle", "after-traffic"])
 async def test_a_worker_stops_on_sigterm_within_its_stop_timeout(cluster, busy):
-    """SIGTERM ends the worker cleanly, exit code 0, within 2 s: Faust's own stop completes (the stop timeout,
-    4 s here, is only a bound for a stop that hangs)."""
-    w = cluster.start_worker(stop_timeout_seconds=4)
+    """SIGTERM ends the worker cleanly, exit code 0: Faust's own stop completes, the worker leaves its group, and
+    the stop timeout (8 s here), only a bound for a stop that hangs, is never reached."""
+    w = cluster.start_worker(stop_timeout_seconds=8)
     cluster.wait_ready()
     if busy:
         async with Producer(cluster.bootstrap) as p:
@@ -127,6 +127,9 @@ async def test_a_worker_stops_on_sigterm_within_its_stop_timeout(cluster, busy):
     w.stop(timeout=60)
     took = time.monotonic() - started
     assert w.proc.returncode == 0, w.log_tail()
-    assert took < 2.0, f"stopped in {took:.1f}s"     # a clean stop, not the stop timeout's bound
+    print(f"stopped in {took:.2f} s")
     log = w.log.read_text(errors="replace")
-    assert "Traceback" not in log and "did not stop" not in log, log[-2000:]
+    # a clean stop: Faust's own stop completed (about a second; more on a loaded machine), not cut short by the
+    # stop timeout's bound, which would say so in the log
+    assert took < 8 and "did not stop" not in log, f"stopped in {took:.1f}s\n{log[-2000:]}"
+    assert "Traceback" not in log and "LeaveGroup request succeeded" in log
