@@ -19,6 +19,8 @@ started late; a test's declared timeout stands for how long it runs.
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import os
 import shutil
 import signal
@@ -34,6 +36,17 @@ ROOT = Path(__file__).resolve().parents[1]
 KAFKA = ROOT / "scripts" / "kafka"
 INTEGRATION = ROOT / "tests" / "integration"
 GRACE = 15.0     # seconds for the run's processes to be gone once the run ends
+
+
+def _kafka_script():
+    """``scripts/kafka`` as a module: its own idea of a broker's folder and of whether that broker runs."""
+    loader = importlib.machinery.SourceFileLoader("streamlearn_kafka_script", str(KAFKA))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+kafka_script = _kafka_script()
 
 
 def _controller(config: pytest.Config) -> bool:
@@ -172,15 +185,9 @@ def run_processes(basetemp: Path, session_broker: Path | None) -> dict[int, str]
 
 
 def dead_broker_folders(checkout: Path, basetemp: Path) -> list[Path]:
-    """Folders of brokers that no longer run (by their ``kafka.pid``): in the checkout's ``.kafka/`` (but those
+    """Folders of brokers that no longer run (``scripts/kafka``'s test): in the checkout's ``.kafka/`` (but those
     kept on purpose with KAFKA_KEEP_DATA=1), anywhere in the run's temporary folder."""
-    dead = []
-    candidates = [f for f in checkout.glob("broker-*") if not (f / "kept").exists()] if checkout.is_dir() else []
+    candidates = [f for f in checkout.glob("broker-*") if not (f / kafka_script.KEPT).exists()] \
+        if checkout.is_dir() else []
     candidates += list(basetemp.rglob("broker-*")) if basetemp.is_dir() else []
-    for folder in candidates:
-        if folder.is_dir():
-            try:
-                os.kill(int((folder / "kafka.pid").read_text()), 0)
-            except (FileNotFoundError, ValueError, ProcessLookupError):
-                dead.append(folder)
-    return dead
+    return [f for f in candidates if f.is_dir() and kafka_script.running_pid(f) is None]

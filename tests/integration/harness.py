@@ -239,7 +239,7 @@ class Cluster:
 
     def stop_all(self, grace: float = 3.0) -> None:
         """The end of a test: every worker signalled at once, and what still runs ``grace`` seconds later killed
-        (a worker's graceful stop, tested on its own, can take its whole stop timeout)."""
+        (nothing is asserted of these stops; the graceful stop has tests of its own)."""
         for w in self.workers:
             if w.alive:
                 w.proc.terminate()
