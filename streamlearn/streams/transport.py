@@ -114,6 +114,18 @@ class Consumer(faust_aiokafka.Consumer):
         """An agent handled ``message``: its ack may be committed."""
         self._handled.add(message)
 
+    async def commit_and_end_transactions(self) -> None:
+        """The commit of a stop: every ack so far, even while a timed commit is under way.
+
+        Faust's ``commit`` returns without committing when another commit is
+        under way: it waits for that one, whose offsets may predate the last
+        acks. At a stop, the events acked since would then be handled again
+        by the partition's next owner (answered twice).
+        """
+        while await self.maybe_wait_for_commit_to_finish():
+            pass
+        await super().commit_and_end_transactions()
+
     def ack(self, message: Any) -> bool:
         if message not in self._handled:
             return False   # skipped by Faust: left unacked, so nothing past it is committed (see _new_offset)

@@ -201,3 +201,30 @@ async def test_recovery_still_moving_or_not_under_way_is_left_alone():
     assert c.stalled_recovery(now) == {faust_consumer.TP("cl", 0): 40}
     r.in_recovery = False
     assert await c.unstick_recovery() == 0 and sought == [] and counted == []
+
+
+async def test_the_stop_commits_what_was_acked_during_a_timed_commit():
+    """Faust's commit returns at once, committing nothing, when a timed commit is under way; a stop must not."""
+    import asyncio
+    c = consumer()
+    c.loop = asyncio.get_running_loop()
+    committed: list[dict] = []
+
+    async def force_commit(topics=None, start_new_transaction=True):
+        committed.append({tp: acked[-1] + 1 for tp, acked in c._acked.items() if acked})
+        await asyncio.sleep(0.05)   # the broker's answer
+        return True
+    c.force_commit = force_commit
+    c.app.client_only = False
+    c._commit_fut = None
+    first = message(10)
+    c.handled(first)
+    c.ack(first)
+    timed = asyncio.create_task(c.commit())            # the timer's commit: it takes offset 11
+    await asyncio.sleep(0)
+    last = message(11)
+    c.handled(last)
+    c.ack(last)                                        # acked while that commit is under way
+    await c.commit_and_end_transactions()
+    await timed
+    assert committed == [{first.tp: 11}, {first.tp: 12}]
