@@ -182,12 +182,14 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
 
     behind = WriteBehind(new_outbox())   # the join state's changelogs, written behind each batch
 
-    def bounded(name: str, help: str, ttl: float) -> BoundedTable:
+    def bounded(name: str, help: str, ttl: float, encode: Any, decode: Any) -> BoundedTable:
         state = TableState(table(name, help), behind, actives, s.partitions)
-        return BoundedTable(state, s.partitions, ttl, s.pending_max_per_partition)
+        return BoundedTable(state, s.partitions, ttl, s.pending_max_per_partition, encode, decode)
 
-    pending = bounded("pending", "Features of predicted events waiting for their label.", s.pending_ttl_seconds)
-    early = bounded("early-labels", "Labels that arrived before their event's features.", s.label_wait_seconds)
+    pending = bounded("pending", "Features of predicted events waiting for their label.", s.pending_ttl_seconds,
+                      codec.encode_waiting, codec.decode_waiting)
+    early = bounded("early-labels", "Labels that arrived before their event's features.", s.label_wait_seconds,
+                    codec.encode_parked, codec.decode_parked)
     signing_key = s.signing_secret
     checkpoints = Checkpoints(table("checkpoints", "Latest checkpoint of each live model (signed blob)."),
                               signing_key, s.max_checkpoint_bytes, metrics, specs)

@@ -12,8 +12,8 @@ recording where the message came from. A message that already sits in its
 owner's partition number, on the worker that owns it (producers keyed by
 model with Kafka's default partitioner), is predicted or joined by the router
 itself, saving the hop. Everything after a router runs in the worker owning
-the key. Decisions about models are the pure functions of
-``streamlearn.models``.
+the key. The join's decisions are ``streamlearn.core.join``; those about
+models, the functions of ``streamlearn.models``.
 
 Every agent takes its input a fetch at a time (one Faust event per partition
 per fetch, see transport.py) and sends through an ``Outbox``; routers,
@@ -37,11 +37,11 @@ from typing import Any, Awaitable, Callable, Mapping
 import faust
 
 from streamlearn import models
+from streamlearn.core import join
 from streamlearn.models import LiveModel, ModelRegistry, Spec
 
 from . import codec
-from .codec import (BAD_LABEL, EXPIRED_EVENT, INTERNAL_ERROR, MODEL_ERROR, SPEC_MISMATCH, UNKNOWN_EVENT,
-                    UNKNOWN_SPEC, Example, Rejected)
+from .codec import BAD_LABEL, INTERNAL_ERROR, MODEL_ERROR, SPEC_MISMATCH, UNKNOWN_SPEC, Example, Rejected
 from .checkpoints import CheckpointPolicy, Checkpoints, CheckpointTooLarge
 from .deadletter import Counters, DeadLetters
 from .outbox import Outbox, WriteBehind
@@ -69,10 +69,6 @@ def _current(app: faust.App, event) -> bool:
 Handler = Callable[[Any, "Outbox"], Awaitable[None]]
 
 
-class Duplicate(Exception):
-    """The event already got its label."""
-
-
 @dataclass(frozen=True)
 class Options:
     partitions: int
@@ -85,7 +81,8 @@ class Options:
 class Agents:
     """The agent bodies of one app, with their dependencies passed in."""
 
-    def __init__(self, *, topics: Topics, registry: ModelRegistry, pending: BoundedTable, early: BoundedTable,
+    def __init__(self, *, topics: Topics, registry: ModelRegistry, pending: BoundedTable[join.Waiting],
+                 early: BoundedTable[join.Parked],
                  deadletters: DeadLetters, metrics: Counters, options: Options,
                  spec_for: Callable[[str], Spec], checkpoints: Checkpoints, policy: CheckpointPolicy,
                  versions: models.ModelVersions, commands: Commands, audit: Audit,
@@ -94,6 +91,7 @@ class Agents:
         self.registry = registry
         self.pending = pending
         self.early = early
+        self.windows = join.Windows(features_ttl=pending.ttl, label_ttl=early.ttl)
         self.dead = deadletters
         self.metrics = metrics
         self.options = options
@@ -263,27 +261,11 @@ class Agents:
         await self._remember(msg.partition, ev, out)
 
     async def _remember(self, partition: int, ev: codec.FeatureEvent, out: Outbox) -> None:
-        """Keep the features for the label; if the label came first, train now."""
+        """Keep the features for the label; if the label came first, train now (see ``core.join``)."""
         key = join_key(ev.model, ev.event_id)
-        before = self.pending.get(key)
-        if before is not None and before["l"]:
-            if before.get("early"):
-                # These features released a label that waited for them, and
-                # are handled again (a crash came before their input was
-                # committed): the example may not have reached the training
-                # topic; send it again, the learner learns an event once.
-                await self._train(partition, _labelled(ev.event_id, ev.model, before), out)
-            return
-        early = self.early.get(key)
-        if early is not None and not early["expired"]:
-            # The waiting label stays in ``early`` until evicted (it is then
-            # known as released by this mark): were it deleted, a crash could
-            # keep the deletion and lose the mark with the example unsent.
-            entry = {"f": ev.features, "l": early["src"], "y": early["label"], "lt": early["ts"], "early": True}
-            self.pending.put(partition, key, entry)
-            await self._train(partition, _labelled(ev.event_id, ev.model, entry), out)
-            return
-        self.pending.put(partition, key, {"f": ev.features, "l": None})
+        outcome = join.on_features(ev, self.pending.get(key), self.early.get(key), self.windows,
+                                   self.pending.clock())
+        await self._joined(partition, key, outcome, out)
 
     async def join(self, stream: faust.StreamT) -> None:
         await self._consume("join", stream, self._join_one)
@@ -303,77 +285,49 @@ class Agents:
         """Join a label with its event's features in the partition that owns its model (``msg.partition``)."""
         try:
             self._check_label(msg.partition, label)
-            example = self._join(msg, label)
         except Rejected as rejected:
             await self.dead.send(rejected, msg, out, model=label.model)
             return
-        except Duplicate:
-            self.metrics.duplicate_label()
-            log.info("ignored a second label for event_id=%s model=%s", label.event_id, label.model)
-            return
-        if example is None:  # parked until the event's features arrive
-            for entry in self.early.evict(msg.partition):
-                await self._dead_parked(entry, out)
-            return
-        await self._train(msg.partition, example, out)
-
-    def _join(self, msg, label: codec.Label) -> Example | None:
-        """The training example of a label, or None when the label must wait for its features.
-
-        The event's entry is marked with where the label came from (its
-        origin: topic, partition, offset of the producer's message). Another
-        label for the event is a duplicate; the *same* label again is a replay
-        after a crash, whose example is sent again (see docs/checkpoints.md).
-        """
         key = join_key(label.model, label.event_id)
         origin = list(origin_of(msg.headers, msg.topic, msg.partition, msg.offset))
-        entry = self.pending.get(key)
-        if entry is not None and entry["l"]:
-            if entry["l"] != origin:
-                raise Duplicate(label.event_id)
-            return _labelled(label.event_id, label.model, entry)
-        if label.features is not None:                      # the label brings its own features
-            self.pending.put(msg.partition, key, {**(entry or {}), "f": label.features, "l": origin,
-                                                  "y": label.label, "lt": label.ts}, fresh=entry is None)
-            return Example(label.event_id, label.model, label.features, label.label, label.ts, origin)
-        if entry is None:
-            early = self.early.get(key)
-            if early is not None:
-                if early["src"] == origin:
-                    return None                              # a replay of the label that waits already
-                raise Duplicate(label.event_id)
-            self.early.put(msg.partition, key, {
-                "label": label.label, "ts": label.ts, "event_id": label.event_id, "model": label.model,
-                "src": origin, "value": codec.b64(msg.value),
-            })
-            return None
-        if entry["expired"]:
-            raise Rejected(EXPIRED_EVENT, f"features of event {label.event_id!r} expired "
-                                          f"(older than {self.pending.ttl:g}s)", label.event_id)
-        entry.update(l=origin, y=label.label, lt=label.ts)
-        self.pending.put(msg.partition, key, entry, fresh=False)
-        return _labelled(label.event_id, label.model, entry)
+        outcome = join.on_label(label, origin, self.pending.get(key), self.early.get(key), msg.value,
+                                self.windows, self.pending.clock())
+        if isinstance(outcome, join.Refuse):
+            await self.dead.send(outcome.rejected, msg, out, model=label.model)
+        elif isinstance(outcome, join.DuplicateLabel):
+            self.metrics.duplicate_label()
+            log.info("ignored a second label for event_id=%s model=%s", label.event_id, label.model)
+        else:
+            await self._joined(msg.partition, key, outcome, out)
 
-    async def _train(self, partition: int, example: Example, out: Outbox) -> None:
-        out.pack(self.topics.training, partition, codec.encode_example(example))
+    async def _joined(self, partition: int, key: bytes, outcome: join.Outcome, out: Outbox) -> None:
+        """Carry out a join decision: write the join state, send the example to the learner."""
+        if isinstance(outcome, join.Keep):
+            if isinstance(outcome.entry, join.Parked):
+                for parked in self.early.put(partition, key, outcome.entry):
+                    await self._dead_parked(parked, out)
+            else:
+                self.pending.put(partition, key, outcome.entry)
+        elif isinstance(outcome, join.Learn):
+            if outcome.entry is not None:
+                self.pending.put(partition, key, outcome.entry, restamp=outcome.restamp)
+            out.pack(self.topics.training, partition, codec.encode_example(outcome.example))
 
     async def _expire(self, partition: int, out: Outbox) -> None:
         """A tick: evict what outlived its TTL in this partition."""
         self.pending.evict(partition)
-        for entry in self.early.evict(partition):
-            await self._dead_parked(entry, out)
+        for parked in self.early.evict(partition):
+            await self._dead_parked(parked, out)
 
-    async def _dead_parked(self, entry: dict, out: Outbox) -> None:
-        """An evicted early label: dead-lettered ``unknown_event``, unless its features came and released it."""
-        mark = self.pending.get(join_key(entry["model"], entry["event_id"]))
-        if mark is not None and mark["l"] == entry["src"]:
+    async def _dead_parked(self, parked: join.Parked, out: Outbox) -> None:
+        """An evicted parked label: dead-lettered ``unknown_event``, unless its features came and released it."""
+        rejected = join.on_parked_evicted(parked, self.pending.get(join_key(parked.model, parked.event_id)),
+                                          self.windows)
+        if rejected is None:
             return
-        topic, partition, offset = entry["src"]
-        rejected = Rejected(UNKNOWN_EVENT, f"no features of event {entry['event_id']!r} arrived within "
-                                           f"{self.early.ttl:g}s of its label", entry["event_id"])
+        topic, partition, offset = parked.origin
         await self.dead.send_record(rejected, out, topic=topic, partition=partition, offset=offset,
-                                    key=entry["model"].encode(), value=codec.unb64(entry["value"]),
-                                    model=entry["model"])
+                                    key=parked.model.encode(), value=parked.value, model=parked.model)
 
     async def learn(self, stream: faust.StreamT) -> None:
         """Learn training examples in order; checkpoint, then ack (see checkpoints.py).
@@ -554,11 +508,6 @@ class Agents:
             self.metrics.error(step.__name__)
             log.exception("model %s failed on event_id=%s", step.__name__, event_id)
             raise Rejected(MODEL_ERROR, f"{step.__name__} failed: {type(exc).__name__}: {exc}", event_id) from None
-
-
-def _labelled(event_id: str, model: str, entry: dict[str, Any]) -> Example:
-    """The training example recorded by a labelled join entry."""
-    return Example(event_id, model, entry["f"], entry["y"], entry.get("lt"), entry["l"])
 
 
 def _text(key: bytes | None) -> str | None:

@@ -19,25 +19,11 @@ from typing import Any
 
 import orjson
 
-# Reasons a message is rejected: stable words, used as metric labels.
-OVERSIZED = "oversized"
-NOT_JSON = "not_json"
-NON_FINITE = "non_finite_number"
-NOT_OBJECT = "not_an_object"
-MISSING_FIELD = "missing_field"
-BAD_FIELD = "bad_field"
-BAD_KEY = "bad_key"
-UNKNOWN_SPEC = "unknown_spec"
-SPEC_MISMATCH = "spec_mismatch"
-BAD_LABEL = "bad_label"
-UNKNOWN_EVENT = "unknown_event"
-EXPIRED_EVENT = "expired_event"
-MODEL_ERROR = "model_error"
-INTERNAL_ERROR = "internal_error"
-UNKNOWN_COMMAND = "unknown_command"
-UNKNOWN_MODEL = "unknown_model"
-EXPIRED_COMMAND = "expired"
-UNAUTHENTICATED = "unauthenticated"
+from streamlearn.core.messages import (  # noqa: F401 - the codec's outputs, and the reasons it refuses
+    BAD_FIELD, BAD_KEY, BAD_LABEL, EXPIRED_COMMAND, EXPIRED_EVENT, INTERNAL_ERROR, MISSING_FIELD, MODEL_ERROR,
+    NON_FINITE, NOT_JSON, NOT_OBJECT, OVERSIZED, SPEC_MISMATCH, UNAUTHENTICATED, UNKNOWN_COMMAND, UNKNOWN_EVENT,
+    UNKNOWN_MODEL, UNKNOWN_SPEC, Example, FeatureEvent, Label, Rejected)
+from streamlearn.core.join import Parked, Waiting
 
 # The Kafka header carrying a command's signature: "sha256=" + hex HMAC-SHA256 of the message value
 # (its exact bytes, so any client can sign), under STREAMLEARN_COMMAND_SECRET.
@@ -48,50 +34,6 @@ COMMANDS = {"status": None, "versions": None, "snapshot": None, "restore": "vers
             "pin": "version", "unpin": "version", "promote": "spec"}
 
 _DUMPS_OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
-
-
-class Rejected(Exception):
-    """A message we will not process, and why."""
-
-    def __init__(self, reason: str, detail: str, event_id: str | None = None) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-        self.event_id = event_id
-
-
-@dataclass(slots=True)
-class FeatureEvent:
-    event_id: str
-    model: str
-    features: dict[str, Any]
-    ts: float | None = None
-    spec: str | None = None
-
-
-@dataclass(slots=True)
-class Label:
-    event_id: str
-    model: str
-    label: Any
-    features: dict[str, Any] | None = None
-    ts: float | None = None
-
-
-@dataclass(slots=True)
-class Example:
-    """A training example: an event's features joined with its label.
-
-    ``origin`` is where its label was first consumed (topic, partition, offset
-    of the producer's message), for tracing a repeat to its source.
-    """
-
-    event_id: str
-    model: str
-    features: dict[str, Any]
-    label: Any
-    ts: float | None = None
-    origin: list | None = None
 
 
 @dataclass(slots=True)
@@ -356,6 +298,32 @@ def encode_prediction(event: FeatureEvent, label: Any, proba: dict[Any, float] |
         "predicted_at": predicted_at,
     }
     return orjson.dumps(out, option=_DUMPS_OPTS)
+
+
+# ---- the join state (changelog-backed tables): short keys, as their changelogs have always held them ----
+
+def encode_waiting(w: Waiting) -> bytes:
+    entry = {"f": w.features, "t": w.written, "l": w.origin}
+    if w.origin is not None:
+        entry.update(y=w.label, lt=w.label_ts)
+        if w.released:
+            entry["early"] = True
+    return dumps_kept(entry)
+
+
+def decode_waiting(raw: bytes) -> Waiting:
+    o = orjson.loads(raw)
+    return Waiting(o["f"], o["t"], o.get("l"), o.get("y"), o.get("lt"), bool(o.get("early")))
+
+
+def encode_parked(p: Parked) -> bytes:
+    return dumps_kept({"label": p.label, "ts": p.ts, "event_id": p.event_id, "model": p.model, "src": p.origin,
+                       "value": b64(p.value), "t": p.written})
+
+
+def decode_parked(raw: bytes) -> Parked:
+    o = orjson.loads(raw)
+    return Parked(o["event_id"], o["model"], o["label"], o.get("ts"), o["src"], unb64(o.get("value")), o["t"])
 
 
 def encode_example(ex: Example) -> bytes:

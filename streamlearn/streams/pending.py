@@ -1,4 +1,4 @@
-"""The event/label join state: two changelog-backed tables, bounded.
+"""The event/label join state: two changelog-backed tables, bounded (what is joined: ``core.join``).
 
 Features and labels travel on different topics through different routers, so
 either may reach the owner first. ``pending`` keeps each predicted event's
@@ -13,12 +13,10 @@ label is told its event *expired*); it is evicted, oldest first, once twice
 the time-to-live has passed, whenever its partition is written or ticked; a
 partition never holds more than ``max_per_partition`` entries.
 
-Entries live in the table's store as their JSON bytes, the same bytes the
-changelog holds: encoded once when written, decoded when read. As dicts
-(until 2026-12-03) an entry took 1.2-1.6 KB of worker memory and was several
-objects for Python's garbage collector to scan; as bytes, 0.7 KB, and the
-longest full collection of a 3-minute soak fell from 0.66 s to 0.34 s
-(docs/operations.md, "Soak").
+Entries live in the table's store as their JSON bytes (``codec``: the same
+bytes the changelog holds), encoded once when written and decoded into the
+typed values of ``core.join`` when read: a million waiting events stay bytes,
+not objects for Python's garbage collector to scan.
 
 A write is written behind to the changelog (``outbox.WriteBehind``): once per
 key per batch, acked before the batch's inputs are. Writes name their
@@ -36,11 +34,10 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Callable, Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, MutableMapping, Protocol, TypeVar
 
 from faust.types import TP
 
-from . import codec
 from .routing import partition_for
 
 if TYPE_CHECKING:
@@ -155,43 +152,41 @@ def dict_writer(table: MutableMapping[bytes, Any]) -> Write:
     return write
 
 
-def _entry(value: Any) -> dict:
-    """A stored entry, decoded: its JSON bytes (a dict from a test's plain dict store is copied)."""
-    return dict(value) if isinstance(value, dict) else codec.loads(value)
+class Entry(Protocol):
+    written: float   # when the entry was stamped: its age decides eviction
 
 
-class BoundedTable:
-    """A table of ``{"t": time, ...}`` JSON entries with a TTL and a per-partition size bound."""
+E = TypeVar("E", bound=Entry)
+
+
+class BoundedTable(Generic[E]):
+    """A table of entries (``codec``'s join-state values, kept as their JSON) with a TTL and a per-partition
+    size bound."""
 
     def __init__(self, data: "TableState | MutableMapping[bytes, Any]", partitions: int, ttl: float,
-                 max_per_partition: int, clock: Callable[[], float] = time.time) -> None:
+                 max_per_partition: int, encode: Callable[[E], bytes], decode: Callable[[bytes], E],
+                 clock: Callable[[], float] = time.time) -> None:
         self.data = data   # a TableState; a plain dict in tests
         self.write: Write = getattr(data, "write", None) or dict_writer(data)
         self.partitions = partitions
         self.ttl = ttl
         self.max_per_partition = max_per_partition
+        self.encode, self.decode = encode, decode
         self.clock = clock
         # partition -> keys in insertion (= time) order, built lazily
         self._index: dict[int, OrderedDict[bytes, float]] = {}
 
-    def get(self, key: bytes) -> dict[str, Any] | None:
-        """A copy of the entry under key, or None; ``entry["expired"]`` says if past its TTL."""
+    def get(self, key: bytes) -> E | None:
         value = self.data.get(key)
-        if value is None:
-            return None
-        entry = _entry(value)
-        entry["expired"] = self.clock() - entry["t"] > self.ttl
-        return entry
+        return None if value is None else self.decode(value)
 
-    def put(self, partition: int, key: bytes, entry: dict[str, Any], *, fresh: bool = True) -> list[dict]:
-        """Write an entry (``fresh``: stamped now and re-indexed); return the entries evicted."""
-        entry.pop("expired", None)
+    def put(self, partition: int, key: bytes, entry: E, *, restamp: bool = True) -> list[E]:
+        """Write an entry (``restamp``: its stamp is new, it is indexed as the newest); return those evicted."""
         index = self._partition_index(partition)
-        if fresh:
-            entry["t"] = self.clock()
+        if restamp:
             index.pop(key, None)
-            index[key] = entry["t"]
-        self.write(partition, key, codec.dumps_kept(entry))  # write back, or the changelog misses it
+            index[key] = entry.written
+        self.write(partition, key, self.encode(entry))  # write back, or the changelog misses it
         return self.evict(partition)
 
     def delete(self, partition: int, key: bytes) -> None:
@@ -199,7 +194,7 @@ class BoundedTable:
         if key in self.data:
             self.write(partition, key, None)
 
-    def evict(self, partition: int) -> list[dict]:
+    def evict(self, partition: int) -> list[E]:
         """Remove the partition's expired entries and those over the size bound, oldest first."""
         index = self._partition_index(partition)
         cutoff = self.clock() - 2 * self.ttl  # expired entries linger one more TTL to tell late from unknown
@@ -212,7 +207,7 @@ class BoundedTable:
             value = self.data.get(key)
             if value is not None:
                 self.write(partition, key, None)
-                evicted.append(_entry(value))
+                evicted.append(self.decode(value))
         return evicted
 
     def forget_partitions(self, keep: set[int]) -> None:
@@ -254,7 +249,7 @@ class BoundedTable:
         for key, value in self.data.items():
             p = partition_for(key.split(SEP, 1)[0].decode(), self.partitions)
             if p not in self._index:
-                found.setdefault(p, []).append((_entry(value)["t"], key))
+                found.setdefault(p, []).append((self.decode(value).written, key))
         for p, entries in found.items():
             entries.sort()
             self._index[p] = OrderedDict((k, t) for t, k in entries)

@@ -138,7 +138,7 @@ async def test_predict_join_learn(worker):
         await predict.put(orjson.dumps({"event_id": "e1", "features": {"a": 1.0}}), key=b"m", partition=p)
     [pred] = worker.topics.predictions.values()
     assert pred["event_id"] == "e1" and pred["learned"] == 0 and pred["model_version"] == 1
-    assert worker.pending.get(b"m\x1fe1")["f"] == {"a": 1.0}
+    assert worker.pending.get(b"m\x1fe1").features == {"a": 1.0}
 
     async with worker.app.agents["join"].test_context() as join:
         await join.put(orjson.dumps({"event_id": "e1", "label": True}), key=b"m", partition=p, headers=origin(10))
@@ -150,13 +150,13 @@ async def test_predict_join_learn(worker):
     assert example["partition"] == p
     assert orjson.loads(example["value"])[0]["origin"] == ["streamlearn.feedback", 3, 10]
     assert worker.metrics.duplicate_labels._value.get() == 1
-    assert worker.early.get(b"m\x1fe2")["label"] is True
+    assert worker.early.get(b"m\x1fe2").label is True
 
     # the features of e2 arrive after its label: the example is made then
     async with worker.app.agents["predict"].test_context() as predict:
         await predict.put(orjson.dumps({"event_id": "e2", "features": {"a": 2.0}}), key=b"m", partition=p)
     assert len(worker.topics.training.sent) == 2
-    assert worker.pending.get(b"m\x1fe2")["l"] == ["streamlearn.feedback", 3, 12]   # released, by that label
+    assert worker.pending.get(b"m\x1fe2").origin == ["streamlearn.feedback", 3, 12]   # released, by that label
 
     async with worker.app.agents["learn"].test_context() as learn:
         for ex in worker.topics.training.sent:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from streamlearn.app.settings import Settings, SettingsError
+from streamlearn.core.join import Waiting
+from streamlearn.streams import codec
 from streamlearn.streams.pending import BoundedTable, join_key
 from streamlearn.streams.routing import is_tick, origin_header, origin_of, partition_for
 
@@ -61,34 +65,37 @@ class Clock:
         return self.now
 
 
+def waiting_table(data, clock=time.time, ttl=10, max_per_partition=100) -> BoundedTable:
+    return BoundedTable(data, 8, ttl, max_per_partition, codec.encode_waiting, codec.decode_waiting, clock)
+
+
 def test_bounded_table_ttl_and_size():
     clock, data = Clock(), {}
-    table = BoundedTable(data, partitions=8, ttl=10, max_per_partition=3, clock=clock)
+    table = waiting_table(data, clock, max_per_partition=3)
     p = partition_for("m", 8)
     for i in range(3):
-        table.put(p, join_key("m", f"e{i}"), {"f": {"i": i}})
+        table.put(p, join_key("m", f"e{i}"), Waiting({"i": i}, clock.now))
         clock.now += 1
-    assert table.size() == 3 and table.get(join_key("m", "e0"))["f"] == {"i": 0}
-    evicted = table.put(p, join_key("m", "e3"), {"f": {"i": 3}})  # over the size bound: the oldest goes
-    assert [e["f"]["i"] for e in evicted] == [0] and table.get(join_key("m", "e0")) is None
+    assert table.size() == 3 and table.get(join_key("m", "e0")).features == {"i": 0}
+    evicted = table.put(p, join_key("m", "e3"), Waiting({"i": 3}, clock.now))  # over the size bound: the oldest goes
+    assert [e.features["i"] for e in evicted] == [0] and table.get(join_key("m", "e0")) is None
     clock.now += 9.5
-    assert table.get(join_key("m", "e1"))["expired"] and not table.get(join_key("m", "e3"))["expired"]
     assert table.evict(p) == []  # expired entries stay one more TTL, to tell late labels from unknown ones
     clock.now += 10
-    assert [e["f"]["i"] for e in table.evict(p)] == [1, 2]
+    assert [e.features["i"] for e in table.evict(p)] == [1, 2]
     assert set(data) == {join_key("m", "e3")}
 
 
 def test_bounded_table_indexes_what_the_changelog_restored():
     clock, data = Clock(), {}
-    first = BoundedTable(data, partitions=8, ttl=10, max_per_partition=100, clock=clock)
+    first = waiting_table(data, clock)
     pa, pb = partition_for("a", 8), partition_for("zz", 8)
     assert pa != pb
-    first.put(pa, join_key("a", "1"), {"f": {}})
-    first.put(pb, join_key("zz", "1"), {"f": {}})
+    first.put(pa, join_key("a", "1"), Waiting({}, clock.now))
+    first.put(pb, join_key("zz", "1"), Waiting({}, clock.now))
     # a new owner starts with the restored table and an empty index
     clock.now += 21
-    second = BoundedTable(data, partitions=8, ttl=10, max_per_partition=100, clock=clock)
+    second = waiting_table(data, clock)
     assert len(second.evict(pa)) == 1 and join_key("zz", "1") in data
 
 
@@ -101,10 +108,10 @@ def test_the_join_state_of_partitions_moved_away_leaves_memory_not_the_changelog
             written.append(key)
 
     data = Logged()
-    table = BoundedTable(data, partitions=8, ttl=10, max_per_partition=100)
+    table = waiting_table(data)
     keys = {p: next(f"k{i}" for i in range(1000) if partition_for(f"k{i}", 8) == p) for p in (1, 2, 5)}
     for p, model in keys.items():
-        table.put(p, join_key(model, "e1"), {"f": {"a": 1.0}, "l": None})
+        table.put(p, join_key(model, "e1"), Waiting({"a": 1.0}, time.time()))
     writes = len(written)
     assert table.drop_other_partitions({2}) == 2
     assert list(data) == [join_key(keys[2], "e1")]
@@ -116,13 +123,13 @@ def test_the_join_state_is_kept_as_json_of_its_own_size():
     import tracemalloc
 
     data: dict = {}
-    table = BoundedTable(data, partitions=8, ttl=10, max_per_partition=10_000)
+    table = waiting_table(data, max_per_partition=10_000)
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     for i in range(2000):
-        table.put(0, join_key("m", f"e{i}"), {"f": {"amount": i / 10, "country": "FR"}, "l": None})
+        table.put(0, join_key("m", f"e{i}"), Waiting({"amount": i / 10, "country": "FR"}, time.time()))
     per_entry = (tracemalloc.get_traced_memory()[0] - before) / 2000
     tracemalloc.stop()
     assert all(type(v) is bytes for v in data.values())
-    assert table.get(join_key("m", "e7"))["f"] == {"amount": 0.7, "country": "FR"}
+    assert table.get(join_key("m", "e7")).features == {"amount": 0.7, "country": "FR"}
     assert per_entry < 600, per_entry      # key, JSON, index and dict slots; orjson's own bytes took 4 KB each
