@@ -28,7 +28,7 @@ from streamlearn.streams.deadletter import DeadLetters
 from streamlearn.streams.outbox import Outbox, WriteBehind
 from streamlearn.streams.pending import BoundedTable, TableState
 from streamlearn.streams.routing import partition_for
-from streamlearn.streams.stores import count_restored, guard_persisted_offsets
+from streamlearn.streams.stores import count_restored
 from streamlearn.streams.transport import consumer_url
 from streamlearn.streams.topics import Changelog, TopicNames, Topics, ensure_committed, ensure_topics
 from streamlearn.streams.versions import Audit, Commands, TableStore, WarmStart, snapshot_metrics, versions_of
@@ -174,13 +174,12 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         t = app.Table(name, default=None, partitions=s.partitions, help=help,
                       key_type=bytes, value_type=bytes, options=dict(rocksdb_options))
         count_restored(t, metrics.changelog_restored.labels(name))
-        guard_persisted_offsets(t, actives)
         return t
 
     def new_outbox() -> Outbox:
         return Outbox(app, on_retry=lambda topic: metrics.error("send"))
 
-    behind = WriteBehind(new_outbox())   # the join state's changelogs, written behind each batch
+    behind = WriteBehind(new_outbox())   # the tables' changelogs, written behind each batch
 
     def bounded(name: str, help: str, ttl: float, encode: Any, decode: Any) -> BoundedTable:
         state = TableState(table(name, help), behind, actives, s.partitions)
@@ -191,7 +190,13 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     early = bounded("early-labels", "Labels that arrived before their event's features.", s.label_wait_seconds,
                     codec.encode_parked, codec.decode_parked)
     signing_key = s.signing_secret
-    checkpoints = Checkpoints(table("checkpoints", "Latest checkpoint of each live model (signed blob)."),
+    def by_model(name: str, help: str, model_of: Any) -> TableState:
+        """A table of the learn agent, keyed by model: written behind like the join state, so a store never
+        holds a checkpoint or snapshot its changelog lacks (the next owner of the partition would not have it)."""
+        return TableState(table(name, help), behind, actives, s.partitions, model_of)
+
+    checkpoints = Checkpoints(by_model("checkpoints", "Latest checkpoint of each live model (signed blob).",
+                                       bytes.decode),
                               signing_key, s.max_checkpoint_bytes, metrics, specs)
     # Only with warm-start rules: a global table makes every worker a standby of its
     # changelog, which brings back Faust's standby recovery (disabled above); with it,
@@ -200,8 +205,9 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         "templates", default=None, partitions=1, recovery_buffer_size=1, use_partitioner=True, store="memory://",
         key_type=bytes, value_type=bytes, help="Latest snapshot of each warm-start template key, on every worker.",
     ) if s.warm_starts else {}
-    store = TableStore(table("snapshot-index", "Snapshot index of each model (JSON)."),
-                       table("snapshots", "Snapshot blobs: [model, version] -> signed blob."),
+    store = TableStore(by_model("snapshot-index", "Snapshot index of each model (JSON).", bytes.decode),
+                       by_model("snapshots", "Snapshot blobs: [model, version] -> signed blob.",
+                                TableStore.model_of_blob_key),
                        templates, {template for _, template in s.warm_starts})
     gate = models.versions.GateSettings(s.gate_window, s.gate_z_threshold, s.gate_min_discordant,
                                         s.gate_steady_examples) if s.quality_gate else None

@@ -102,7 +102,7 @@ class Agents:
         self.commands = commands
         self.audit = audit
         self.outbox = outbox
-        self.state = state   # the join state's changelog writes (pending, early), sent behind each batch
+        self.state = state   # the tables' changelog writes (join state, checkpoints, snapshots), sent behind each batch
         self.owned: set[int] = set()  # partitions of the internal topics assigned to this worker
         self.held: dict[int, list] = {}  # training events learned but not yet covered by a checkpoint
         # agent name -> (stream, events it had taken but not handled when it crashed)
@@ -360,13 +360,15 @@ class Agents:
         held.append(event)
         if self.policy.due(partition):
             self._checkpoint(partition)
+        # checkpoints and snapshots are written behind: on the changelog before any ack they allow
+        written = await self.state.flush()
         # ack what checkpoints cover: the messages below the first one a model's checkpoint lacks (all of
         # them once nothing is dirty: ticks, answered commands and replays are committed too, or an idle
         # partition's lag grows)
         low = self.policy.low_water(partition)
         n = len(held) if low is None else next((i for i, e in enumerate(held) if e.message.offset >= low), len(held))
         if n:
-            out.ack_when_delivered(acks, held[:n])
+            out.ack_when_delivered(acks, held[:n], after=written)
             del held[:n]
 
     async def _learn_record(self, partition: int, msg, out: Outbox) -> None:

@@ -53,8 +53,13 @@ def join_key(model: str, event_id: str) -> bytes:
 Write = Callable[[int, bytes, "bytes | None"], None]   # (partition, key, the entry's JSON or None: deleted)
 
 
+def join_model(key: bytes) -> str:
+    """The model key of a join-state key (``model \\x1f event_id``)."""
+    return key.split(SEP, 1)[0].decode()
+
+
 class TableState:
-    """The join state of one Faust table, read and written by key and partition.
+    """One Faust table, read and written by key and partition, its store a prefix of its changelog.
 
     Its store (memory or RocksDB) takes a write once the changelog has it;
     writes on their way are read from memory, so readers see every write at
@@ -64,8 +69,10 @@ class TableState:
     the changelog) follows the delivered writes it took.
     """
 
-    def __init__(self, table: Any, behind: "WriteBehind", actives: Callable[[], set], partitions: int) -> None:
+    def __init__(self, table: Any, behind: "WriteBehind", actives: Callable[[], set], partitions: int,
+                 model_of: Callable[[bytes], str] = join_model) -> None:
         self.store = table.data
+        self.model_of = model_of   # a key's model key, whose partition owns it
         self.changelog = table.changelog_topic.get_topic_name()
         self.behind = behind
         self.actives = actives   # the worker's assigned topic-partitions (the changelog's among them)
@@ -88,7 +95,7 @@ class TableState:
             return default if value is None else value
         if self._dbs is None:
             return self.store.get(key, default)
-        db = self._dbs.get(partition_for(key.split(SEP, 1)[0].decode(), self.partitions))
+        db = self._dbs.get(self.partition_of(key))
         value = db.get(key) if db is not None else None
         return default if value is None else value
 
@@ -108,10 +115,24 @@ class TableState:
     def __iter__(self) -> Iterator[bytes]:
         return (key for key, _ in self.items())
 
+    def partition_of(self, key: bytes) -> int:
+        return partition_for(self.model_of(key), self.partitions)
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.write(self.partition_of(key), key, value)
+
     def pop(self, key: bytes, default: Any = None) -> Any:
+        """Delete a key (a tombstone on the changelog); its value, or ``default``."""
+        value = self.get(key)
+        if value is None:
+            return default
+        self.write(self.partition_of(key), key, None)
+        return value
+
+    def forget(self, key: bytes) -> None:
         """Drop a key from this worker's memory only (not from the changelog): see ``drop_other_partitions``."""
         self._waiting.pop(key, None)
-        return self.store.pop(key, default)
+        self.store.pop(key, None)
 
     def _delivered(self, writes: list[tuple[int, bytes, bytes | None, int]]) -> None:
         actives = self.actives()
@@ -226,10 +247,10 @@ class BoundedTable(Generic[E]):
         """
         if not getattr(self.data, "holds_other_partitions", True):
             return 0
-        gone = [key for key in list(self.data)
-                if partition_for(key.split(SEP, 1)[0].decode(), self.partitions) not in keep]
+        gone = [key for key in list(self.data) if partition_for(join_model(key), self.partitions) not in keep]
+        forget = getattr(self.data, "forget", None) or (lambda key: self.data.pop(key, None))
         for key in gone:
-            self.data.pop(key, None)
+            forget(key)
         return len(gone)
 
     def size(self) -> int:
@@ -247,7 +268,7 @@ class BoundedTable(Generic[E]):
         (one pass: after a restart the store holds every owned partition's entries)."""
         found: dict[int, list[tuple[float, bytes]]] = {partition: []}
         for key, value in self.data.items():
-            p = partition_for(key.split(SEP, 1)[0].decode(), self.partitions)
+            p = partition_for(join_model(key), self.partitions)
             if p not in self._index:
                 found.setdefault(p, []).append((self.decode(value).written, key))
         for p, entries in found.items():

@@ -55,6 +55,10 @@ class TableStore:
     def blob_key(model: str, version: int) -> bytes:
         return orjson.dumps([model, version])
 
+    @staticmethod
+    def model_of_blob_key(key: bytes) -> str:
+        return orjson.loads(key)[0]
+
     def load_index(self, model: str) -> VersionIndex | None:
         raw = self.index_table.get(model.encode())
         return None if raw is None else VersionIndex.from_json(orjson.loads(raw))

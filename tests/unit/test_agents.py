@@ -70,11 +70,12 @@ def worker(tmp_path, request):
     w.agents.outbox = RecordingOutbox
     w.agents.dead.topic = w.topics.deadletter
     w.agents.state.out = ChangelogRecorder()   # no broker to write the join state's changelogs to
-    for table in (w.pending, w.early):          # no rebalance either: every partition is this worker's
-        table.data.actives = lambda changelog=table.data.changelog: {TP(changelog, p) for p in range(8)}
+    # no rebalance either: every partition is this worker's
+    for state in (w.pending.data, w.early.data, w.checkpoints.table, w.store.index_table, w.store.blobs):
+        state.actives = lambda changelog=state.changelog: {TP(changelog, p) for p in range(8)}
         if request.param == "rocksdb":
             for p in range(8):
-                table.data.store._db_for_partition(p)   # as Faust opens an assigned partition's database
+                state.store._db_for_partition(p)   # as Faust opens an assigned partition's database
     return w
 
 
@@ -370,20 +371,24 @@ async def test_the_join_state_store_takes_a_write_once_its_changelog_has_it(work
     assert state.store.get(key) is None and state.store.persisted_offset(tp) == 1
 
 
-@pytest.mark.parametrize("worker", ["rocksdb"], indirect=True)
-def test_a_checkpoint_delivered_after_its_partition_left_does_not_move_the_stores_offset(worker):
-    """Faust records each delivered changelog write's offset in RocksDB; one delivered after its partition was
-    revoked would claim the next owner's writes before it, and a later recovery would skip them."""
-    table = worker.checkpoints.table
-    tp = TP(table.changelog_topic.get_topic_name(), 3)
-    table.data._db_for_partition(3)                       # open, as while assigned
-    delivered = lambda offset: SimpleNamespace(result=lambda: SimpleNamespace(topic_partition=tp, offset=offset))
-    worker.app.assignor.assigned_actives = lambda: {tp}
-    table._on_changelog_sent(delivered(41))
-    assert table.data.persisted_offset(tp) == 41
-    worker.app.assignor.assigned_actives = lambda: set()  # revoked: delivered late, not recorded
-    table._on_changelog_sent(delivered(57))
-    assert table.data.persisted_offset(tp) == 41
+async def test_a_store_holds_no_checkpoint_or_snapshot_its_changelog_lacks(worker):
+    """Checkpoints and snapshots are written behind like the join state: a worker killed before their changelog
+    has them restarts without them (from the checkpoint the changelog has, as the partition's next owner
+    would), never with a checkpoint only its own store has, whose coverage it would commit."""
+    from streamlearn import models
+    live = models.new_model("tenant-7", models.get_spec("logreg"))
+    live.offset, live.learned = 41, 3
+    checkpoints, snapshots = worker.checkpoints.table, worker.store.blobs
+    worker.checkpoints.write(live)
+    worker.store.save_blob("tenant-7", 1, b"blob")
+    key, blob_key = b"tenant-7", worker.store.blob_key("tenant-7", 1)
+    assert checkpoints.get(key) is not None and worker.checkpoints.restore("tenant-7").offset == 41  # seen at once
+    assert checkpoints.store.get(key) is None and snapshots.store.get(blob_key) is None          # not yet stored
+    await (await worker.agents.state.flush())
+    assert checkpoints.store.get(key) is not None and snapshots.store.get(blob_key) == b"blob"
+    if not checkpoints.holds_other_partitions:       # RocksDB: the offset a restart reads the changelog after
+        tp = TP(checkpoints.changelog, partition_for("tenant-7", 8))
+        assert checkpoints.store.persisted_offset(tp) == 0
 
 
 async def test_deferred_checkpoints_commit_what_they_cover_and_no_more(worker):
