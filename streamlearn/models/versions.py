@@ -25,6 +25,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
+from streamlearn.core.cadence import Cadence
+
 from . import checkpoint
 from .gate import GateSettings, QualityGate
 from .promotion import PromotionPolicy, PromotionSettings
@@ -228,8 +230,8 @@ class ModelVersions:
         self.clock = clock
         self.gates: dict[str, QualityGate] = {}
         self.promotions: dict[str, PromotionPolicy] = {}
-        self._since: dict[str, int] = {}        # examples learned since the last snapshot
-        self._last: dict[str, float] = {}       # time of the last snapshot (or first learning after it)
+        self.cadence: Cadence[str] = Cadence(settings.snapshot_every_examples, settings.snapshot_every_seconds,
+                                             clock)   # per model: automatic snapshots
 
     # ---- index --------------------------------------------------------
     def index(self, model: str) -> VersionIndex:
@@ -266,8 +268,7 @@ class ModelVersions:
         for version in idx.expired(self.settings.keep_auto):
             self.store.delete_blob(live.key, version)
         self.store.save_index(idx)
-        self._since[live.key] = 0
-        self._last[live.key] = now
+        self.cadence.done(live.key)
         if self.on_snapshot is not None:
             self.on_snapshot(info, time.perf_counter() - started)
         return info, [Change("snapshot", live.key, from_version, live.version, by,
@@ -319,7 +320,7 @@ class ModelVersions:
         policy = self.promotions.get(new.key)
         if policy is not None:
             policy.reset()
-        self._since[new.key] = 0
+        self.cadence.done(new.key)
 
     def rollback(self, live: LiveModel, *, by: str = "operator", reason: str = "",
                  action: str = "rollback") -> tuple[LiveModel, SnapshotInfo, list[Change]]:
@@ -360,17 +361,14 @@ class ModelVersions:
                 new, _, changes = self.promote(live, promote.spec, by="promotion-policy", reason=promote.reason,
                                                action="auto_promote")
                 return new, changes
-        self._since[live.key] = self._since.get(live.key, 0) + 1
-        self._last.setdefault(live.key, self.clock())
-        every = self.settings.snapshot_every_examples
-        if every and self._since[live.key] >= every:
+        self.cadence.count(live.key)
+        if self.cadence.due_by_count(live.key):
             return None, self.snapshot(live, kind=AUTO, by="policy",
-                                       reason=f"every {every} examples")[1]
+                                       reason=f"every {self.cadence.every} examples")[1]
         return None, []
 
     def due_by_time(self, live: LiveModel) -> bool:
-        every = self.settings.snapshot_every_seconds
-        return bool(every and self._since.get(live.key) and self.clock() - self._last[live.key] >= every)
+        return self.cadence.due_by_time(live.key)
 
     def _gate(self, live: LiveModel) -> QualityGate | None:
         if self.settings.gate is None:
@@ -388,12 +386,12 @@ class ModelVersions:
 
     def forget_model(self, key: str) -> None:
         """Drop one model's in-memory state (it left memory): its gate restarts from the index's reference."""
-        for d in (self.gates, self.promotions, self._since, self._last):
+        for d in (self.gates, self.promotions):
             d.pop(key, None)
+        self.cadence.forget(key)
 
     def forget(self) -> None:
         """Drop in-memory state (after a rebalance): gates restart from the index's reference."""
         self.gates.clear()
         self.promotions.clear()
-        self._since.clear()
-        self._last.clear()
+        self.cadence.clear()

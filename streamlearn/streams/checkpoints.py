@@ -22,6 +22,7 @@ import pickle
 import time
 from typing import Mapping, MutableMapping, Protocol
 
+from streamlearn.core.cadence import Cadence
 from streamlearn.models import SPECS, LiveModel, Spec
 from streamlearn.models import checkpoint as blobs
 from streamlearn.models.checkpoint import CheckpointError
@@ -146,12 +147,9 @@ class CheckpointPolicy:
 
     def __init__(self, every_examples: int, every_seconds: float, defer_seconds: float = 0.0,
                  clock=time.monotonic) -> None:
-        self.every_examples = every_examples
-        self.every_seconds = every_seconds
+        self.cadence: Cadence[int] = Cadence(every_examples, every_seconds, clock)   # per partition
         self.defer_seconds = defer_seconds
         self.clock = clock
-        self._since: dict[int, int] = {}
-        self._last: dict[int, float] = {}
         self._now: set[int] = set()
         self.dirty: dict[int, dict[str, LiveModel]] = {}
         # partition -> model key -> (first training offset its checkpoint lacks, when it changed first),
@@ -161,8 +159,7 @@ class CheckpointPolicy:
 
     def learned(self, partition: int, live: LiveModel) -> None:
         self._dirty(partition, live, live.offset)
-        self._since[partition] = self._since.get(partition, 0) + 1
-        self._last.setdefault(partition, self.clock())
+        self.cadence.count(partition)
 
     def changed(self, partition: int, live: LiveModel | None) -> None:
         """The model's version changed: checkpoint the partition now (a new version must survive a crash)."""
@@ -181,10 +178,7 @@ class CheckpointPolicy:
     def due(self, partition: int) -> bool:
         if not self.dirty.get(partition):
             return False
-        if partition in self._now:
-            return True
-        return (self._since.get(partition, 0) >= self.every_examples
-                or self.clock() - self._last.get(partition, self.clock()) >= self.every_seconds)
+        return partition in self._now or self.cadence.due(partition)
 
     def done(self, partition: int) -> list[LiveModel]:
         """The partition's dirty models to checkpoint now (all, unless deferred), and reset its counters."""
@@ -199,12 +193,10 @@ class CheckpointPolicy:
             del first[key]
         if keys:
             self._low.pop(partition, None)
-        self._since.pop(partition, None)
-        self._last.pop(partition, None)
         self._now.discard(partition)
-        if dirty:   # models left waiting: due again by time, even if the partition learns nothing more
-            self._last[partition] = self.clock()
-        else:
+        # models left waiting: due again by time, even if the partition learns nothing more
+        self.cadence.done(partition, left=bool(dirty))
+        if not dirty:
             for d in (self.dirty, self._first, self._low):
                 d.pop(partition, None)
         return models
@@ -220,6 +212,7 @@ class CheckpointPolicy:
 
     def forget_partitions(self, keep: set[int]) -> None:
         self._now &= keep
-        for d in (self.dirty, self._since, self._last, self._first, self._low):
+        self.cadence.keep_only(keep)
+        for d in (self.dirty, self._first, self._low):
             for p in [p for p in d if p not in keep]:
                 del d[p]

@@ -339,7 +339,7 @@ async def test_the_learner_skips_a_fetch_of_an_older_generation_and_writes_no_ch
                              timestamp=0, timestamp_type=0)
     stale = SimpleNamespace(message=Fetched(TP("training", p), [record], generation_id=1))   # the app is at 0
     stream = FakeStream([stale], [])
-    worker.agents.policy.every_examples = 1      # any learning would be checkpointed at once
+    worker.agents.policy.cadence.every = 1       # any learning would be checkpointed at once
     worker.checkpoints.table = written = {}       # no broker: the checkpoints table as a dict
     await worker.agents.learn(stream)
     assert worker.registry.find("m") is None and stream.acked == [] and written == {}
