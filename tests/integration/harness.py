@@ -187,11 +187,12 @@ class Cluster:
         return env
 
     def start_worker(self, name: str | None = None, netns: str | None = None, host: str = "127.0.0.1",
-                     data_of: str | None = None, **settings: Any) -> WorkerProc:
+                     data_of: str | None = None, port: int | None = None, **settings: Any) -> WorkerProc:
         """A ``streamlearn worker`` process; with ``netns``, inside that network namespace, serving on ``host``;
-        with ``data_of``, on the data directory of that (stopped) worker, as a restarted worker."""
+        with ``data_of``, on the data directory of that (stopped) worker, as a restarted worker (``port``:
+        on that worker's web port too, as a restart on its host)."""
         name = name or f"w{len(self.workers)}"
-        port = 6066 if netns else free_port()     # a namespace has its own ports
+        port = port or (6066 if netns else free_port())     # a namespace has its own ports
         data = self.workdir / (data_of or name)
         data.mkdir(parents=True, exist_ok=True)
         log = self.workdir / f"{name}.log"

@@ -526,3 +526,79 @@ async def test_a_worker_restarted_on_its_data_directory_reads_only_the_changelog
             await p.send(t.feedback, {"event_id": eid, "label": y}, key=key)
             sent.events[eid] = (key, x, y)
     await assert_exact(cluster, [w], sent, crashes=3)
+
+
+async def steady(cluster, p: Producer, sent: Sent, rate: float, keys: int, stop: asyncio.Event,
+                 sent_at: dict[str, float]) -> None:
+    """A labelled stream at ``rate`` events/s over ``keys`` keys (each label right after its features),
+    until ``stop``; when each event was sent, in ``sent_at``."""
+    t = cluster.topics
+    rng, i, started = random.Random(5), 0, time.monotonic()
+    sending: list = []
+    while not stop.is_set():
+        due = int((time.monotonic() - started) * rate)
+        while i < due:
+            key, x, y = make_event(rng, i, keys)
+            eid = f"s{i}"
+            for topic, msg in ((t.features, {"event_id": eid, "features": x}), (t.feedback, {"event_id": eid, "label": y})):
+                raw = orjson.dumps(msg)
+                sending.append((await p._p.send(topic, raw, key=key.encode()), topic, raw, key.encode()))
+            sent.events[eid] = (key, x, y)
+            sent_at[eid] = time.monotonic()
+            i += 1
+        if len(sending) > 2000:
+            await delivered(p, sending, sent)
+        await asyncio.sleep(0.01)
+    await delivered(p, sending, sent)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("membership", ["dynamic", "static"])
+async def test_a_rolling_restart_answers_every_event_and_no_key_goes_dark_for_long(cluster, membership):
+    """A deploy: each of three workers in turn stopped (SIGTERM) and started again on its data directory and
+    web port, under a steady stream of 500 labelled events/s over 30 keys. Dynamic membership (the default):
+    each stop and each start rebalances the group. Static: each worker has its instance id, and the session
+    timeout outlasts a restart, so its partitions wait for it and the others are never paused."""
+    keys, rate = 30, 500.0
+    if membership == "static":
+        rolling = dict(SETTINGS, session_timeout_seconds=20.0, broker_request_timeout_seconds=30.0)
+        ids = {n: {"instance_id": n} for n in ("w0", "w1", "w2")}
+    else:
+        rolling, ids = dict(SETTINGS), {n: {} for n in ("w0", "w1", "w2")}
+    names = ["w0", "w1", "w2"]
+    workers = {n: cluster.start_worker(n, **ids[n], **rolling) for n in names}
+    cluster.wait_ready(timeout=90)
+    sent, sent_at, stop = Sent(), {}, asyncio.Event()
+    async with Producer(cluster.bootstrap) as p, Collector(cluster.bootstrap, cluster.topics.predictions) as preds:
+        streaming = asyncio.create_task(steady(cluster, p, sent, rate, keys, stop, sent_at))
+        await asyncio.sleep(5)
+        began = time.monotonic()
+        for k, n in enumerate(names):
+            workers[n].stop()                                    # SIGTERM, as a deploy does
+            workers[n] = cluster.start_worker(f"{n}-r{k}", data_of=n, port=workers[n].port, **ids[n], **rolling)
+            cluster.wait_ready(list(workers.values()), timeout=90)
+            await asyncio.sleep(3)
+        ended = time.monotonic()
+        await asyncio.sleep(3)
+        stop.set()
+        await streaming
+        await preds.wait_for(lambda v: set(sent.events) <= {x["event_id"] for x in v}, timeout=120,
+                             what="an answer to every event")
+        answered: dict[str, float] = {}
+        by_key: dict[str, list[float]] = defaultdict(list)
+        for value, at in zip(preds.values(), preds.arrived):
+            eid = value["event_id"]
+            if eid in sent_at and eid not in answered:
+                answered[eid] = at
+                by_key[value["model"]].append(at)
+    waits = {eid: answered[eid] - sent_at[eid] for eid in sent_at}
+    dark = {}
+    for key, times in by_key.items():
+        inside = [t for t in sorted(times) if began - 1 <= t <= ended + 1]
+        dark[key] = max((b - a for a, b in zip(inside, inside[1:])), default=0.0)
+    worst = max(dark, key=dark.get)
+    print(f"\nrolling restart of 3 workers ({membership} membership) under {rate:.0f} events/s, {len(sent_at)} events: the longest a key "
+          f"went without an answer {dark[worst]:.1f} s ({worst}); the longest an event waited "
+          f"{max(waits.values()):.1f} s; restarts took {ended - began:.0f} s in all")
+    assert dark[worst] <= 10, dark
+    await assert_exact(cluster, list(workers.values()), sent, crashes=0)
