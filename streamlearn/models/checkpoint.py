@@ -117,7 +117,7 @@ def dump(live: LiveModel, key: bytes, created_at: float) -> bytes:
     hbytes = orjson.dumps(header)
     challengers = {name: (c.model, c.metric, c.learned, c.error, c.retired_version)
                    for name, c in live.challengers.items()}
-    body = _HLEN.pack(len(hbytes)) + hbytes + _compress(_dumps((live.model, live.metric, live.recent, challengers)))
+    body = _HLEN.pack(len(hbytes)) + hbytes + _compress(_dumps((live.model, live.metric, live.recent, challengers, live.label_type)))
     return MAGIC + hmac.new(key, body, hashlib.sha256).digest() + body
 
 
@@ -177,6 +177,8 @@ def load(blob: bytes, key: bytes, specs: Mapping[str, Spec] = SPECS) -> LiveMode
             if intern:
                 _intern_keys(model)
             live.challengers[name] = Challenger(specs[name], model, metric, learned, error, *retired)
+    if len(rest) > 2:   # checkpoints before predictions kept the labels' type have none
+        live.label_type = rest[2]
     return live
 
 

@@ -135,6 +135,10 @@ class LiveModel:
     recent: RecentEvents = field(default_factory=RecentEvents)
     # challengers by spec name: they learn what the champion learns, in the same order (checkpointed with it)
     challengers: dict[str, Challenger] = field(default_factory=dict)
+    # a classifier's labels as it learned them, "bool" or "int" (else None): River's binary classifiers
+    # answer True/False whatever they learned, its trees answer the classes they saw; predictions answer
+    # in the labels' own type, whichever model answers
+    label_type: str | None = None
 
     def __post_init__(self) -> None:
         if self.metric is None:
@@ -167,13 +171,32 @@ def new_model(key: str, spec: Spec, params: dict[str, Any] | None = None) -> Liv
 
 
 def predict(live: LiveModel, x: dict[str, Any]) -> Prediction:
-    """Answer one event with the live model (the model does not change)."""
+    """Answer one event with the live model (the model does not change); a classifier answers in the type
+    of the labels it learned (``label_type``)."""
     if live.spec.is_classifier:
         proba = live.model.predict_proba_one(x)
+        if live.label_type is not None and proba:
+            proba = as_learned(proba, live.label_type)
         # River's Classifier.predict_one is exactly this argmax (ties: first).
         label = max(proba, key=proba.get) if proba else None
         return Prediction(label, proba, live.version, live.learned)
     return Prediction(live.model.predict_one(x), None, live.version, live.learned)
+
+
+def label_type_of(y: Any) -> str | None:
+    """"bool" or "int" for the labels whose type River's models may not keep; None for the others."""
+    return "bool" if type(y) is bool else "int" if type(y) is int else None
+
+
+def as_learned(proba: dict[Any, float], label_type: str) -> dict[Any, float]:
+    """A classifier's class probabilities keyed in the type of the labels it learned (True/False as 1/0 for
+    int labels, 1/0 as True/False for bool labels); other classes as they are."""
+    if label_type == "int":
+        if any(type(k) is bool for k in proba):
+            return {int(k) if type(k) is bool else k: p for k, p in proba.items()}
+    elif any(type(k) is int and k in (0, 1) for k in proba):
+        return {bool(k) if type(k) is int and k in (0, 1) else k: p for k, p in proba.items()}
+    return proba
 
 
 def learn(live: LiveModel, x: dict[str, Any], y: Any, event_id: str | None = None) -> Scored | None:
@@ -185,6 +208,8 @@ def learn(live: LiveModel, x: dict[str, Any], y: Any, event_id: str | None = Non
         if event_id in live.recent:
             return None
         live.recent.add(event_id)
+    if live.spec.is_classifier:
+        live.label_type = label_type_of(y)
     y_pred = live.model.predict_one(x)
     if y_pred is not None:
         live.metric.update(y, y_pred)

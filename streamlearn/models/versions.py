@@ -119,6 +119,7 @@ class VersionIndex:
         restored.parent_version = target
         restored.offset = live.offset          # it starts where the replaced model stopped
         restored.recent = live.recent          # ... and never learns again what the replaced one learned
+        restored.label_type = live.label_type or restored.label_type
         # challengers follow the stream, not the champion's versions; a replaced champion of another
         # spec (say, undoing a promotion) goes on as a challenger
         challengers = {n: c for n, c in live.challengers.items() if n != restored.spec.name}
@@ -132,7 +133,7 @@ class VersionIndex:
         c = live.challengers[spec]
         new = LiveModel(key=live.key, spec=c.spec, model=c.model, version=self.next_version,
                         parent_version=live.parent_version, learned=c.learned, metric=c.metric,
-                        offset=live.offset, recent=live.recent)
+                        offset=live.offset, recent=live.recent, label_type=live.label_type)
         new.challengers = {n: other for n, other in live.challengers.items() if n != spec}
         new.challengers[live.spec.name] = _retired(live)
         return new

@@ -168,3 +168,34 @@ def test_time_policy_snapshots_only_models_that_learned_since():
     assert info.size > 100 and info.created_at == now[0] and info.metric is not None
     now[0] += 60
     assert not versions.due_by_time(live)              # nothing learned since that snapshot
+
+
+@pytest.mark.parametrize("labels", [(0, 1), (False, True)], ids=["int", "bool"])
+def test_predictions_answer_in_the_labels_type_through_a_promotion_a_rollback_and_a_checkpoint(labels):
+    """River's logistic regression answers True/False whatever it learned, its trees the classes they saw:
+    a consumer gets the labels' own type (and ``proba``'s keys in it) whichever model answers."""
+    from streamlearn.models import checkpoint
+    from streamlearn.models.state import set_challengers
+
+    store = DictStore()
+    versions = ModelVersions(store, KEY, VersionSettings(snapshot_every_examples=0, gate=None))
+    live = new_model("m", get_spec("logreg"))
+    set_challengers(live, [get_spec("hoeffding_tree")])
+    rng = random.Random(1)
+    for i in range(300):
+        x = {"a": rng.gauss(0, 1)}
+        learn(live, x, labels[x["a"] > 0], f"e{i}")
+    want = type(labels[0])
+
+    def answers(model) -> None:
+        for a in (-2.0, 2.0):
+            p = predict(model, {"a": a})
+            assert type(p.label) is want and {type(k) for k in p.proba} == {want}, (model.spec.name, p)
+        assert predict(model, {"a": 2.0}).label == labels[1]
+
+    answers(live)                                                      # logreg
+    tree, _, _ = versions.promote(live, "hoeffding_tree")
+    answers(tree)                                                      # the promoted tree
+    back, _, _ = versions.rollback(tree)
+    answers(back)                                                      # logreg again, from its snapshot
+    answers(checkpoint.load(checkpoint.dump(tree, KEY, 0.0), KEY))     # a restored checkpoint
