@@ -49,7 +49,9 @@ async def probes(p: Producer, preds: Collector, cluster, key: str, tag: str, row
 
 
 def proba(model, x) -> dict[str, float]:
-    return {str(k).lower(): v for k, v in model.predict_proba_one(x).items()}   # JSON keys: "0", "true"
+    """River's answer as the worker serves it: Agrawal's labels are 0/1, and predictions answer in them
+    whichever model answers (River's logistic regression says False/True)."""
+    return {str(int(k)): v for k, v in model.predict_proba_one(x).items()}   # JSON keys: "0", "1"
 
 
 async def test_promote_by_cli_then_rollback_by_http_undoes_it_and_bad_promotions_are_refused(cluster):
