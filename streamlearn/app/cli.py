@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -313,6 +314,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamlearn", description="Online machine learning on Kafka.")
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -414,10 +416,35 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Version(argparse.Action):
+    """``--version``: streamlearn's, River's and Faust's (imported only when asked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the versions of streamlearn, River and Faust")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        import faust
+        import river
+
+        import streamlearn
+        print(f"streamlearn {streamlearn.__version__} (River {river.__version__}, "
+              f"faust-streaming {faust.__version__})")
+        parser.exit()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()   # here, so that a reader gone away is met below, not at the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # the reader went away (`streamlearn settings | head`): end quietly, and let nothing flush again
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
     except SettingsError as exc:
         print(f"streamlearn: bad setting: {exc}", file=sys.stderr)
         return 2

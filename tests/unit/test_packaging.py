@@ -109,3 +109,27 @@ def test_kafka_clean_removes_the_folders_of_brokers_no_longer_running_and_nothin
     assert "removed 3 folders" in out and "2.0 MB freed" in out, out
     assert not dead.exists() and not kept.exists() and not reused.exists()
     assert running.exists()
+
+
+def test_version_and_a_reader_gone_away(capsys, monkeypatch):
+    """``--version`` names what runs; a closed pipe (``streamlearn settings | head``) ends quietly, exit 0."""
+    import streamlearn
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and out.startswith(f"streamlearn {streamlearn.__version__} (River ")
+    assert f'version = "{streamlearn.__version__}"' in (ROOT / "pyproject.toml").read_text()
+
+    class GoneAway:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def fileno(self):
+            raise ValueError("no file")
+    monkeypatch.setenv("STREAMLEARN_DEV", "true")
+    monkeypatch.setattr("sys.stdout", GoneAway())
+    assert main(["settings"]) == 0
+    assert capsys.readouterr().err == ""
