@@ -360,16 +360,18 @@ class Agents:
         held.append(event)
         if self.policy.due(partition):
             self._checkpoint(partition)
-        # checkpoints and snapshots are written behind: on the changelog before any ack they allow
-        written = await self.state.flush()
         # ack what checkpoints cover: the messages below the first one a model's checkpoint lacks (all of
         # them once nothing is dirty: ticks, answered commands and replays are committed too, or an idle
-        # partition's lag grows)
+        # partition's lag grows). Decided before any await: a rebalance meanwhile makes the policy forget
+        # the partition, and it would then cover everything held.
         low = self.policy.low_water(partition)
         n = len(held) if low is None else next((i for i, e in enumerate(held) if e.message.offset >= low), len(held))
-        if n:
-            out.ack_when_delivered(acks, held[:n], after=written)
-            del held[:n]
+        covered = held[:n]
+        del held[:n]
+        # checkpoints and snapshots are written behind: on the changelog before the acks they allow
+        written = await self.state.flush()
+        if covered:
+            out.ack_when_delivered(acks, covered, after=written)
 
     async def _learn_record(self, partition: int, msg, out: Outbox) -> None:
         if is_tick(msg.headers):
