@@ -520,8 +520,8 @@ class _Runner(faust.Worker):
     (``new_loop`` first): a table's cleanup task made on another loop never
     runs, and Faust's stop then cancels it and awaits it forever (it hung after
     ``Table: pending: Shutting down...`` on every stop while the loop was made
-    after the app). Built in that order the worker stops in about a second,
-    having left the group and flushed its producer. The bound stays as a
+    after the app). Built in that order the worker stops in a fraction of a
+    second, having left the group, committed and flushed its producer. The bound stays as a
     safety net: ``stop_timeout`` after the signal the process exits, with a
     warning. That loses nothing: what the worker produced is committed only
     once delivered, and a restart resumes from the committed offsets, as after

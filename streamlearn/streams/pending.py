@@ -8,8 +8,8 @@ and hold JSON, and both are written by the agent handling the key's
 partition, so entries land in that partition's changelog and move with the
 model key on a rebalance.
 
-Bounds: an entry older than its time-to-live is refused at lookup (a late
-label is told its event *expired*); it is evicted, oldest first, once twice
+Bounds: a label for an entry older than its time-to-live is refused (a late
+label is told its event *expired*, ``core.join``); it is evicted, oldest first, once twice
 the time-to-live has passed, whenever its partition is written or ticked; a
 partition never holds more than ``max_per_partition`` entries.
 
