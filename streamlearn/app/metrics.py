@@ -55,7 +55,8 @@ class Metrics:
             "streamlearn_checkpoint_duration_seconds", "Time to serialize, sign and write a checkpoint.",
             buckets=_LATENCY_BUCKETS, registry=r)
         self.checkpoints_refused = Counter(
-            "streamlearn_checkpoints_refused_total", "Checkpoints refused (too large to write, or invalid to load).",
+            "streamlearn_checkpoints_refused_total",
+            "Checkpoints refused (too large to write, invalid to load, or stale: behind the one held).",
             ["reason"], registry=r)
         self.changelog_restored = Counter(
             "streamlearn_changelog_records_restored_total", "Changelog records read back into a table at "

@@ -25,6 +25,7 @@ from streamlearn.models import LiveModel, ModelRegistry, Spec
 from streamlearn.streams import codec
 from streamlearn.streams.agents import Agents, Options
 from streamlearn.streams.checkpoints import CheckpointPolicy, Checkpoints
+from streamlearn.streams.checkpoints import position as checkpoint_position
 from streamlearn.streams.deadletter import DeadLetters
 from streamlearn.streams.outbox import Outbox, WriteBehind
 from streamlearn.streams.pending import BoundedTable, TableState
@@ -193,13 +194,19 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     early = bounded("early-labels", "Labels that arrived before their event's features.", s.label_wait_seconds,
                     codec.encode_parked, codec.decode_parked)
     signing_key = s.signing_secret
-    def by_model(name: str, help: str, model_of: Any) -> TableState:
+    def by_model(name: str, help: str, model_of: Any, **kwargs: Any) -> TableState:
         """A table of the learn agent, keyed by model: written behind like the join state, so a store never
         holds a checkpoint or snapshot its changelog lacks (the next owner of the partition would not have it)."""
-        return TableState(table(name, help), behind, actives, s.partitions, model_of)
+        return TableState(table(name, help), behind, actives, s.partitions, model_of, **kwargs)
+
+    def stale_checkpoint(key: bytes) -> None:
+        metrics.checkpoint_refused("stale")
+        log.warning("model=%s: refused a checkpoint behind the one held (a late write of a worker that had "
+                    "lost the partition)", key.decode(errors="replace"))
 
     checkpoints = Checkpoints(by_model("checkpoints", "Latest checkpoint of each live model (signed blob).",
-                                       bytes.decode),
+                                       bytes.decode, position=checkpoint_position(signing_key),
+                                       on_stale=stale_checkpoint),
                               signing_key, s.max_checkpoint_bytes, metrics, specs)
     # Only with warm-start rules: a global table makes every worker a standby of its
     # changelog, which brings back Faust's standby recovery (disabled above); with it,

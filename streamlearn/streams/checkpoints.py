@@ -125,6 +125,25 @@ class Checkpoints:
         return len(blob)
 
 
+def position(signing_key: bytes):
+    """A checkpoint's place in its model's history: the training offset it covers (-inf: one we refuse).
+
+    Within a key, checkpoints only go forward: a model learns its partition of
+    the training topic in order, and a version change (restore, rollback,
+    promotion) keeps the offset where the model stopped. So of two checkpoints
+    of a key, the one at the higher offset is the later state, whoever wrote
+    it last: one written by a worker that lost the partition (cut off, it went
+    on learning what it had fetched) is the same model at an earlier offset, or
+    the same model further on (learned from the same training messages).
+    """
+    def at(blob: bytes) -> float:
+        try:
+            return blobs.read_header(blob, signing_key).offset
+        except CheckpointError:
+            return float("-inf")
+    return at
+
+
 def largest_challenger(live: LiveModel) -> str | None:
     """The name of the challenger taking the most room in a checkpoint (None: none has a model)."""
     sizes = {name: len(pickle.dumps(c.model)) for name, c in live.challengers.items() if c.model is not None}

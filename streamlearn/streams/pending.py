@@ -67,10 +67,17 @@ class TableState:
     is not stored: the partition's next owner reads it from the changelog.
     The store's persisted offset (RocksDB: where a restart resumes reading
     the changelog) follows the delivered writes it took.
+
+    With ``position`` (a value's place in its key's history), a value never
+    replaces one further on: not when delivered, not when recovered, not when
+    read against a staged one. Writes can land late: a worker cut off from
+    the group goes on writing, and its producer delivers once its link mends,
+    after the partition's next owner wrote further.
     """
 
     def __init__(self, table: Any, behind: "WriteBehind", actives: Callable[[], set], partitions: int,
-                 model_of: Callable[[bytes], str] = join_model) -> None:
+                 model_of: Callable[[bytes], str] = join_model, position: Callable[[bytes], float] | None = None,
+                 on_stale: Callable[[bytes], None] = lambda key: None) -> None:
         self.store = table.data
         self.model_of = model_of   # a key's model key, whose partition owns it
         self.changelog = table.changelog_topic.get_topic_name()
@@ -84,6 +91,15 @@ class TableState:
         self.holds_other_partitions = self._dbs is None
         self._waiting: dict[bytes, bytes | None] = {}   # key -> value written, not yet in the store
         behind.on_delivered(self.changelog, self._delivered)
+        # Values with a place in their key's history (checkpoints: the training offset they cover): a value
+        # never replaces one further on, whether it comes delivered, recovered or is read against a staged one.
+        # A worker cut off from the group goes on writing, and its producer delivers those writes once its
+        # link mends: after the partition's new owner wrote further and committed what that covers.
+        self.position = position
+        self.on_stale = on_stale   # told each key whose value was refused as behind the one held
+        if position is not None:
+            apply = table.apply_changelog_batch
+            table.apply_changelog_batch = lambda batch: apply(self._forward_only(batch))
 
     def write(self, partition: int, key: bytes, value: bytes | None) -> None:
         self._waiting[key] = value
@@ -92,12 +108,22 @@ class TableState:
     def get(self, key: bytes, default: Any = None) -> Any:
         if key in self._waiting:
             value = self._waiting[key]
-            return default if value is None else value
-        if self._dbs is None:
-            return self.store.get(key, default)
-        db = self._dbs.get(self.partition_of(key))
-        value = db.get(key) if db is not None else None
+            if value is not None and self.position is not None:
+                value = self._further(self._stored(key), value)
+        else:
+            value = self._stored(key)
         return default if value is None else value
+
+    def _stored(self, key: bytes) -> bytes | None:
+        if self._dbs is None:
+            return self.store.get(key)
+        db = self._dbs.get(self.partition_of(key))
+        return db.get(key) if db is not None else None
+
+    def _further(self, held: bytes | None, value: bytes) -> bytes:
+        """Of a value held and a new one, the one further on (the new one on a tie)."""
+        assert self.position is not None
+        return held if held is not None and self.position(value) < self.position(held) else value
 
     def __contains__(self, key: bytes) -> bool:
         return self.get(key) is not None
@@ -108,7 +134,8 @@ class TableState:
         for key, value in self.store.items():
             if key not in waiting:
                 yield key, value
-        for key, value in list(waiting.items()):
+        for key in list(waiting):
+            value = self.get(key)
             if value is not None:
                 yield key, value
 
@@ -148,6 +175,11 @@ class TableState:
 
     def _store(self, partition: int, key: bytes, value: bytes | None) -> bool:
         """Put a delivered write in the store; False if its partition's database is not open (revoked)."""
+        if value is not None and self.position is not None:
+            held = self._stored(key)
+            if held is not None and self._further(held, value) is held:
+                self.on_stale(key)
+                return self._dbs is None or partition in self._dbs
         if self._dbs is None:        # the memory store: one mapping of every partition's keys
             if value is None:
                 self.store.pop(key, None)
@@ -162,6 +194,30 @@ class TableState:
         else:
             db.put(key, value)
         return True
+
+
+    def _forward_only(self, batch: list) -> list:
+        """The records of a recovery batch (Faust's changelog events, in order) that go forward: a key's
+        value is replaced only by one at the same position or further on; the others are told ``on_stale``."""
+        assert self.position is not None
+        at: dict[bytes, float | None] = {}   # key -> position of the value it will hold (None: no value)
+        kept = []
+        for event in batch:
+            key, value = event.message.key, event.message.value
+            if value is not None:
+                if key not in at:
+                    held = self._stored(key)
+                    at[key] = None if held is None else self.position(held)
+                place = self.position(value)
+                held_at = at[key]
+                if held_at is not None and place < held_at:
+                    self.on_stale(key)
+                    continue
+                at[key] = place
+            else:
+                at[key] = None
+            kept.append(event)
+        return kept
 
 
 def dict_writer(table: MutableMapping[bytes, Any]) -> Write:

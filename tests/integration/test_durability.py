@@ -17,6 +17,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -417,6 +418,63 @@ async def test_scale_out_to_three_and_back_to_one(cluster):
         cluster.wait_ready([w0], timeout=90)
         await publish(cluster, p, 6000, 9000, sent)
     await assert_exact(cluster, [w0], sent)
+
+
+async def latest_checkpoints(cluster) -> dict[bytes, Any]:
+    """Each model's latest record on the checkpoints changelog."""
+    return {m.key: m for m in await read_topic(cluster.bootstrap, f"{cluster.app_id}-checkpoints-changelog")
+            if m.value}
+
+
+async def wait_committed(cluster, topics: list[str], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (left := await uncommitted(cluster, topics)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    assert not left, f"still uncommitted after {timeout:.0f} s: {left}"
+
+
+async def test_a_checkpoint_delivered_late_by_a_worker_that_lost_its_partition_rolls_no_model_back(cluster):
+    """A worker cut off from the group keeps its writes and sends them again: they land once its link
+    mends, after the partition's new owner checkpointed further and committed what it learned. Whoever
+    recovers the partition next must keep the newer checkpoint (on three hosts, a late one lost an example).
+
+    The late writes here are a worker's own earlier checkpoints, sent again to the end of the changelog."""
+    sent = Sent()
+    t = cluster.topics
+    w0 = cluster.start_worker("w0", **SETTINGS)
+    cluster.wait_ready()
+    async with Producer(cluster.bootstrap) as p:
+        await publish(cluster, p, 0, 1000, sent)
+        await wait_learned([w0], sent.per_key())
+        await wait_committed(cluster, [t.training])   # every example in a checkpoint
+        early = await latest_checkpoints(cluster)
+        await publish(cluster, p, 1000, 2000, sent)
+        await wait_learned([w0], sent.per_key())
+        await wait_committed(cluster, [t.training])
+        later = await latest_checkpoints(cluster)
+        assert set(later) == set(early) and all(later[k].offset > early[k].offset for k in early)
+        for key, m in early.items():
+            await p._p.send(m.topic, m.value, key=key, partition=m.partition)
+        await p._p.flush()
+        w1 = cluster.start_worker("w1", **SETTINGS)   # partitions move: w1 recovers them from the changelog
+        split = cluster.wait_ready([w0, w1], timeout=90)
+        assert split["w1"], split
+        await publish(cluster, p, 2000, 3000, sent)
+        await wait_learned([w0, w1], sent.per_key())
+        stale = w1.metric("streamlearn_checkpoints_refused_total", 'reason="stale"')
+        print(f"w1 took {split['w1']}; refused {stale:.0f} stale checkpoints")
+        assert stale >= 1
+        w1.stop()                                      # and back: w0 recovers them again
+        cluster.wait_ready([w0], timeout=90)
+        await publish(cluster, p, 3000, 3500, sent)
+    await assert_exact(cluster, [w0], sent)
+
+
+async def wait_learned(workers, expected: dict[str, int], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (have := learned_everywhere(workers)) != expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    assert have == expected, f"learned {have}, sent {expected}"
 
 
 async def test_broker_restart_mid_stream(tmp_path):

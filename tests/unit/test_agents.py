@@ -391,6 +391,46 @@ async def test_a_store_holds_no_checkpoint_or_snapshot_its_changelog_lacks(worke
         assert checkpoints.store.persisted_offset(tp) == 0
 
 
+async def test_a_checkpoint_behind_the_one_held_replaces_it_nowhere(worker):
+    """A worker cut off from the group goes on writing; its producer delivers once the link mends, after the
+    partition's next owner checkpointed further. Its late checkpoint, delivered, recovered or read against one
+    staged, never replaces a later one (on three hosts one example was lost to it); a later one always does."""
+    from streamlearn import models
+    table = worker.checkpoints.table
+    p = partition_for("tenant-7", 8)
+
+    def blob(offset: int) -> bytes:
+        live = models.new_model("tenant-7", models.get_spec("logreg"))
+        live.offset, live.learned = offset, offset + 1
+        return models.checkpoint.dump(live, worker.settings.signing_secret, time.time())
+
+    def recovered(*blobs: bytes) -> None:      # Faust's recovery hands the table its changelog in batches
+        table_obj = worker.app.tables["checkpoints"]
+        table_obj.apply_changelog_batch([SimpleNamespace(
+            key=b"tenant-7", value=b, message=SimpleNamespace(key=b"tenant-7", value=b, tp=TP(table.changelog, p),
+                                                             partition=p, offset=100 + i))
+            for i, b in enumerate(blobs)])
+
+    def offset() -> int:
+        return worker.checkpoints.restore("tenant-7").offset
+
+    refused = worker.metrics.checkpoints_refused.labels("stale")
+    table[b"tenant-7"] = blob(40)
+    await (await worker.agents.state.flush())
+    recovered(blob(30))                                   # a late write behind the store's: refused
+    assert offset() == 40 and refused._value.get() == 1
+    recovered(blob(50), blob(45), blob(60))               # within a batch: forward only
+    assert offset() == 60 and refused._value.get() == 2
+    table[b"tenant-7"] = blob(55)                         # staged behind the store (a worker's own late one) ...
+    assert offset() == 60                                 # ... is not read over the later one ...
+    await (await worker.agents.state.flush())
+    assert offset() == 60 and refused._value.get() == 3   # ... nor stored when delivered
+    table[b"tenant-7"] = blob(60)                         # the same offset again: taken (a version change)
+    await (await worker.agents.state.flush())
+    recovered(blob(61))
+    assert offset() == 61 and refused._value.get() == 3
+
+
 async def test_deferred_checkpoints_commit_what_they_cover_and_no_more(worker):
     """With checkpoint_defer_seconds a changed model waits for its checkpoint; the training messages are acked
     (committed) only up to the first one that some model's checkpoint still lacks, so a crash replays it."""
