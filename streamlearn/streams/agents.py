@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -51,7 +52,14 @@ from .topics import Topics
 from .transport import records_of
 from .versions import Audit, Commands
 
-log = logging.getLogger("streamlearn.agents")
+log = logging.getLogger("streamlearn.agents")   # what no agent does (ticks, rebalances)
+_running: ContextVar[str] = ContextVar("agent", default="")   # each agent runs as a task of its own
+
+
+def agent_log() -> logging.Logger:
+    """The logger of the agent running now: ``streamlearn.agent.predict``, ``streamlearn.agent.join``, ..."""
+    name = _running.get()
+    return logging.getLogger(f"streamlearn.agent.{name}") if name else log
 
 
 def _current(app: faust.App, event) -> bool:
@@ -112,10 +120,12 @@ class Agents:
     # ---- the batch loop: any input, one record at a time, never an exception out ----
     async def _consume(self, name: str, stream: faust.StreamT, handle: Handler) -> None:
         """Handle a stream's fetches (see transport.py); ack each once what it produced is delivered."""
+        _running.set(name)
         out = self.outbox()
         left = self.unfinished.pop(name, None)
         if left is not None:
-            log.warning("agent %s restarted: handling the %d records it had taken first", name, len(left[2]))
+            agent_log().warning("agent %s restarted: handling the %d records it had taken first", name,
+                                len(left[2]))
             await self._handle_records(name, *left, handle, out)
         async for event in stream.noack().events():
             if _current(stream.app, event):
@@ -140,7 +150,7 @@ class Agents:
             await handle(msg, out)
         except Exception as exc:  # noqa: BLE001 - one event must never stop the agent
             self.metrics.error("internal")
-            log.exception("internal error handling %s/%d/%d", msg.topic, msg.partition, msg.offset)
+            agent_log().exception("internal error handling %s/%d/%d", msg.topic, msg.partition, msg.offset)
             await self.dead.send(Rejected(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"), msg, out)
 
     def watched(self, name: str, body: Callable[[faust.StreamT], Awaitable[None]]):
@@ -151,8 +161,8 @@ class Agents:
             except Exception as exc:
                 self.crashes[name] = (time.time(), f"{type(exc).__name__}: {exc}")
                 self.metrics.agent_crashed(name)
-                log.error("agent %s crashed (%s: %s); Faust restarts it", name, type(exc).__name__, exc,
-                          exc_info=exc)
+                logging.getLogger(f"streamlearn.agent.{name}").error(
+                    "agent %s crashed (%s: %s); Faust restarts it", name, type(exc).__name__, exc, exc_info=exc)
                 raise
         agent.__doc__ = body.__doc__
         return agent
@@ -296,7 +306,7 @@ class Agents:
             await self.dead.send(outcome.rejected, msg, out, model=label.model)
         elif isinstance(outcome, join.DuplicateLabel):
             self.metrics.duplicate_label()
-            log.info("ignored a second label for event_id=%s model=%s", label.event_id, label.model)
+            agent_log().info("ignored a second label for event_id=%s model=%s", label.event_id, label.model)
         else:
             await self._joined(msg.partition, key, outcome, out)
 
@@ -338,6 +348,7 @@ class Agents:
         previous one. The next owner would then restore a model that misses
         what was learned in between (and skip it, below its offset).
         """
+        _running.set("learn")
         acks = stream.noack()
         out = self.outbox()
         left = self.unfinished.pop("learn", None)
@@ -389,7 +400,8 @@ class Agents:
             return await self.commands.run(partition, msg)
         except Exception as exc:  # noqa: BLE001 - a command must not crash-loop the learn agent
             self.metrics.error("internal")
-            log.exception("internal error running the command at %s/%d/%d", msg.topic, msg.partition, msg.offset)
+            agent_log().exception("internal error running the command at %s/%d/%d", msg.topic, msg.partition,
+                                  msg.offset)
             detail = f"{type(exc).__name__}: {exc}"
             await self.dead.send(Rejected(INTERNAL_ERROR, detail), msg, out)
             await self.commands.answer(None, codec.request_id_of(msg.value), ok=False, error=INTERNAL_ERROR,
@@ -409,7 +421,8 @@ class Agents:
                 await self._learn_one(partition, msg, example, out, replayed)
             except Exception as exc:  # noqa: BLE001 - one example must not stop the others
                 self.metrics.error("internal")
-                log.exception("internal error learning event_id=%s model=%s", example.event_id, example.model)
+                agent_log().exception("internal error learning event_id=%s model=%s", example.event_id,
+                                      example.model)
                 await self._dead_example(Rejected(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", example.event_id),
                                          msg, example, out)
 
@@ -463,7 +476,7 @@ class Agents:
             except CheckpointTooLarge as exc:
                 # Holding acks forever would stall the partition: the model's
                 # learning since its last checkpoint is at risk; say so loudly.
-                log.error("%s; its learning since the last checkpoint would be lost in a crash", exc)
+                agent_log().error("%s; its learning since the last checkpoint would be lost in a crash", exc)
 
     def forget_partitions(self, keep: set[int]) -> None:
         """After a rebalance: drop the held events and checkpoint policy of partitions moved away."""
@@ -510,7 +523,7 @@ class Agents:
             return step(live, *values)
         except Exception as exc:  # noqa: BLE001 - one bad event must not stop the agent
             self.metrics.error(step.__name__)
-            log.exception("model %s failed on event_id=%s", step.__name__, event_id)
+            agent_log().exception("model %s failed on event_id=%s", step.__name__, event_id)
             raise Rejected(MODEL_ERROR, f"{step.__name__} failed: {type(exc).__name__}: {exc}", event_id) from None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from types import SimpleNamespace
 
@@ -133,7 +134,8 @@ def origin(offset: int) -> list:
     return [("streamlearn-origin", f"streamlearn.feedback/3/{offset}".encode())]
 
 
-async def test_predict_join_learn(worker):
+async def test_predict_join_learn(worker, caplog):
+    caplog.set_level(logging.INFO, logger="streamlearn")
     p = partition_for("m", 8)
     async with worker.app.agents["predict"].test_context() as predict:
         await predict.put(orjson.dumps({"event_id": "e1", "features": {"a": 1.0}}), key=b"m", partition=p)
@@ -152,6 +154,8 @@ async def test_predict_join_learn(worker):
     assert orjson.loads(example["value"])[0]["origin"] == ["streamlearn.feedback", 3, 10]
     assert worker.metrics.duplicate_labels._value.get() == 1
     assert worker.early.get(b"m\x1fe2").label is True
+    [said] = [r for r in caplog.records if r.getMessage().startswith("ignored a second label")]
+    assert said.name == "streamlearn.agent.join"        # each agent logs under its own name
 
     # the features of e2 arrive after its label: the example is made then
     async with worker.app.agents["predict"].test_context() as predict:
