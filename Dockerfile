@@ -11,6 +11,7 @@ USER streamlearn
 ENV STREAMLEARN_WEB_HOST=0.0.0.0 \
     STREAMLEARN_DATA_DIR=/var/lib/streamlearn
 EXPOSE 6066
-HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,os; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('STREAMLEARN_WEB_PORT', '6066'))"
+# healthy once ready (/ready: partitions assigned), asked at its own STREAMLEARN_WEB_HOST:PORT
+HEALTHCHECK --interval=10s --timeout=10s CMD ["streamlearn", "status", "--timeout", "3"]
 ENTRYPOINT ["streamlearn"]
 CMD ["worker"]

@@ -164,3 +164,70 @@ async def faults(net: netns.Network, cluster: Cluster, hosts: list[netns.Host], 
         lines.append(report("broker unreachable from the workers", stream, preds, {f"m{i}" for i in range(N_KEYS)},
                             began, ended))
     print("\n" + "\n".join(lines))
+
+
+@pytest.mark.timeout(300)
+def test_a_worker_with_the_compose_environment_turns_healthy_by_the_compose_health_check(tmp_path):
+    """No Docker engine here: the compose stack's parts as compose runs them. Hosts named as its services
+    (``kafka``, ``worker-1``: each a network namespace, the names in its own hosts file), the broker on the
+    containers' listener, a worker with exactly ``worker-1``'s environment from docker-compose.yml (and the
+    image's data directory moved here), and compose's health check command run inside the worker's host, as
+    often as compose would: it must pass (a check of 127.0.0.1 failed there, the worker binding its name)."""
+    import yaml
+
+    why = netns.unavailable()
+    if why:
+        print(f"skipped: {why}")
+        pytest.skip(why)
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    service = compose["worker-1"]
+    env = {k: str(v) for k, v in service["environment"].items()}
+    check = service["healthcheck"]
+    assert check["test"][0] == "CMD"
+    retries, interval = int(check["retries"]), float(check["interval"].rstrip("s"))
+    broker_url = env["STREAMLEARN_BROKER"].removeprefix("kafka://")
+    broker_name, broker_port = broker_url.split(":")
+    assert broker_name == "kafka" and env["STREAMLEARN_WEB_HOST"] == "worker-1"
+    with netns.Network() as net:
+        kafka, worker = net.add("kafka"), net.add("w1")   # the names are in the hosts files (ifnames are short)
+        for host in (kafka, worker):    # `ip netns exec` puts /etc/netns/NS/hosts in place of /etc/hosts
+            folder = Path("/etc/netns") / host.ns
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "hosts").write_text(f"127.0.0.1 localhost\n{kafka.ip} kafka\n{worker.ip} worker-1\n")
+        kafka_env = {**os.environ, "KAFKA_HOST": kafka.ip, "KAFKA_PORT": broker_port, "KAFKA_CONTROLLER_PORT": "9093",
+                     "KAFKA_HOME_DIR": str(tmp_path / "kafka"), "KAFKA_HEAP_OPTS": "-Xms128m -Xmx512m"}
+        try:
+            subprocess.run(["ip", "netns", "exec", kafka.ns, sys.executable, str(ROOT / "scripts" / "kafka"),
+                            "start"], env=kafka_env, check=True, stdout=subprocess.DEVNULL)
+            data = tmp_path / "data"
+            data.mkdir()
+            clean = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLEARN_")}
+            log = (tmp_path / "worker-1.log").open("wb")
+            proc = subprocess.Popen(["ip", "netns", "exec", worker.ns, sys.executable, "-m", "streamlearn.app.cli",
+                                     "worker"], env={**clean, **env, "STREAMLEARN_DATA_DIR": str(data)},
+                                    stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+            command = [sys.executable, "-m", "streamlearn.app.cli", *check["test"][2:]]   # the image's `streamlearn`
+            assert check["test"][1] == "streamlearn"
+            started, answers = time.monotonic(), []
+            for _ in range(retries):
+                done = subprocess.run(["ip", "netns", "exec", worker.ns, *command], env={**clean, **env},
+                                      capture_output=True, text=True, timeout=30)
+                answers.append(done.stdout.strip() or done.stderr.strip())
+                if done.returncode == 0:
+                    break
+                time.sleep(interval)
+            assert done.returncode == 0, (answers[-3:], (tmp_path / "worker-1.log").read_text()[-3000:])
+            assert answers[-1].startswith("http://worker-1:6066  alive=yes  ready=yes  partitions="), answers[-1]
+            print(f"healthy {time.monotonic() - started:.1f} s after the start, after {len(answers)} checks")
+            local = subprocess.run(["ip", "netns", "exec", worker.ns, *command, "http://127.0.0.1:6066"],
+                                   env={**clean, **env}, capture_output=True, text=True, timeout=30)
+            assert local.returncode == 1 and "alive=no" in local.stdout, local   # why the old check never passed
+            proc.terminate()
+            proc.wait(timeout=30)
+        finally:
+            subprocess.run(["ip", "netns", "exec", kafka.ns, sys.executable, str(ROOT / "scripts" / "kafka"), "stop"],
+                           env=kafka_env, check=False, stdout=subprocess.DEVNULL)
+            for host in (kafka, worker):
+                for f in (Path("/etc/netns") / host.ns).glob("*"):
+                    f.unlink()
+                (Path("/etc/netns") / host.ns).rmdir()

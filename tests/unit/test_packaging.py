@@ -64,6 +64,8 @@ def test_dashboard_and_prometheus_config_use_metrics_the_workers_export():
     m.version_changed("auto_rollback")
     m.command_answered("restore", "ok")
     m.agent_crashed("predict")
+    m.models_evicted.labels("cap").inc()
+    m.changelog_restored.labels("pending").inc()
     exported = set(re.findall(r"^(streamlearn_\w+)", m.exposition().decode(), re.M))
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/streamlearn.json").read_text())
     used = {name for panel in dashboard["panels"] for target in panel["targets"]
@@ -133,3 +135,48 @@ def test_version_and_a_reader_gone_away(capsys, monkeypatch):
     monkeypatch.setattr("sys.stdout", GoneAway())
     assert main(["settings"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_prometheus_loads_the_shipped_alert_rules_and_they_fire_as_written():
+    """``promtool`` (Prometheus's own checker, installed with it by scripts/setup): the compose stack's
+    Prometheus config with its rule file, and the rules' unit tests (tests/unit/prometheus/alerts_test.yml)."""
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: scripts/setup installs Debian's prometheus package, which has it"
+    checked = subprocess.run([promtool, "check", "config", "deploy/prometheus/prometheus.yml"], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert checked.returncode == 0 and "9 rules found" in checked.stdout + checked.stderr, checked
+    tested = subprocess.run([promtool, "test", "rules", "alerts_test.yml"], cwd=ROOT / "tests/unit/prometheus",
+                            capture_output=True, text=True)
+    assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["prometheus"]
+    assert "./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in compose["volumes"]
+
+
+def test_every_dashboard_query_is_valid_promql_and_follows_the_worker_and_model_filters(tmp_path):
+    """Each panel's query parses (promtool checks it as a recording rule) and is scoped by the dashboard's
+    worker filter, and the per-model series by its model filter too."""
+    import json
+    import re
+    import shutil
+    import subprocess
+
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/streamlearn.json").read_text())
+    assert [v["name"] for v in dashboard["templating"]["list"]] == ["instance", "model"]
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    titles = {panel["title"] for panel in dashboard["panels"]}
+    assert {"Checkpoints", "Model evictions and recovery"} <= titles
+    for expr in exprs:
+        for selector in re.findall(r"(streamlearn_\w+)(\{[^}]*\})?", expr):
+            assert 'instance=~"$instance"' in selector[1], expr
+            if selector[0] in ("streamlearn_model_metric", "streamlearn_model_version", "streamlearn_challenger_metric"):
+                assert 'model=~"$model"' in selector[1], expr
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:query{i}", "expr": e.replace("$instance", ".*").replace("$model", ".*")}
+        for i, e in enumerate(exprs)]}]}
+    (tmp_path / "queries.yml").write_text(yaml.safe_dump(rules))
+    checked = subprocess.run([shutil.which("promtool") or "promtool", "check", "rules", str(tmp_path / "queries.yml")],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
