@@ -10,9 +10,11 @@
     streamlearn soak [--minutes 30] [--share 0.5]          a long labelled stream, reported once a minute
     streamlearn settings                               every setting, its env var and value
     streamlearn specs list|check [SPEC|mod:factory]    the model specs; the contract suite a spec must pass
-    streamlearn models list [--json]                   the cluster's models: key, spec, version, learned, metric, worker
-    streamlearn models ACTION MODEL_KEY [VERSION]      status|versions|snapshot|restore|rollback|pin|unpin
+    streamlearn models list                            the cluster's models: key, spec, version, learned, metric, worker
+    streamlearn models show MODEL_KEY                  one model: spec, version, learned, metric, challengers, snapshots
+    streamlearn models ACTION MODEL_KEY [VERSION]      versions|snapshot|restore|rollback|pin|unpin (status: as show)
     streamlearn models promote MODEL_KEY SPEC          make a challenger the champion (rollback undoes it)
+    (every models action: --json for the workers' answer as JSON)
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from streamlearn.streams.connection import KafkaAuthError
+from streamlearn.streams.connection import KafkaAuthError, KafkaUnreachable
 
 from .settings import Settings, SettingsError
 
@@ -40,10 +42,12 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
-def _connected(args: argparse.Namespace) -> Settings:
-    """The settings, once Kafka has accepted a connection made with them (``KafkaAuthError`` if refused)."""
+def _connected(args: argparse.Namespace, timeout: float | None = None) -> Settings:
+    """The settings, once Kafka has accepted a connection made with them (``KafkaAuthError`` if refused,
+    ``KafkaUnreachable`` if no broker answered within ``timeout``, by default ``kafka_connect_timeout_seconds``)."""
     s = _settings(args)
-    asyncio.run(s.kafka_auth.check(s.bootstrap_servers))
+    asyncio.run(s.kafka_auth.check(s.bootstrap_servers, timeout or s.kafka_connect_timeout_seconds,
+                                   say=lambda why: print(f"streamlearn: {why}", file=sys.stderr)))
     return s
 
 
@@ -71,8 +75,18 @@ def cmd_topics(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from streamlearn.streams.topics import TopicNames
 
-    from .replay import ReplayError, iter_dataset, replay
+    from .replay import ReplayError, dataset_size, iter_dataset, replay
 
+    try:
+        size = dataset_size(args.dataset)
+    except ReplayError as exc:
+        print(f"streamlearn replay: {exc}", file=sys.stderr)
+        return 2
+    if size is None and args.limit is None and not args.forever:
+        print(f"streamlearn replay: {args.dataset} never ends: give --limit N (or --forever to send until Ctrl-C)",
+              file=sys.stderr)
+        return 2
+    total = min(n for n in (size, args.limit) if n is not None) if size is not None or args.limit else None
     s = _connected(args)
     names = TopicNames.with_prefix(s.topic_prefix)
     try:
@@ -80,7 +94,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             iter_dataset(args.dataset, args.target), bootstrap_servers=s.bootstrap_servers,
             features_topic=names.features, feedback_topic=names.feedback, keys=args.keys,
             key_prefix=args.key_prefix, label_delay=args.label_delay, rate=args.rate, limit=args.limit,
-            keyed=not args.unkeyed, progress=not args.no_progress, run_id=args.run_id,
+            keyed=not args.unkeyed, progress=not args.no_progress, total=total, run_id=args.run_id,
             flip=_span(args.flip), kafka=s.kafka_options))
     except ReplayError as exc:
         print(f"streamlearn replay: {exc}", file=sys.stderr)
@@ -186,10 +200,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     from streamlearn.streams import codec
 
+    from . import present
     from .control import ControlClient
 
     if args.action == "list":
         return _list_models(args)
+    if args.action == "show":
+        args.action = "status"
     if args.model is None:
         print(f"streamlearn models {args.action}: a MODEL_KEY is required", file=sys.stderr)
         return 2
@@ -207,7 +224,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             return 2
     elif needs == "spec":
         spec = args.argument
-    s = _connected(args)
+    s = _connected(args, args.timeout)
     timeout = args.timeout or s.command_timeout_seconds
 
     if s.command_key is None:
@@ -229,11 +246,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - Kafka unreachable, topic missing: say so
         print(f"streamlearn models {args.action}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2, default=str))
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
     if not result["ok"]:
         print(f"streamlearn models {args.action} {args.model}: {result['error']}: {result['detail']}",
               file=sys.stderr)
         return 1
+    if not args.json:
+        print(present.answer(args.action, args.model, result["result"]))
     return 0
 
 
@@ -261,16 +281,8 @@ def _list_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(found, indent=2))
         return 0
-    rows = [("MODEL", "SPEC", "VERSION", "LEARNED", "METRIC", "WORKER")]
-    for m in found:
-        metric = m.get("metric") or {}
-        value = metric.get("value")
-        rows.append((m["model"], m["spec"], f"v{m['version']}", str(m["learned"]),
-                     "-" if value is None else f"{metric.get('name', '')} {value:.4f}".strip(),
-                     m.get("worker", "")))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    from .present import models_table
+    print(models_table(found))
     return 0
 
 
@@ -317,46 +329,51 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def command(name: str, **kwargs: object) -> argparse.ArgumentParser:
+        return sub.add_parser(name, formatter_class=_Help, **kwargs)
+
     def common(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sp.add_argument("--broker", help="Kafka URL (STREAMLEARN_BROKER)")
         return sp
 
-    w = common(sub.add_parser("worker", help="run one worker"))
+    w = common(command("worker", help="run one worker"))
     w.add_argument("--web-port", type=int, help="HTTP port (STREAMLEARN_WEB_PORT)")
     w.add_argument("--web-host", help="HTTP host (STREAMLEARN_WEB_HOST)")
     w.add_argument("--data-dir", help="data directory (STREAMLEARN_DATA_DIR)")
     w.add_argument("-l", "--loglevel", help="log level (STREAMLEARN_LOG_LEVEL)")
     w.set_defaults(func=cmd_worker)
 
-    r = common(sub.add_parser("replay", help="publish a dataset as feature events and labels"))
+    r = common(command("replay", help="publish a dataset as feature events and labels"))
     r.add_argument("dataset", help="bundled River dataset (phishing, bananas, ...) or a .jsonl/.csv file")
     r.add_argument("--target", help="label field of a CSV or flat JSONL file")
     r.add_argument("--keys", type=int, default=1, help="spread events over this many model keys")
     r.add_argument("--key-prefix", default="replay", help="model keys are PREFIX or PREFIX-i")
     r.add_argument("--label-delay", type=int, default=0, help="send each label this many events later")
     r.add_argument("--rate", type=float, default=0.0, help="events per second (0: as fast as possible)")
-    r.add_argument("--limit", type=int, help="stop after this many events")
+    r.add_argument("--limit", type=int, help="stop after this many events (an endless dataset needs it, or --forever)")
+    r.add_argument("--forever", action="store_true", help="an endless dataset (sea, agrawal): send until Ctrl-C")
     r.add_argument("--unkeyed", action="store_true", help="no Kafka key; the model key goes in the message")
     r.add_argument("--run-id", help="event ids are RUN_ID-i (default: random)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar (there is none when stderr is not "
+                                                               "a terminal)")
     r.add_argument("--flip", metavar="START:COUNT", help="inject bad labels: flip COUNT labels from event START")
     r.set_defaults(func=cmd_replay)
 
-    wa = common(sub.add_parser("watch", help="show live predictions and online accuracy"))
+    wa = common(command("watch", help="show live predictions and online accuracy"))
     wa.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: until Ctrl-C)")
     wa.add_argument("--every", type=float, default=1.0, help="seconds between status lines")
     wa.set_defaults(func=cmd_watch)
 
-    pl = common(sub.add_parser("plot", help="PNG of online accuracy over time, with version changes marked"))
+    pl = common(command("plot", help="PNG of online accuracy over time, with version changes marked"))
     pl.add_argument("path", help="PNG file to write")
     pl.add_argument("--model", action="append", help="only this model key (repeatable)")
     pl.add_argument("--window", type=int, default=200, help="rolling accuracy over this many labelled predictions")
     pl.set_defaults(func=cmd_plot)
 
-    t = common(sub.add_parser("topics", help="create missing topics and check partition counts"))
+    t = common(command("topics", help="create missing topics and check partition counts"))
     t.set_defaults(func=cmd_topics)
 
-    b = common(sub.add_parser("bench", help="benchmark the pipeline against a hand-written loop and a raw passthrough"))
+    b = common(command("bench", help="benchmark the pipeline against a hand-written loop and a raw passthrough"))
     b.add_argument("--events", type=int, default=10_000, help="labelled events per run")
     b.add_argument("--specs", default="logreg,hoeffding_tree,arf", help="model specs, comma-separated")
     b.add_argument("--workers", default="1,2", help="worker counts, comma-separated")
@@ -367,14 +384,14 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", type=Path, help="also write a PNG of throughput and p99 against the offered rate")
     b.set_defaults(func=cmd_bench)
 
-    so = common(sub.add_parser("soak", help="a labelled stream at a share of the measured maximum, reported "
+    so = common(command("soak", help="a labelled stream at a share of the measured maximum, reported "
                                              "once a minute; fails when an event is lost or memory passes a bound"))
     so.add_argument("--minutes", type=float, default=30.0, help="how long to send")
     so.add_argument("--share", type=float, default=0.5, help="share of the maximum measured by the probe")
     so.add_argument("--rate", type=float, default=0.0, help="events/s instead of a share of the maximum")
     so.add_argument("--probe", type=int, default=5_000, help="labelled events of the flat-out probe (and warm-up)")
     so.add_argument("--spec", default="logreg", help="model spec of the workers")
-    so.add_argument("--workers", type=int, default=1)
+    so.add_argument("--workers", type=int, default=1, help="workers to start (each its own process)")
     so.add_argument("--keys", type=int, default=20, help="model keys the events are spread over")
     so.add_argument("--report-every", type=float, default=60.0, help="seconds between reports")
     so.add_argument("--drain", type=float, default=120.0, help="seconds to wait at the end for the backlog")
@@ -382,18 +399,18 @@ def parser() -> argparse.ArgumentParser:
     so.add_argument("--json", action="store_true", help="also print the reports as JSON (table on stderr)")
     so.set_defaults(func=cmd_soak)
 
-    ss = sub.add_parser("status", help="ask workers whether they are alive and ready")
+    ss = command("status", help="ask workers whether they are alive and ready")
     ss.add_argument("url", nargs="*", help="worker URLs (default: this host's STREAMLEARN_WEB_PORT)")
-    ss.add_argument("--timeout", type=float, default=3.0)
+    ss.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for each worker's answer")
     ss.set_defaults(func=cmd_status)
 
     import getpass
 
     from streamlearn.streams.codec import COMMANDS
 
-    m = common(sub.add_parser("models", help="the cluster's models (list); a model's versions: status, versions, "
+    m = common(command("models", help="the cluster's models (list); a model's versions: status, versions, "
                                              "snapshot, restore, rollback, pin, unpin; promote a challenger"))
-    m.add_argument("action", choices=["list", *COMMANDS], help="what to do")
+    m.add_argument("action", choices=["list", "show", *COMMANDS], help="what to do (status: as show)")
     m.add_argument("model", nargs="?", help="the model key (every action but list)")
     m.add_argument("argument", nargs="?", metavar="VERSION|SPEC",
                    help="the version (restore, pin, unpin), or the challenger's spec (promote)")
@@ -401,19 +418,28 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--by", default=f"cli:{getpass.getuser()}", help="who asks (audit trail)")
     m.add_argument("--timeout", type=float, help="seconds to wait for the result (STREAMLEARN_COMMAND_TIMEOUT_SECONDS)")
     m.add_argument("--url", help="list: the worker to ask (default: this host's STREAMLEARN_WEB_PORT)")
-    m.add_argument("--json", action="store_true", help="list: JSON instead of a table")
+    m.add_argument("--json", action="store_true", help="the workers' answer as JSON, for scripts")
     m.set_defaults(func=cmd_models)
 
-    sp = sub.add_parser("specs", help="the model specs: list them, or check that one can be served")
+    sp = command("specs", help="the model specs: list them, or check that one can be served")
     sp.add_argument("action", choices=["list", "check"])
     sp.add_argument("spec", nargs="*", help="check: spec names or package.module:factory (default: every registered)")
     sp.add_argument("--examples", type=int, default=1000, help="examples of the dataset runs (default 1000)")
     sp.add_argument("--no-river", action="store_true", help="skip River's own checks (the slow part)")
     sp.set_defaults(func=cmd_specs)
 
-    st = common(sub.add_parser("settings", help="print every setting with its env var"))
+    st = common(command("settings", help="print every setting with its env var"))
     st.set_defaults(func=cmd_settings)
     return p
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default where it has one (not an unset option's None, not a flag's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
 
 
 class _Version(argparse.Action):
@@ -450,6 +476,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KafkaAuthError as exc:
         print(f"streamlearn: cannot connect to Kafka: {exc}", file=sys.stderr)
+        return 1
+    except KafkaUnreachable as exc:
+        print(f"streamlearn: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

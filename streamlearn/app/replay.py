@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import sys
 import time
 import uuid
 from collections import deque
@@ -34,6 +33,19 @@ BUNDLED = {
 
 class ReplayError(ValueError):
     pass
+
+
+def dataset_size(name: str) -> int | None:
+    """How many examples a dataset holds: a bundled one's count, a file's lines (a CSV's less its header);
+    None for an endless one (River's synthetic streams)."""
+    if name.lower() in BUNDLED:
+        return BUNDLED[name.lower()]().n_samples
+    path = Path(name)
+    if not path.is_file():
+        raise ReplayError(f"{name!r} is neither a bundled dataset ({', '.join(BUNDLED)}) nor a file")
+    with path.open("rb") as fh:
+        lines = sum(1 for line in fh if line.strip())
+    return max(lines - 1, 0) if path.suffix == ".csv" else lines
 
 
 def iter_dataset(name: str, target: str | None = None) -> Iterator[tuple[dict[str, Any], Any]]:
@@ -91,7 +103,7 @@ def _label(y: Any) -> Any:
 async def replay(pairs: Iterable[tuple[dict[str, Any], Any]], *, bootstrap_servers: str,
                  features_topic: str, feedback_topic: str, keys: int = 1, key_prefix: str = "replay",
                  label_delay: int = 0, rate: float = 0.0, limit: int | None = None,
-                 keyed: bool = True, run_id: str | None = None, progress: bool = True,
+                 keyed: bool = True, run_id: str | None = None, progress: bool = True, total: int | None = None,
                  flip: range = range(0), kafka: Mapping[str, Any] | None = None) -> int:
     """Publish events and their labels; returns how many events were sent.
 
@@ -100,14 +112,19 @@ async def replay(pairs: Iterable[tuple[dict[str, Any], Any]], *, bootstrap_serve
     the producer goes). Events whose index is in ``flip`` get a wrong label
     (boolean labels negated), with the true one in ``true_label``: bad data
     injected on purpose, to watch the quality gate roll back. ``kafka``: the
-    connection options (``Settings.kafka_options``).
+    connection options (``Settings.kafka_options``). ``progress``: a bar on
+    stderr, with ``total`` (how many will be sent, if known), the rate and the
+    time left, when stderr is a terminal.
     """
+    from tqdm import tqdm
+
     run_id = run_id or uuid.uuid4().hex[:8]
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5, acks="all", **(kafka or {}))
     await producer.start()
     waiting: deque[tuple[bytes | None, bytes]] = deque()
     sent = 0
     started = time.monotonic()
+    bar = tqdm(total=total, unit=" events", disable=None if progress else True, smoothing=0.1, mininterval=0.5)
     try:
         for i, (x, y) in enumerate(itertools.islice(pairs, limit)):
             model = f"{key_prefix}-{i % keys}" if keys > 1 else key_prefix
@@ -131,26 +148,12 @@ async def replay(pairs: Iterable[tuple[dict[str, Any], Any]], *, bootstrap_serve
                 ahead = sent / rate - (time.monotonic() - started)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
-            if progress and sent % 100 == 0:
-                _progress(sent, limit, started)
+            bar.update()
         while waiting:
             k, v = waiting.popleft()
             await producer.send(feedback_topic, v, key=k)
         await producer.flush()
     finally:
+        bar.close()
         await producer.stop()
-    if progress:
-        _progress(sent, limit, started, done=True)
     return sent
-
-
-def _progress(sent: int, total: int | None, started: float, done: bool = False) -> None:
-    elapsed = max(time.monotonic() - started, 1e-9)
-    if total:
-        width = 30
-        filled = int(width * min(sent / total, 1.0))
-        bar = f"[{'#' * filled}{'.' * (width - filled)}] {sent}/{total}"
-    else:
-        bar = f"{sent} events"
-    sys.stderr.write(f"\r{bar}  {sent / elapsed:,.0f} events/s" + ("\n" if done else ""))
-    sys.stderr.flush()

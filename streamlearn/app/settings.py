@@ -98,6 +98,7 @@ class Settings:
     session_timeout_seconds: float = _setting(6.0, "Kafka consumer session timeout: how soon a dead worker's partitions move (the broker's group.min.session.timeout.ms is 6 s by default).")
     heartbeat_interval_seconds: float = _setting(1.0, "Kafka consumer heartbeat interval.")
     instance_id: str = _setting("", "Static group membership (Kafka's `group.instance.id`): a name for this worker, unique in the group and the same across its restarts (its host name, say), which keep its web host and port (the group hands a returning member its previous assignment, which names them; with another address its start fails). A worker started again within the session timeout gets its partitions back without a rebalance, so the other workers never pause; but a worker that dies keeps its partitions, unanswered, until the session timeout. Empty: dynamic membership (every start and stop rebalances the group).")
+    kafka_connect_timeout_seconds: float = _setting(30.0, "How long a worker or a command waits at its start for Kafka to accept a connection; then it ends with one line saying so (exit 1).")
     broker_request_timeout_seconds: float = _setting(30.0, "How long a Kafka request (fetch, commit, produce) waits for its answer before its connection is dropped and made again: after packets were lost for a while, how soon a worker talks to the broker again, since TCP alone retries ever more slowly (Kafka's own clients default to 30 s). At least the session timeout.")
     commit_interval_seconds: float = _setting(1.0, "How often consumed offsets are committed.")
     producer_linger_ms: int = _setting(1, "Producer linger: how long a batch waits to fill.")
@@ -146,8 +147,10 @@ class Settings:
                 or self.promote_min_examples < 0):
             raise SettingsError("promote_window must be at least 10, promote_min_discordant and promote_z_threshold "
                                 "positive, promote_min_examples >= 0")
-        if self.stop_timeout_seconds <= 0:
-            raise SettingsError("stop_timeout_seconds must be positive")
+        if not 0 < self.web_port < 65536:
+            raise SettingsError(f"web_port must be a port number (1-65535), not {self.web_port}")
+        if self.stop_timeout_seconds <= 0 or self.kafka_connect_timeout_seconds <= 0:
+            raise SettingsError("stop_timeout_seconds and kafka_connect_timeout_seconds must be positive")
         if self.broker_request_timeout_seconds < self.session_timeout_seconds:
             raise SettingsError("broker_request_timeout_seconds must be at least session_timeout_seconds")
         if self.max_live_models < 0 or self.model_idle_seconds < 0:

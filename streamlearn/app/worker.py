@@ -508,10 +508,12 @@ async def prepare(worker: Worker) -> None:
     """What must exist before the worker consumes: its topics, and committed start offsets.
 
     First a connection check: Kafka refusing our credentials, or a broker
-    certificate we do not trust, stops the worker here (``KafkaAuthError``).
+    certificate we do not trust, stops the worker here (``KafkaAuthError``),
+    and so does a broker that no connection reaches within
+    ``kafka_connect_timeout_seconds`` (``KafkaUnreachable``).
     """
     s = worker.settings
-    await s.kafka_auth.check(s.bootstrap_servers)
+    await s.kafka_auth.check(s.bootstrap_servers, s.kafka_connect_timeout_seconds)
     created = await worker.ensure_topics()
     if created:
         log.info("created %d topics", len(created))

@@ -5,20 +5,24 @@ them: the Faust worker (``faust_credentials``), and every plain aiokafka
 client, the control client, ``replay``, ``watch``, ``bench``, ``topics``,
 ``plot`` (``client_options``).
 
-``check`` connects once to the bootstrap servers before anything else, so
-that a wrong password or a certificate we do not trust stops a worker or a
-command at once with one clear line (``KafkaAuthError``), instead of the
+``check`` connects to the bootstrap servers before anything else, so that a
+wrong password or a certificate we do not trust stops a worker or a command
+at once with one clear line (``KafkaAuthError``), and a broker that cannot be
+reached stops it after a bounded wait (``KafkaUnreachable``), instead of the
 clients' own retry loops, which log the same failure forever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import ssl
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import faust
 from aiokafka.conn import create_conn
@@ -31,6 +35,13 @@ MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 class KafkaAuthError(Exception):
     """Kafka refused us (credentials, certificates) or the security settings cannot work: do not retry."""
+
+
+class KafkaUnreachable(Exception):
+    """No bootstrap server accepted a connection in the time given."""
+
+
+log = logging.getLogger("streamlearn.connection")
 
 
 @dataclass(frozen=True)
@@ -108,31 +119,66 @@ class KafkaAuth:
             return faust.SSLCredentials(self.ssl_context)
         return None
 
-    async def check(self, bootstrap_servers: str, timeout: float = 15.0) -> None:
-        """Connect once: raise ``KafkaAuthError`` if Kafka refuses our credentials or we refuse its certificate.
+    async def check(self, bootstrap_servers: str, timeout: float = 30.0, retry_every: float = 1.0,
+                    say: Callable[[str], None] = log.warning, say_every: float = 5.0) -> None:
+        """Connect: return once a bootstrap server accepts us.
 
-        A broker that cannot be reached at all is not an error here (the
-        clients wait for it as usual): only answers that no retry can change.
+        Raises ``KafkaAuthError`` at once if Kafka refuses our credentials or
+        we refuse its certificate (no retry can change that), and
+        ``KafkaUnreachable`` if no server accepted a connection within
+        ``timeout`` seconds. While waiting, ``say`` hears why, at most once
+        every ``say_every`` seconds.
         """
-        for server in bootstrap_servers.split(","):
-            host, _, port = server.strip().rpartition(":")
-            try:
-                conn = await asyncio.wait_for(create_conn(host.strip("[]"), int(port), **self.client_options()),
-                                              timeout)
-            except (SaslAuthenticationFailed, UnsupportedSaslMechanismError) as exc:
-                raise KafkaAuthError(f"Kafka at {server} refused the credentials of user {self.username!r} "
-                                     f"({self.mechanism}): {exc}") from None
-            except ssl.SSLCertVerificationError as exc:
-                raise KafkaAuthError(f"the TLS certificate of Kafka at {server} is not trusted "
-                                     f"(kafka_ssl_cafile {self.cafile or 'system CAs'!r}): "
-                                     f"{exc.verify_message}") from None
-            except ssl.SSLError as exc:
-                raise KafkaAuthError(f"TLS with Kafka at {server} failed: {exc} "
-                                     f"(is {self.protocol} the listener's protocol?)") from None
-            except IllegalSaslStateError:
-                raise KafkaAuthError(f"Kafka at {server} does not speak SASL there "
-                                     f"(is {self.protocol} the listener's protocol?)") from None
-            except (OSError, asyncio.TimeoutError, KafkaError):
-                continue   # unreachable, or closed on us (a protocol mismatch looks the same): try the next
-            conn.close()
-            return
+        started = time.monotonic()
+        deadline, said = started + timeout, started
+        servers = [server.strip() for server in bootstrap_servers.split(",") if server.strip()]
+        while True:
+            why = ""
+            for server in servers:
+                left = deadline - time.monotonic()
+                why = await self._connect(server, max(0.1, min(left, 10.0)))
+                if not why:
+                    return
+            now = time.monotonic()
+            if now >= deadline:
+                raise KafkaUnreachable(f"cannot connect to Kafka at {bootstrap_servers}: {why} "
+                                       f"(waited {now - started:.0f} s, kafka_connect_timeout_seconds)")
+            if now - said >= say_every:
+                say(f"waiting for Kafka at {bootstrap_servers}: {why}")
+                said = now
+            await asyncio.sleep(min(retry_every, deadline - now))
+
+    async def _connect(self, server: str, timeout: float) -> str:
+        """Connect to one server and close again: empty when it accepted us, else why not in words."""
+        host, _, port = server.rpartition(":")
+        try:
+            conn = await asyncio.wait_for(create_conn(host.strip("[]"), int(port), **self.client_options()),
+                                          timeout)
+        except (SaslAuthenticationFailed, UnsupportedSaslMechanismError) as exc:
+            raise KafkaAuthError(f"Kafka at {server} refused the credentials of user {self.username!r} "
+                                 f"({self.mechanism}): {exc}") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise KafkaAuthError(f"the TLS certificate of Kafka at {server} is not trusted "
+                                 f"(kafka_ssl_cafile {self.cafile or 'system CAs'!r}): "
+                                 f"{exc.verify_message}") from None
+        except ssl.SSLError as exc:
+            raise KafkaAuthError(f"TLS with Kafka at {server} failed: {exc} "
+                                 f"(is {self.protocol} the listener's protocol?)") from None
+        except IllegalSaslStateError:
+            raise KafkaAuthError(f"Kafka at {server} does not speak SASL there "
+                                 f"(is {self.protocol} the listener's protocol?)") from None
+        except asyncio.TimeoutError:
+            return f"no answer within {timeout:.0f} s"
+        except (OSError, KafkaError) as exc:   # a protocol mismatch can look like a closed connection too
+            return _reason(exc)
+        except ValueError as exc:
+            return f"not a host:port ({exc})"
+        conn.close()
+        return ""
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception in a few words: the OS's own (``Connection refused``) when it has one."""
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__

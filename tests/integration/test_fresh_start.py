@@ -42,7 +42,8 @@ async def test_first_run_on_a_fresh_broker_learns_everything(tmp_path, run):
             models = {m["model"]: m for m in w.get("/models")[1]["models"]}
             assert {k: m["learned"] for k, m in models.items()} == {"replay-0": EVENTS // 2, "replay-1": EVENTS // 2}
             for key in models:
-                out = subprocess.run([sys.executable, "-m", "streamlearn.app.cli", "models", "versions", key],
+                out = subprocess.run([sys.executable, "-m", "streamlearn.app.cli", "models", "versions", key,
+                                      "--json"],
                                      env=env, capture_output=True, text=True, timeout=60)
                 assert out.returncode == 0, out.stderr
                 snapshots = json.loads(out.stdout)["result"]["snapshots"]
