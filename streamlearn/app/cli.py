@@ -122,8 +122,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
     path = render(found, args.path)
     for sr in found:
         changes = [c for c in sr.changes if c["action"] != "snapshot"]
-        print(f"{sr.model}: {len(sr.times)} labelled predictions, final accuracy {sr.accuracy[-1]:.3f}, "
-              f"{sum(c['action'] == 'snapshot' for c in sr.changes)} snapshots"
+        live = max((c["to_version"] for c in sr.changes if c.get("to_version") is not None), default=1)
+        print(f"{sr.model}: {len(sr.times)} labelled predictions, accuracy over the last {args.window} of them "
+              f"{sr.accuracy[-1]:.3f} (against the true labels), {sum(c['action'] == 'snapshot' for c in sr.changes)}"
+              f" snapshots, now v{live}"
               + "".join(f"\n  {c['action']} v{c['from_version']} -> v{c['to_version']} by {c['by']}: {c['reason']}"
                         for c in changes))
     print(f"wrote {path}")
@@ -422,7 +424,7 @@ def parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_models)
 
     sp = command("specs", help="the model specs: list them, or check that one can be served")
-    sp.add_argument("action", choices=["list", "check"])
+    sp.add_argument("action", choices=["list", "check"], help="list the specs, or run the contract suite on some")
     sp.add_argument("spec", nargs="*", help="check: spec names or package.module:factory (default: every registered)")
     sp.add_argument("--examples", type=int, default=1000, help="examples of the dataset runs (default 1000)")
     sp.add_argument("--no-river", action="store_true", help="skip River's own checks (the slow part)")

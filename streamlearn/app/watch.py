@@ -1,9 +1,13 @@
 """``streamlearn watch``: what a consuming service sees, live.
 
-Reads the predictions and feedback topics (no consumer group, nothing
-committed), joins each prediction with its label by event id, and prints a
-status line: predictions per second, online accuracy (overall and over the
-last 500 labelled predictions), and the latest prediction.
+Reads the predictions, feedback and audit topics (no consumer group,
+nothing committed), joins each prediction with its label by event id, and
+prints a status line: predictions per second, online accuracy (overall and
+over the last 500 labelled predictions, scored against the true label where
+a replay injected a wrong one), and the latest prediction. And it tells what
+happens as it happens: bad labels beginning and ending (a replay's
+``--flip``), and every version change on the audit trail (a rollback by the
+quality gate, a promotion, an operator's restore), with its reason.
 """
 
 from __future__ import annotations
@@ -21,11 +25,33 @@ from .settings import Settings
 
 WINDOW = 500
 MAX_UNMATCHED = 200_000
+BAD_LABELS_END = 50     # this many right labels in a row after wrong ones: the bad labels ended
+
+
+def narrate(change: dict) -> str | None:
+    """An audit record as a sentence (None for the routine: automatic snapshots)."""
+    action, model = change.get("action"), change.get("model")
+    if action == "snapshot" and change.get("by") == "policy":
+        return None
+    before, after = change.get("from_version"), change.get("to_version")
+    what = {"auto_rollback": f"the quality gate rolled it back to v{change.get('restored_version')}",
+            "rollback": f"rolled back to v{change.get('restored_version')}",
+            "restore": f"restored v{change.get('restored_version')}",
+            "auto_promote": f"challenger {change.get('spec')} promoted by the promotion policy",
+            "promote": f"challenger {change.get('spec')} promoted",
+            "snapshot": f"snapshot v{before}",
+            "warm_start": "started from a template"}.get(action, action)
+    versions = f" (v{before} -> v{after})" if before is not None and after is not None and before != after else ""
+    reason = str(change.get("reason") or "").removeprefix("quality gate: ")
+    if action in ("auto_rollback", "auto_promote"):     # who did it is in what was done
+        return f"{model}: {what}{versions}: {reason}"
+    return f"{model}: {what}{versions}, by {change.get('by')}: {reason}"
 
 
 async def watch(settings: Settings, seconds: float = 0.0, every: float = 1.0) -> int:
     names = TopicNames.with_prefix(settings.topic_prefix)
-    consumer = AIOKafkaConsumer(names.predictions, names.feedback, bootstrap_servers=settings.bootstrap_servers,
+    consumer = AIOKafkaConsumer(names.predictions, names.feedback, names.audit,
+                                bootstrap_servers=settings.bootstrap_servers,
                                 auto_offset_reset="latest", enable_auto_commit=False, group_id=None,
                                 **settings.kafka_options)
     await consumer.start()
@@ -36,6 +62,7 @@ async def watch(settings: Settings, seconds: float = 0.0, every: float = 1.0) ->
     last: dict | None = None
     started = last_print = time.monotonic()
     count_at_print = 0
+    bad, right_since_bad = 0, 0     # wrong labels seen in the current run of them; right ones since
     try:
         while not seconds or time.monotonic() - started < seconds:
             batch = await consumer.getmany(timeout_ms=200)
@@ -46,12 +73,28 @@ async def watch(settings: Settings, seconds: float = 0.0, every: float = 1.0) ->
                     except orjson.JSONDecodeError:
                         continue
                     eid = obj.get("event_id")
+                    if tp.topic == names.audit:
+                        said = narrate(obj)
+                        if said:
+                            print(f">> {said}", flush=True)
+                        continue
                     if tp.topic == names.predictions:
                         n_pred += 1
                         last = obj
                         predictions[eid] = obj
                     else:
                         labels[eid] = obj.get("true_label", obj.get("label"))  # injected bad labels: score the truth
+                        if "true_label" in obj:
+                            if not bad:
+                                print(f">> bad labels begin: {obj.get('model') or m.key.decode(errors='replace')} "
+                                      f"{eid} is labelled {obj.get('label')!r}, truly {obj['true_label']!r}",
+                                      flush=True)
+                            bad, right_since_bad = bad + 1, 0
+                        elif bad:
+                            right_since_bad += 1
+                            if right_since_bad == BAD_LABELS_END:
+                                print(f">> bad labels ended after {bad:,} wrong ones", flush=True)
+                                bad = right_since_bad = 0
                     if eid in predictions and eid in labels:
                         ok = predictions.pop(eid).get("prediction") == labels.pop(eid)
                         total += 1

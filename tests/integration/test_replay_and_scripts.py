@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -216,8 +217,16 @@ async def test_the_demo_as_a_user_runs_it(tmp_path):
         png = tmp_path / "demo" / "accuracy.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
         assert "demo: 4000 labelled predictions" in out and "auto_rollback" in out
-        final = float(out.split("final accuracy ")[1].split(",")[0])   # against the true labels
+        final = float(re.search(r"accuracy over the last \d+ of them ([0-9.]+) \(against the true labels\)",
+                                out).group(1))
         assert final > 0.9, out
+        # told as it happened: the bad labels begin; then they end, and the gate rolls the model back
+        told = [line for line in out.splitlines() if line.startswith(">> ")]
+        assert re.fullmatch(r">> bad labels begin: demo \S+ is labelled (True|False), truly (True|False)", told[0]), told
+        assert any(re.fullmatch(r">> bad labels ended after [\d,]+ wrong ones", line) for line in told), told
+        assert any(re.match(r">> demo: the quality gate rolled it back to v\d+ \(v\d+ -> v\d+\): after a rise", line)
+                   for line in told), told
+        assert "setting up (log: " in out and "Successfully installed" not in out   # the set-up says little
         assert "stopping ..." in out
         with pytest.raises(OSError):     # the worker is gone
             urllib.request.urlopen(f"http://127.0.0.1:{web_port}/health", timeout=2)
@@ -237,5 +246,7 @@ async def test_the_challenger_demo_shows_a_tree_overtaking_logreg_and_its_promot
         [row] = [r for r in models.splitlines() if r.split()[:2] == ["demo", "hoeffding_tree"]]
         assert "logreg (Accuracy 0." in row and "champion until v" in row, models
         assert "auto_promote v" in out and "by promotion-policy: challenger hoeffding_tree did better" in out
+        assert any(line.startswith(">> demo: challenger hoeffding_tree promoted by the promotion policy (v")
+                   for line in out.splitlines()), out
         assert (tmp_path / "demo" / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert "Traceback" not in (tmp_path / "demo" / "worker.log").read_text()

@@ -72,3 +72,21 @@ def test_replay_knows_how_many_examples_a_dataset_holds(tmp_path):
     assert dataset_size(str(tmp_path / "a.jsonl")) == 2 and dataset_size(str(tmp_path / "b.csv")) == 3
     with pytest.raises(ReplayError, match="neither a bundled dataset"):
         dataset_size(str(tmp_path / "missing.jsonl"))
+
+
+def test_every_option_of_every_command_has_help_and_its_help_shows_the_defaults():
+    import argparse
+
+    from streamlearn.app.cli import parser
+
+    top = parser()
+    [commands] = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"streamlearn {name} {'/'.join(action.option_strings) or action.dest} has no help"
+        text = sub.format_help()
+        for action in sub._actions:
+            if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+                assert f"(default: {action.default})" in " ".join(text.split()), (name, action.dest)

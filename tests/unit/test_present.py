@@ -75,3 +75,18 @@ def test_the_models_list_has_a_row_per_model_with_its_challengers():
     assert rows[1].split()[:4] == ["demo-0", "logreg", "v1", "30"] and "gaussian_nb (Accuracy 0.0000)" in rows[1]
     assert rows[1].endswith("http://w0:6066")
     assert rows[2].split()[:4] == ["demo-1", "hoeffding_tree", "v1", "0"] and rows[2].endswith("http://w1:6066")
+
+
+def test_watch_tells_version_changes_from_the_audit_trail_and_keeps_quiet_on_routine_snapshots():
+    from streamlearn.app.watch import narrate
+    from streamlearn.models.versions import Change
+
+    said = [narrate(Change(*args, **kw).to_json()) for args, kw in [
+        (("snapshot", "demo", 3, 4, "policy", "every 250 examples"), {}),
+        (("auto_rollback", "demo", 9, 10, "quality-gate", "z 4.1 over 500 examples"), {"restored_version": 7}),
+        (("auto_promote", "demo", 4, 5, "promotion-policy", "did better"), {"spec": "hoeffding_tree"}),
+        (("restore", "demo", 5, 6, "cli:ana", "bad deploy"), {"restored_version": 2})]]
+    assert said == [None,
+                    "demo: the quality gate rolled it back to v7 (v9 -> v10): z 4.1 over 500 examples",
+                    "demo: challenger hoeffding_tree promoted by the promotion policy (v4 -> v5): did better",
+                    "demo: restored v2 (v5 -> v6), by cli:ana: bad deploy"]
