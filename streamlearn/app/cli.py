@@ -52,9 +52,10 @@ def _connected(args: argparse.Namespace, timeout: float | None = None) -> Settin
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .worker import create_worker, new_loop, run
+    from .runner import new_loop, run
+    from .worker import create_worker
 
-    new_loop()          # first: the app's tables start their tasks on the loop that runs them (worker._Runner)
+    new_loop()          # first: the app's tables start their tasks on the loop that runs them (runner._Runner)
     worker = create_worker(_settings(args))
     run(worker)
     return 0

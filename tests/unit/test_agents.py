@@ -12,7 +12,8 @@ import pytest
 from faust.types import TP
 
 from streamlearn.app.settings import Settings
-from streamlearn.app.worker import CRASH_WINDOW_SECONDS, create_worker, readiness
+from streamlearn.app.http import CRASH_WINDOW_SECONDS, readiness
+from streamlearn.app.worker import create_worker
 from streamlearn.streams import codec
 from streamlearn.streams.codec import pack
 from streamlearn.streams.pending import join_key

@@ -1,0 +1,200 @@
+"""The worker's HTTP views: metrics, health and readiness, the models (read), and the command endpoints.
+
+Reads answer from this worker's state or ask the owner of a key (the cluster
+view); commands go through the control topic like the CLI's, signed, and
+wait for the owner's answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from faust.web import Request, Response, View
+
+from streamlearn import models
+from streamlearn.models import LiveModel
+from streamlearn.streams import codec
+from streamlearn.streams.routing import partition_for
+from streamlearn.streams.versions import versions_of
+
+from .auth import ApiGate
+from .control import HTTP_STATUS
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+log = logging.getLogger("streamlearn")
+
+# An agent that crashed within this many seconds makes /ready answer 503 (it may be crash-looping).
+CRASH_WINDOW_SECONDS = 30.0
+
+
+class Unsettled(Exception):
+    """A model was asked for while the worker's tables are not recovered (after a rebalance)."""
+
+
+def readiness(owned: list[int], recovered: bool, rebalancing: bool, crashes: dict[str, tuple[float, str]],
+              now: float) -> dict[str, Any]:
+    """What ``/ready`` answers: ready only with partitions, tables recovered, no rebalance, no recent agent crash.
+
+    ``crashes``: agent name -> (time, exception) of its last crash (``Agents.crashes``); one within
+    ``CRASH_WINDOW_SECONDS`` keeps the worker not ready: Faust restarts it, and it may be crash-looping.
+    """
+    crashed = {name: f"crashed {now - at:.0f}s ago: {why}" for name, (at, why) in crashes.items()
+               if now - at < CRASH_WINDOW_SECONDS}
+    is_ready = bool(owned) and recovered and not rebalancing and not crashed
+    reason = ("agents crashed: " + "; ".join(f"{n} {c}" for n, c in crashed.items()) if crashed else
+              "no partitions assigned" if not owned else "recovering tables" if not recovered else
+              "rebalancing" if rebalancing else None)
+    return {"ready": is_ready, "reason": reason, "partitions": owned, "recovered": recovered,
+            "rebalancing": rebalancing, "crashed_agents": crashed}
+
+
+def bind_views(w: Worker) -> None:
+    """Serve the HTTP API on the worker's Faust web server."""
+    app, metrics, registry = w.app, w.metrics, w.registry
+    gate = ApiGate(w.settings.api_token, open_commands=w.settings.dev, protect_reads=w.settings.api_protect_reads)
+
+    @app.page("/metrics")
+    async def metrics_view(web: Any, request: Request) -> Response:
+        refused = gate.refuse(request, command=False)
+        if refused:
+            return web.json(refused[1], status=refused[0])
+        metrics.live_models.set(len(registry))
+        metrics.pending_events.set(w.pending.size())
+        return web.bytes(metrics.exposition(), content_type="text/plain")
+
+    @app.page("/health")
+    async def health(web: Any, request: Request) -> Response:
+        """Alive: the process answers."""
+        return web.json({"status": "ok"})
+
+    @app.page("/ready")
+    async def ready(web: Any, request: Request) -> Response:
+        """Ready: partitions assigned, not rebalancing, tables recovered, no agent crashed lately."""
+        owned = sorted({tp.partition for tp in app.assignor.assigned_actives()
+                        if tp.topic == w.topics.names.events})
+        body = readiness(owned, app.tables.recovery.completed.is_set(), bool(app.rebalancing), w.agents.crashes,
+                         time.time())
+        return web.json(body, status=200 if body["ready"] else 503)
+
+    def owned() -> set[int]:
+        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == w.topics.names.events}
+
+    def local_models() -> list[dict[str, Any]]:
+        """The models of this worker: live ones, and checkpointed ones not loaded since the last rebalance."""
+        partitions = owned()
+        me = str(app.conf.canonical_url).rstrip("/")
+        live = {m.key: {**m.describe(), "live": True, "worker": me} for _, m in registry}
+        for h in w.checkpoints.headers(lambda k: k not in live and
+                                       partition_for(k, w.settings.partitions) in partitions):
+            live[h.model] = {"model": h.model, "spec": h.spec, "version": h.version,
+                             "parent_version": h.parent_version, "learned": h.learned,
+                             "metric": {"value": h.metric}, "offset": h.offset, "live": False, "worker": me}
+        return list(live.values())
+
+    def settled() -> bool:
+        """Tables recovered and no rebalance running: only then may a request load a model."""
+        return app.tables.recovery.completed.is_set() and not app.rebalancing
+
+    def owner_model(key: str) -> LiveModel | None:
+        """The key's live model on its owner (loaded from its checkpoint if needed, once the tables are settled).
+
+        Before Faust has recovered the tables after a rebalance, the
+        checkpoint table may miss what another owner wrote: loading (or
+        taking a held model back) then could serve a stale model, and the
+        learn agent would go on from it. The views answer 503 instead.
+        """
+        live = registry.find(key)
+        if live is None and not settled():
+            raise Unsettled(key)
+        partition = partition_for(key, w.settings.partitions)
+        if live is None and partition in owned() and w.checkpoints.table.get(key.encode()) is not None:
+            live = registry.get_or_create(partition, key, w.agents.spec_for(key))
+        return live
+
+    class GatedView(View):
+        """A view whose requests pass the API gate first: commands need the token, reads when protected."""
+
+        async def dispatch(self, request: Any) -> Any:
+            refused = gate.refuse(request, command=request.method not in ("GET", "HEAD"))
+            if refused:
+                return self.json(refused[1], status=refused[0])
+            try:
+                return await super().dispatch(request)
+            except Unsettled as exc:
+                return self.json({"error": "recovering", "model": exc.args[0],
+                                  "detail": "the key's owner is recovering its tables after a rebalance: "
+                                            "ask again in a moment"}, status=503)
+
+    @app.page("/models")
+    class ModelsView(GatedView):
+        async def get(self, request: Request) -> Response:
+            """Every model of the cluster (or of this worker only, with ``?local=1``)."""
+            found = local_models()
+            if request.query.get("local") not in ("1", "true"):
+                me = str(app.conf.canonical_url).rstrip("/")
+                for url in app.router.external_topics_metadata():
+                    peer = str(url).rstrip("/")
+                    if peer == me:
+                        continue
+                    try:
+                        async with app.http_client.get(f"{peer}/models?local=1", timeout=5,
+                                                       headers=gate.peer_headers()) as response:
+                            found += (await response.json())["models"]
+                    except Exception as exc:  # noqa: BLE001 - a peer down must not hide the rest
+                        log.warning("GET /models: worker %s did not answer: %s", peer, exc)
+            return self.json({"models": sorted(found, key=lambda d: d["model"])})
+
+    @app.page("/models/{key}")
+    class ModelView(GatedView):
+        @app.topic_route(topic=w.topics.events, match_info="key")
+        async def get(self, request: Request, key: str) -> Response:
+            """One model's status, answered by the worker owning the key."""
+            live = owner_model(key)
+            if live is None:
+                return self.json({"error": "unknown_model", "detail": f"no model {key!r}", "model": key},
+                                 status=404)
+            return self.json({**live.describe(), "live": True})
+
+    @app.page("/models/{key}/versions")
+    class VersionsView(GatedView):
+        @app.topic_route(topic=w.topics.events, match_info="key")
+        async def get(self, request: Request, key: str) -> Response:
+            """Every version of a model (read from the owner's snapshot index)."""
+            live = owner_model(key)
+            index = w.store.load_index(key)
+            if live is None and index is None:
+                return self.json({"error": "unknown_model", "detail": f"no model {key!r}", "model": key},
+                                 status=404)
+            return self.json(versions_of(live, index or models.versions.VersionIndex(key)))
+
+    def command_view(command: str) -> type:
+        class CommandView(GatedView):
+            async def post(self, request: Request, key: str) -> Response:
+                """Sent on the control topic, executed by the owner's learn agent; answers with its result."""
+                try:
+                    body = await request.json() if request.body_exists else {}
+                except ValueError:
+                    body = None
+                version, spec = (body.get("version"), body.get("spec")) if isinstance(body, dict) else (None, None)
+                needs = codec.COMMANDS[command]
+                bad = ("the body must be a JSON object" if not isinstance(body, dict) else
+                       "version must be a positive integer" if version is not None and (
+                           isinstance(version, bool) or not isinstance(version, int) or version < 1) else
+                       "spec must be the name of a challenger" if spec is not None and (
+                           not isinstance(spec, str) or not spec) else
+                       f"{command} needs a {needs}" if needs is not None and body.get(needs) is None else None)
+                if bad:
+                    return self.json({"ok": False, "error": "bad_request", "detail": bad, "model": key}, status=400)
+                result = await w.control.call(command, key, version=version, spec=spec,
+                                              reason=str(body.get("reason") or ""), by=str(body.get("by") or "http"))
+                status = 200 if result["ok"] else HTTP_STATUS.get(result["error"], 400)
+                return self.json(result, status=status)
+        CommandView.__name__ = f"{command.title()}View"
+        return CommandView
+
+    for command in ("snapshot", "restore", "rollback", "pin", "unpin", "promote"):
+        app.page(f"/models/{{key}}/{command}")(command_view(command))
