@@ -11,27 +11,13 @@ River version. The HMAC covers everything after it, so a blob is verified
 refused with :class:`CheckpointError` and never unpickled. Only blobs we
 signed ourselves are ever unpickled: nothing from an input topic or HTTP.
 
-Compression: zstd at level 1, through one compressor per thread (its
-context is reused). zlib did the same work at the same size in four times
-the time, most of it setting up its 256 KB of state for every blob: a
-logistic regression's 2.1 KB pickle took 40 us to compress (9 us with zstd,
-1.3 KB either way), a quarter of a checkpoint's cost. Blobs written before
-(zlib) still load: the body's first bytes tell the two apart.
-
-Compactness: River's ``proba.Gaussian`` keeps a ``random.Random`` (about
-3 KB pickled, incompressible) used only by ``sample()``, which no model here
-calls; a tree has one per numeric feature per leaf, which is most of a
-pickled forest. We store the seed instead and re-create the generator on
-load: predictions and learning do not change (tested).
-
-Feature names after restore: unpickled dict keys are new string objects,
-while orjson hands the codec interned ones, so a restored model's lookups
-compare characters instead of pointers (logistic regression, predict and
-learn: 46.7 us per event against 43.3 us with its keys interned). The
-loader interns the keys of small models (under 64 KB of pickle). In large
-ones the walk costs half the restore (a forest: 70 of 140 ms; a tree
-regressor: 0.8 of 0.9 s) and buys nothing: a forest predicts in 121 us
-either way.
+Compression: zstd at level 1, through one compressor per thread; blobs
+written with zlib (before) still load: the body's first bytes tell the two
+apart. River's ``proba.Gaussian`` is pickled with its seed instead of its
+``random.Random`` and gets a new generator on load (predictions and learning
+do not change: tested). The loader interns the feature names of small
+models (under 64 KB of pickle), as orjson does for the codec's. Why each of
+these, with the figures: docs/checkpoints.md, "The blob's format".
 """
 
 from __future__ import annotations

@@ -1,59 +1,33 @@
-"""Faust's aiokafka transport with one change: only what our agents handled is committed.
+"""Faust's aiokafka transport with our commit rules: only what an agent handled is committed.
 
-Faust acks a message that its stream skips (flow control inactive, or a
-message of an older consumer generation) "so that the lag does not grow"
-(``faust/streams.py``). A message skipped while flow control is inactive for
-a moment after a rebalance (between "Seek stream partitions to committed
-offsets" and "Worker ready") belongs to the *current* generation: nothing
-reads it again, and once acked it is committed without ever being handled.
-The SIGKILL durability test found it so: about one run in ten under load
-lost one label, skipped at ``internal.labels`` 4/277 in that window while 276
-and 279 were handled (faust-streaming issues #216, #221 and #606 are of the
-same family).
-
-The same family has a second door: Faust's drain loop takes a jump in offsets
-for a gap (transaction markers, compaction) and commits the offsets in
-between as if read. Right after a seek, a message fetched *before* the seek
-makes such a jump over real messages, which are then committed unread and
-dropped as already read. The SIGKILL test lost three examples of one model
-this way (training offsets 1122-1126, right after a worker took the
-partition over).
-
-Here an ack counts only for a message an agent handled (the outbox marks it,
-``handled``), a jump right after a seek is not taken for a gap, and nothing
-is committed past an unhandled message: a partition whose committed offset
-stays unhandled for some commits is read again from there (from the worker's
-timer, once flow control is active; a warning in the log says so). What was
-handled after it is handled again, which every step tolerates (predictions
-are at-least-once; the join and the learner recognise repeats). A third door,
-Faust's commit letting one unacked message at the committed offset through
-(faust-streaming #606), is closed in ``_new_offset``. Re-reading at once on
-every skip was tried first and stalled a worker in a CI run: re-reads wait.
-
-Batches: Faust's path costs about 60 µs of CPU per message (a ``wait_first``
-with its tasks per message in the drain loop, a lock in the conductor, a queue
-get and ``sleep(0)`` in the stream), more than everything our agents do with
-it. For the topics our agents read (``app.batched_topics``), ``getmany`` hands
-Faust one ``Fetched`` message per partition per fetch: one Faust event whose
-``records`` are the fetched Kafka records, in offset order. Acking it acks
-every offset it holds; the gap check sees its first offset. Table changelogs
-(read by Faust's recovery) keep Faust's per-message path.
-
-A recovery watchdog: Faust's recovery waits for changelog events until every
-active changelog partition reaches its highwater, and nothing in Faust ever
-asks again for a partition whose events stopped coming. The hosts test saw a
-worker wait so for a minute after another host's link was cut (partitions it
-had just taken, every one still at offset -1, "No event received for active
-tp ... since recovery start"), the worker never ready. ``unstick_recovery``
-(every ``RECOVERY_CHECK_SECONDS``) finds active changelog partitions with
-records left, no event for ``RECOVERY_STALL_SECONDS`` and nothing queued for
-recovery, logs what the consumer knows of each (to find the cause), resumes
-them and seeks them to the next offset recovery needs. Records recovery has
-seen already are ignored by it, so asking twice costs a re-fetch, no more.
+- An ack counts only for a message an agent handled (the outbox marks it,
+  ``handled``). Nothing is committed past an unhandled message; a partition
+  whose committed offset stays unhandled for ``REREAD_AFTER`` commits is read
+  again from there (``reread_skipped``, from the worker's timer, once flow
+  control is active; a warning says so). What was handled after it is
+  handled again, which every step tolerates (predictions are at-least-once;
+  the join and the learner recognise repeats).
+- A jump in offsets right after a seek is not taken for a gap (transaction
+  markers, compaction): a gap at an input's committed offset is committed
+  past only after ``MARKER_PATIENCE`` commits. One unacked message at the
+  committed offset never slips through (``_new_offset``).
+- A stop commits every ack, also while a timed commit is under way
+  (``commit_and_end_transactions``).
+- For the topics our agents read (``app.batched_topics``), ``getmany`` hands
+  Faust one ``Fetched`` message per partition per fetch: one Faust event
+  whose ``records`` are the fetched Kafka records, in offset order; acking it
+  acks every offset it holds. Table changelogs (read by Faust's recovery)
+  keep Faust's per-message path.
+- A recovery watchdog, ``unstick_recovery`` (every ``RECOVERY_CHECK_SECONDS``):
+  an active changelog partition with records left, no event for
+  ``RECOVERY_STALL_SECONDS`` and nothing queued for recovery is logged,
+  resumed and sought to the next offset recovery needs.
 
 Selected by the broker URL's scheme: the worker's consumer uses
-``streamlearn://host:port`` (registered as a ``faust.transports`` entry point
-in pyproject.toml); the producer keeps Faust's own transport.
+``streamlearn://host:port`` (a ``faust.transports`` entry point in
+pyproject.toml); the producer keeps Faust's own transport. Why each rule
+exists (the losses that found them, Faust's issues, what a message costs on
+Faust's path): docs/architecture.md, "The consumer transport".
 """
 
 from __future__ import annotations
