@@ -32,7 +32,7 @@ from streamlearn.streams.connection import KafkaAuthError, KafkaUnreachable
 from .settings import Settings, SettingsError
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def settings_of(args: argparse.Namespace) -> Settings:
     return Settings.from_env(
         broker=getattr(args, "broker", None),
         web_port=getattr(args, "web_port", None),
@@ -42,10 +42,10 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
-def _connected(args: argparse.Namespace, timeout: float | None = None) -> Settings:
+def connected(args: argparse.Namespace, timeout: float | None = None) -> Settings:
     """The settings, once Kafka has accepted a connection made with them (``KafkaAuthError`` if refused,
     ``KafkaUnreachable`` if no broker answered within ``timeout``, by default ``kafka_connect_timeout_seconds``)."""
-    s = _settings(args)
+    s = settings_of(args)
     asyncio.run(s.kafka_auth.check(s.bootstrap_servers, timeout or s.kafka_connect_timeout_seconds,
                                    say=lambda why: print(f"streamlearn: {why}", file=sys.stderr)))
     return s
@@ -56,7 +56,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .worker import create_worker
 
     new_loop()          # first: the app's tables start their tasks on the loop that runs them (runner._Runner)
-    worker = create_worker(_settings(args))
+    worker = create_worker(settings_of(args))
     run(worker)
     return 0
 
@@ -64,7 +64,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_topics(args: argparse.Namespace) -> int:
     from streamlearn.streams.topics import TopicNames, ensure_topics
 
-    s = _connected(args)
+    s = connected(args)
     names = TopicNames.with_prefix(s.topic_prefix)
     created = asyncio.run(ensure_topics(s.bootstrap_servers, names, s.partitions, s.replication_factor,
                                         kafka=s.kafka_options))
@@ -88,7 +88,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     total = min(n for n in (size, args.limit) if n is not None) if size is not None or args.limit else None
-    s = _connected(args)
+    s = connected(args)
     names = TopicNames.with_prefix(s.topic_prefix)
     try:
         sent = asyncio.run(replay(
@@ -114,7 +114,7 @@ def _span(text: str | None) -> range:
 def cmd_plot(args: argparse.Namespace) -> int:
     from .plot import read_topics, render, series
 
-    s = _connected(args)
+    s = connected(args)
     records = asyncio.run(read_topics(s))
     found = series(records, window=args.window, models=args.model or None)
     if not found:
@@ -136,7 +136,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from .watch import watch
 
-    s = _connected(args)
+    s = connected(args)
     return asyncio.run(watch(s, seconds=args.seconds, every=args.every))
 
 
@@ -146,7 +146,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
-    urls = args.url or [f"http://{_settings(args).web_host}:{_settings(args).web_port}"]
+    urls = args.url or [f"http://{settings_of(args).web_host}:{settings_of(args).web_port}"]
     all_ready = True
     for url in urls:
         state = {}
@@ -171,7 +171,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
-    return asyncio.run(run_bench(_connected(args), events=args.events, specs=args.specs.split(","),
+    return asyncio.run(run_bench(connected(args), events=args.events, specs=args.specs.split(","),
                                  workers=[int(w) for w in args.workers.split(",")],
                                  rates=[float(r) for r in args.rates.split(",")], as_json=args.json,
                                  plot=args.plot, keys=_key_counts(args.keys)))
@@ -183,7 +183,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
     if not 0 < args.share <= 1 or args.minutes <= 0 or args.workers < 1 or args.keys < 1 or args.probe < 1:
         raise SystemExit("streamlearn soak: --share in (0, 1], --minutes positive, --workers, --keys and "
                          "--probe at least 1")
-    return asyncio.run(run_soak(_connected(args), spec=args.spec, workers=args.workers, minutes=args.minutes,
+    return asyncio.run(run_soak(connected(args), spec=args.spec, workers=args.workers, minutes=args.minutes,
                                 share=args.share, rate=args.rate, probe=args.probe, keys=args.keys,
                                 report_every=args.report_every, drain=args.drain, max_rss_mb=args.max_rss_mb,
                                 as_json=args.json))
@@ -197,96 +197,10 @@ def _key_counts(text: str) -> list[int]:
     return counts if counts[0] == 20 else [20, *counts]
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    """Send a command on the control topic, wait for its result, print it; non-zero exit on error."""
-    import json
+def _models(args: argparse.Namespace) -> int:
+    from .ops import cmd_models
 
-    from streamlearn.streams import codec
-
-    from . import present
-    from .control import ControlClient
-
-    if args.action == "list":
-        return _list_models(args)
-    if args.action == "show":
-        args.action = "status"
-    if args.model is None:
-        print(f"streamlearn models {args.action}: a MODEL_KEY is required", file=sys.stderr)
-        return 2
-    needs = codec.COMMANDS[args.action]
-    if needs is not None and args.argument is None:
-        print(f"streamlearn models {args.action}: a {needs.upper()} is required", file=sys.stderr)
-        return 2
-    version = spec = None
-    if needs == "version":
-        try:
-            version = int(args.argument)
-        except ValueError:
-            print(f"streamlearn models {args.action}: VERSION must be a number, not {args.argument!r}",
-                  file=sys.stderr)
-            return 2
-    elif needs == "spec":
-        spec = args.argument
-    s = _connected(args, args.timeout)
-    timeout = args.timeout or s.command_timeout_seconds
-
-    if s.command_key is None:
-        print(f"streamlearn models {args.action}: STREAMLEARN_COMMAND_SECRET is not set: workers run only signed "
-              f"commands (STREAMLEARN_DEV=true uses the development secret, for local experiments)",
-              file=sys.stderr)
-        return 2
-
-    async def call() -> dict:
-        client = ControlClient.of(s, timeout)
-        try:
-            return await client.call(args.action, args.model, version=version, spec=spec,
-                                     reason=args.reason or "", by=args.by)
-        finally:
-            await client.stop()
-
-    try:
-        result = asyncio.run(call())
-    except Exception as exc:  # noqa: BLE001 - Kafka unreachable, topic missing: say so
-        print(f"streamlearn models {args.action}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(result, indent=2, default=str))
-    if not result["ok"]:
-        print(f"streamlearn models {args.action} {args.model}: {result['error']}: {result['detail']}",
-              file=sys.stderr)
-        return 1
-    if not args.json:
-        print(present.answer(args.action, args.model, result["result"]))
-    return 0
-
-
-def _list_models(args: argparse.Namespace) -> int:
-    """Every model of the cluster, as one worker's ``GET /models`` sees it: a table, or JSON."""
-    import json
-    import urllib.error
-    import urllib.request
-
-    from .auth import bearer_headers
-
-    s = _settings(args)
-    url = (args.url or f"http://{s.web_host}:{s.web_port}").rstrip("/") + "/models"
-    request = urllib.request.Request(url, headers=bearer_headers(s.api_token))
-    try:
-        with urllib.request.urlopen(request, timeout=args.timeout or s.command_timeout_seconds) as r:
-            found = json.loads(r.read())["models"]
-    except urllib.error.HTTPError as exc:
-        print(f"streamlearn models list: {url} answered {exc.code}: {exc.read()[:300].decode(errors='replace')}",
-              file=sys.stderr)
-        return 1
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"streamlearn models list: no answer from {url}: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(found, indent=2))
-        return 0
-    from .present import models_table
-    print(models_table(found))
-    return 0
+    return cmd_models(args)
 
 
 def cmd_specs(args: argparse.Namespace) -> int:
@@ -294,7 +208,7 @@ def cmd_specs(args: argparse.Namespace) -> int:
     from streamlearn.models import Spec, SpecError, checks
     from streamlearn.models.specs import load_factory
 
-    s = _settings(args)
+    s = settings_of(args)
     if args.action == "list":
         for spec in s.registry.values():
             print(f"{spec.name:26} {spec.task:15} {spec.summary}  [{spec.source}]")
@@ -319,7 +233,7 @@ def cmd_specs(args: argparse.Namespace) -> int:
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
-    s = _settings(args)
+    s = settings_of(args)
     docs = Settings.env_names()
     for f in dataclasses.fields(s):
         env = "STREAMLEARN_" + f.name.upper()
@@ -422,7 +336,7 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--timeout", type=float, help="seconds to wait for the result (STREAMLEARN_COMMAND_TIMEOUT_SECONDS)")
     m.add_argument("--url", help="list: the worker to ask (default: this host's STREAMLEARN_WEB_PORT)")
     m.add_argument("--json", action="store_true", help="the workers' answer as JSON, for scripts")
-    m.set_defaults(func=cmd_models)
+    m.set_defaults(func=_models)
 
     sp = command("specs", help="the model specs: list them, or check that one can be served")
     sp.add_argument("action", choices=["list", "check"], help="list the specs, or run the contract suite on some")
