@@ -25,7 +25,8 @@ from streamlearn.streams.pending import BoundedTable, TableState
 from streamlearn.streams.stores import TableManager, count_restored
 from streamlearn.streams.transport import consumer_url
 from streamlearn.streams.topics import Changelog, TopicNames, Topics, ensure_topics
-from streamlearn.streams.versions import Audit, Commands, TableStore, WarmStart, snapshot_metrics
+from streamlearn.streams.versions import (Audit, Commands, TableStore, WarmStart, index_position,
+                                          snapshot_metrics)
 
 from .control import ControlClient
 from .http import bind_views
@@ -202,7 +203,12 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         "templates", default=None, partitions=1, recovery_buffer_size=1, use_partitioner=True, store="memory://",
         key_type=bytes, value_type=bytes, help="Latest snapshot of each warm-start template key, on every worker.",
     ) if s.warm_starts else {}
-    store = TableStore(by_model("snapshot-index", "Snapshot index of each model (JSON).", bytes.decode),
+    def stale_index(key: bytes) -> None:
+        log.warning("model=%s: refused a snapshot index behind the one held (a late write of a worker that had "
+                    "lost the partition)", key.decode(errors="replace"))
+
+    store = TableStore(by_model("snapshot-index", "Snapshot index of each model (JSON).", bytes.decode,
+                                position=index_position, on_stale=stale_index),
                        by_model("snapshots", "Snapshot blobs: [model, version] -> signed blob.",
                                 TableStore.model_of_blob_key),
                        templates, {template for _, template in s.warm_starts})

@@ -217,6 +217,15 @@ class Commands:
             result=result, worker=self.worker))
 
 
+def index_position(raw: bytes) -> float:
+    """A snapshot index's place in its model's history: the next version number it hands out, which only
+    grows (-inf: one that cannot be read). A late write of a worker that lost the partition is behind."""
+    try:
+        return orjson.loads(raw)["next_version"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return float("-inf")
+
+
 def status(live: LiveModel, index: VersionIndex, versions: ModelVersions) -> dict[str, Any]:
     policy = versions.promotions.get(live.key)
     return {**live.describe(), "snapshots": len(index.snapshots), "gate_reference": index.reference,

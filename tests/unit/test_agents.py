@@ -436,6 +436,28 @@ async def test_a_checkpoint_behind_the_one_held_replaces_it_nowhere(worker):
     assert offset() == 61 and refused._value.get() == 3
 
 
+async def test_a_snapshot_index_behind_the_one_held_replaces_it_nowhere(worker):
+    """The snapshot index goes forward too (its next version number only grows): a late index of a worker that
+    lost the partition would hide the versions made since (and hand their numbers out again)."""
+    from streamlearn.models.versions import VersionIndex
+
+    index = worker.store.index_table
+    p = partition_for("tenant-7", 8)
+
+    def raw(next_version: int) -> bytes:
+        return orjson.dumps(VersionIndex("tenant-7", next_version=next_version).to_json())
+
+    index[b"tenant-7"] = raw(5)
+    await (await worker.agents.state.flush())
+    worker.app.tables["snapshot-index"].apply_changelog_batch([SimpleNamespace(
+        key=b"tenant-7", value=raw(3), message=SimpleNamespace(key=b"tenant-7", value=raw(3),
+                                                               tp=TP(index.changelog, p), partition=p, offset=50))])
+    assert worker.store.load_index("tenant-7").next_version == 5
+    index[b"tenant-7"] = raw(6)
+    await (await worker.agents.state.flush())
+    assert worker.store.load_index("tenant-7").next_version == 6
+
+
 async def test_deferred_checkpoints_commit_what_they_cover_and_no_more(worker):
     """With checkpoint_defer_seconds a changed model waits for its checkpoint; the training messages are acked
     (committed) only up to the first one that some model's checkpoint still lacks, so a crash replays it."""
