@@ -43,7 +43,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from .local import start_worker, stop_workers, wait_metric, wait_split
+from .local import get_buckets, start_worker, stop_workers, wait_metric, wait_split, worst_within
 from .settings import Settings
 
 
@@ -65,6 +65,7 @@ class Result:
     rss_mb: float | None = None              # the workers' resident memory after the run
     ratio_to_keys: float | None = None       # events/s against the first key count's run
     bytes_per_model: float | None = None     # extra resident bytes per extra key, against that run
+    stall_ms: float | None = None            # the workers' longest event-loop stall in the run was at most this
 
 
 def _features(i: int) -> dict:
@@ -279,16 +280,20 @@ async def pipeline(settings: Settings, spec: str, workers: int, n: int, rate: fl
         msgs = _job_messages(prefix, n, keys)
         pids = [p.pid for p in procs]
         cpu0 = _cpu_seconds(pids)
+        lag0 = [get_buckets(p, "streamlearn_event_loop_lag_seconds") for p in ports]
         collecting = asyncio.create_task(_collect(out, n, timeout=300))
         first = time.time()
         await _send_paced(sender, msgs, rate * 2)  # two messages per event
         received = await collecting
         cpu = _cpu_seconds(pids) - cpu0
         rss = _rss_mb(pids)
+        stalls = [worst_within(b, get_buckets(p, "streamlearn_event_loop_lag_seconds")) for p, b in zip(ports, lag0)]
         await out.stop()
         await sender.stop()
         r = _stats("pipeline", spec, workers, rate, n, first, received, cpu)
         r.keys, r.rss_mb = keys, rss
+        known = [s for s in stalls if s is not None]
+        r.stall_ms = max(known) * 1000 if known else None
         return r
     finally:
         stop_workers(procs)
@@ -360,7 +365,7 @@ class Table:
         self.out = out
         print(f"{'run':<9}{'spec':<16}{'workers':>8}{'rate':>8}{'keys':>8}{'events':>8}{'events/s':>10}"
               f"{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'cpu s/1k':>10}{'vs raw':>8}{'vs loop':>9}"
-              f"{'rss MB':>8}{'vs keys':>9}{'B/model':>9}", file=out, flush=True)
+              f"{'rss MB':>8}{'vs keys':>9}{'B/model':>9}{'stall<=ms':>10}", file=out, flush=True)
 
     def row(self, r: Result) -> None:
         rate = "max" if not r.target_rate else f"{r.target_rate:g}"
@@ -369,6 +374,7 @@ class Table:
         rss = f"{r.rss_mb:.0f}" if r.rss_mb is not None else "-"
         vs_keys = f"{r.ratio_to_keys:.2f}" if r.ratio_to_keys is not None else "-"
         per_model = f"{r.bytes_per_model:,.0f}" if r.bytes_per_model is not None else "-"
+        stall = f"{r.stall_ms:g}" if r.stall_ms is not None else "-"
         print(f"{r.name:<9}{r.spec:<16}{r.workers:>8}{rate:>8}{r.keys:>8}{r.events:>8}{r.events_per_s:>10,.0f}"
               f"{r.p50_ms:>9.1f}{r.p95_ms:>9.1f}{r.p99_ms:>9.1f}{r.cpu_s_per_1k:>10.2f}{raw:>8}{loop:>9}"
-              f"{rss:>8}{vs_keys:>9}{per_model:>9}", file=self.out, flush=True)
+              f"{rss:>8}{vs_keys:>9}{per_model:>9}{stall:>10}", file=self.out, flush=True)

@@ -77,3 +77,29 @@ def stop_workers(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
             p.wait(timeout)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+def get_buckets(port: int, name: str) -> dict[float, float]:
+    """A worker's histogram ``name`` as cumulative counts by upper bound (``le``); empty while it does not
+    answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[float(le)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def worst_within(before: dict[float, float], after: dict[float, float]) -> float | None:
+    """The smallest bucket bound holding every observation made between two reads of a histogram (the
+    worst one was at most that); None when nothing was observed."""
+    total = after.get(float("inf"), 0.0) - before.get(float("inf"), 0.0)
+    if total <= 0:
+        return None
+    return min(le for le, n in after.items() if n - before.get(le, 0.0) >= total)
+

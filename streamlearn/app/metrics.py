@@ -12,6 +12,7 @@ from streamlearn.models import LiveModel
 
 OTHER = "_other"
 
+LOOP_PROBE_SECONDS = 0.25   # how often the event loop's lag is sampled (app/worker.py)
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -40,6 +41,10 @@ class Metrics:
         self.recovery_stalls = Counter(
             "streamlearn_recovery_stalls_total", "Changelog partitions Faust's recovery waited on in vain, asked "
             "for again (streams/transport.py).", registry=r)
+        self.loop_lag = Histogram(
+            "streamlearn_event_loop_lag_seconds", "How late the worker's event loop came back from a "
+            f"{LOOP_PROBE_SECONDS:g} s sleep: a stall there holds every agent, timer and HTTP answer.",
+            buckets=_LATENCY_BUCKETS, registry=r)
         self.prediction_latency = Histogram(
             "streamlearn_prediction_latency_seconds", "Time to process one routed event into a prediction.",
             buckets=_LATENCY_BUCKETS, registry=r)

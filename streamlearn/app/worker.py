@@ -7,7 +7,9 @@ and exposes HTTP views and metrics.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +32,7 @@ from streamlearn.streams.versions import (Audit, Commands, TableStore, WarmStart
 
 from .control import ControlClient
 from .http import bind_views
-from .metrics import Metrics, StateCollector
+from .metrics import LOOP_PROBE_SECONDS, Metrics, StateCollector
 from .settings import Settings
 
 log = logging.getLogger("streamlearn")
@@ -292,6 +294,14 @@ def _bind_rebalance(w: Worker) -> None:
 
 def _bind_timers(w: Worker) -> None:
     labels = w.topics.names.labels
+
+    @w.app.task
+    async def probe_event_loop() -> None:
+        """Sleep LOOP_PROBE_SECONDS, again and again: how late each wake-up comes is how long the loop stalled."""
+        while True:
+            asked = time.monotonic()
+            await asyncio.sleep(LOOP_PROBE_SECONDS)
+            w.metrics.loop_lag.observe(max(0.0, time.monotonic() - asked - LOOP_PROBE_SECONDS))
 
     s = w.settings
     @w.app.timer(max(0.5, min(s.label_wait_seconds / 4, s.pending_ttl_seconds / 4, s.checkpoint_every_seconds / 2)))

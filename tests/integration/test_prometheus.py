@@ -9,12 +9,15 @@ import time
 import urllib.parse
 import urllib.request
 
+from pathlib import Path
+
 import pytest
 
 from .harness import Collector, Producer, free_port
 
 pytestmark = pytest.mark.integration
 BUCKETS = ("0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "1.0")
+ALERTS = Path(__file__).resolve().parents[2] / "deploy/prometheus/alerts.yml"
 
 
 @pytest.fixture
@@ -27,7 +30,8 @@ def prometheus(tmp_path):
 
     def start(targets: list[str]) -> str:
         config.write_text(
-            "global:\n  scrape_interval: 1s\n"
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            f"rule_files: [{json.dumps(str(ALERTS))}]\n"     # the alert rules we ship
             "scrape_configs:\n  - job_name: streamlearn\n    static_configs:\n"
             f"      - targets: {json.dumps(targets)}\n")
         procs.append(subprocess.Popen(
@@ -60,7 +64,9 @@ def scalar(base: str, promql: str) -> float | None:
 async def test_prometheus_sees_the_throughput_and_latency_we_sent(cluster, prometheus):
     w0, w1 = cluster.start_worker(), cluster.start_worker()
     cluster.wait_ready()
-    prom = prometheus([f"127.0.0.1:{w0.port}", f"127.0.0.1:{w1.port}"])
+    gone = free_port()     # a worker that does not answer: the shipped StreamlearnWorkerDown must fire
+    prom = prometheus([f"127.0.0.1:{w0.port}", f"127.0.0.1:{w1.port}", f"127.0.0.1:{gone}"])
+    started = time.monotonic()
     t = cluster.topics
     n = 1000
     async with Producer(cluster.bootstrap) as p, Collector(cluster.bootstrap, t.predictions) as preds:
@@ -79,6 +85,8 @@ async def test_prometheus_sees_the_throughput_and_latency_we_sent(cluster, prome
             break
         time.sleep(1)
     assert scalar(prom, "count(up{job='streamlearn'} == 1)") == 2
+    # every worker samples its event loop's lag
+    assert scalar(prom, "count(streamlearn_event_loop_lag_seconds_count > 0)") == 2
     assert scalar(prom, "sum(streamlearn_predictions_total)") == n
     assert scalar(prom, "sum(streamlearn_examples_learned_total)") == n
     assert scalar(prom, f"sum(streamlearn_events_consumed_total{{topic='{t.features}'}})") == n
@@ -98,3 +106,16 @@ async def test_prometheus_sees_the_throughput_and_latency_we_sent(cluster, prome
     assert len(query(prom, "streamlearn_model_examples")) == 10
     accuracy = scalar(prom, "sum(streamlearn_progressive_correct_total) / sum(streamlearn_examples_learned_total)")
     assert accuracy is not None and 0 <= accuracy <= 1
+
+    # the shipped alert rules: all loaded and evaluated without error, and the one whose cause is here fires
+    with urllib.request.urlopen(f"{prom}/api/v1/rules", timeout=5) as r:
+        rules = [rule for group in json.loads(r.read())["data"]["groups"] for rule in group["rules"]]
+    assert len(rules) >= 10 and all(rule["health"] == "ok" for rule in rules), rules
+    deadline = started + 150
+    while time.monotonic() < deadline:
+        firing = query(prom, 'ALERTS{alertstate="firing"}')
+        if firing:
+            break
+        time.sleep(2)
+    assert [(a["metric"]["alertname"], a["metric"]["instance"]) for a in firing] == [
+        ("StreamlearnWorkerDown", f"127.0.0.1:{gone}")], firing

@@ -90,3 +90,15 @@ def test_every_option_of_every_command_has_help_and_its_help_shows_the_defaults(
         for action in sub._actions:
             if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
                 assert f"(default: {action.default})" in " ".join(text.split()), (name, action.dest)
+
+
+def test_the_bench_bounds_the_worst_stall_of_a_run_by_the_histogram_buckets_it_filled():
+    from streamlearn.app.local import worst_within
+
+    inf = float("inf")
+    before = {0.001: 10, 0.01: 12, 0.25: 12, 1.0: 12, inf: 12}
+    assert worst_within(before, {0.001: 30, 0.01: 33, 0.25: 34, 1.0: 34, inf: 34}) == 0.25   # one of 0.01-0.25 s
+    assert worst_within(before, {0.001: 13, 0.01: 17, 0.25: 17, 1.0: 17, inf: 17}) == 0.01
+    assert worst_within(before, {0.001: 15, 0.01: 17, 0.25: 17, 1.0: 17, inf: 17}) == 0.001
+    assert worst_within(before, dict(before)) is None                                        # nothing observed
+    assert worst_within({}, {0.001: 0, 0.01: 0, 0.25: 0, 1.0: 0, inf: 2}) == inf             # over the last bound
