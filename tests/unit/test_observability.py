@@ -94,9 +94,9 @@ def test_bench_table_shows_key_counts_memory_and_the_ratio_to_the_first_key_coun
     table = Table(out)
     table.row(Result("pipeline", "logreg", 1, 0, 10, 100.0, 1, 2, 3, 0.1, keys=20, rss_mb=200.0))
     table.row(Result("pipeline", "logreg", 1, 0, 10, 80.0, 1, 2, 3, 0.1, keys=10_000, rss_mb=300.0,
-                     ratio_to_keys=0.8, bytes_per_model=10_506.0))
+                     ratio_to_keys=0.8, bytes_per_model=10_506.0, stall_ms=250.0))
     header, first, second = out.getvalue().splitlines()
-    assert header.endswith("rss MB  vs keys  B/model")
-    assert first.split()[-3:] == ["200", "-", "-"] and " 20 " in first
-    assert second.split()[-3:] == ["300", "0.80", "10,506"] and " 10000 " in second
+    assert header.endswith("rss MB  vs keys  B/model stall<=ms")
+    assert first.split()[-4:] == ["200", "-", "-", "-"] and " 20 " in first
+    assert second.split()[-4:] == ["300", "0.80", "10,506", "250"] and " 10000 " in second
     assert _key_counts("10000,100000") == [20, 10_000, 100_000] and _key_counts("20,5") == [20, 5]
