@@ -79,11 +79,11 @@ def stop_workers(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
             p.kill()
 
 
-def get_buckets(port: int, name: str) -> dict[float, float]:
-    """A worker's histogram ``name`` as cumulative counts by upper bound (``le``); empty while it does not
-    answer."""
+def get_buckets(port: int, name: str, timeout: float = 30.0) -> dict[float, float]:
+    """A worker's histogram ``name`` as cumulative counts by upper bound (``le``); empty if it does not
+    answer within ``timeout`` (a stalled event loop answers late: wait it out, or the stall is lost)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
             text = r.read().decode()
     except OSError:
         return {}
