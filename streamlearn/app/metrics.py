@@ -41,6 +41,8 @@ class Metrics:
         self.recovery_stalls = Counter(
             "streamlearn_recovery_stalls_total", "Changelog partitions Faust's recovery waited on in vain, asked "
             "for again (streams/transport.py).", registry=r)
+        self.alerts = Counter("streamlearn_alerts_total", "Alerts raised (one record each on the alerts topic), "
+                              "by kind: degradation.", ["kind"], registry=r)
         self.loop_lag = Histogram(
             "streamlearn_event_loop_lag_seconds", "How late the worker's event loop came back from a "
             f"{LOOP_PROBE_SECONDS:g} s sleep: a stall there holds every agent, timer and HTTP answer.",
@@ -133,6 +135,9 @@ class Metrics:
 
     def error(self, stage: str) -> None:
         self.errors.labels(stage).inc()
+
+    def alerted(self, kind: str) -> None:
+        self.alerts.labels(kind).inc()
 
     def recovery_stalled(self, partitions: int) -> None:
         self.recovery_stalls.inc(partitions)

@@ -6,8 +6,9 @@ prints a status line: predictions per second, online accuracy (overall and
 over the last 500 labelled predictions, scored against the true label where
 a replay injected a wrong one), and the latest prediction. And it tells what
 happens as it happens: bad labels beginning and ending (a replay's
-``--flip``), and every version change on the audit trail (a rollback by the
-quality gate, a promotion, an operator's restore), with its reason.
+``--flip``), every alert (the quality gate seeing a model's error rise), and
+every version change on the audit trail (a rollback by the quality gate, a
+promotion, an operator's restore), with its reason.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def narrate(change: dict) -> str | None:
 
 async def watch(settings: Settings, seconds: float = 0.0, every: float = 1.0) -> int:
     names = TopicNames.with_prefix(settings.topic_prefix)
-    consumer = AIOKafkaConsumer(names.predictions, names.feedback, names.audit,
+    consumer = AIOKafkaConsumer(names.predictions, names.feedback, names.audit, names.alerts,
                                 bootstrap_servers=settings.bootstrap_servers,
                                 auto_offset_reset="latest", enable_auto_commit=False, group_id=None,
                                 **settings.kafka_options)
@@ -77,6 +78,9 @@ async def watch(settings: Settings, seconds: float = 0.0, every: float = 1.0) ->
                         said = narrate(obj)
                         if said:
                             print(f">> {said}", flush=True)
+                        continue
+                    if tp.topic == names.alerts:
+                        print(f">> {obj.get('model')}: {obj.get('kind')} alert: {obj.get('detail')}", flush=True)
                         continue
                     if tp.topic == names.predictions:
                         n_pred += 1

@@ -27,7 +27,7 @@ from streamlearn.streams.pending import BoundedTable, TableState
 from streamlearn.streams.stores import TableManager, count_restored
 from streamlearn.streams.transport import consumer_url
 from streamlearn.streams.topics import Changelog, TopicNames, Topics, ensure_topics
-from streamlearn.streams.versions import (Audit, Commands, TableStore, WarmStart, index_position,
+from streamlearn.streams.versions import (Alerts, Audit, Commands, TableStore, WarmStart, index_position,
                                           snapshot_metrics)
 
 from .control import ControlClient
@@ -222,7 +222,7 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         store, signing_key,
         models.VersionSettings(s.snapshot_every_examples, s.snapshot_every_seconds, s.snapshot_keep, gate,
                                promotion),
-        on_snapshot=snapshot_metrics(metrics), specs=specs)
+        on_snapshot=snapshot_metrics(metrics), specs=specs, on_alert=Alerts(topics.alerts, metrics.alerted).record)
     audit = Audit(topics.audit, metrics)
     warm = WarmStart(s.template_for, templates, signing_key, audit, specs)
     commands = Commands(versions=versions, registry=registry, audit=audit, results=topics.control_results,

@@ -187,6 +187,23 @@ class Change:
         return asdict(self)
 
 
+@dataclass
+class Alert:
+    """Something an operator should hear of (the alerts topic): ``degradation``, the live model's error rose
+    significantly against its own recent level (the quality gate's ADWIN), whether or not a rollback follows."""
+
+    kind: str
+    model: str
+    spec: str
+    version: int
+    detail: str
+    figures: dict[str, Any]
+    at: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class Store(Protocol):
     """Where snapshots live (a changelog-backed table on the Kafka side, a dict in tests)."""
 
@@ -222,10 +239,11 @@ class ModelVersions:
     def __init__(self, store: Store, signing_key: bytes, settings: VersionSettings,
                  clock: Callable[[], float] = time.time,
                  on_snapshot: Callable[[SnapshotInfo, float], None] | None = None,
-                 specs: Mapping[str, Spec] = SPECS) -> None:
+                 specs: Mapping[str, Spec] = SPECS, on_alert: Callable[[Alert], None] | None = None) -> None:
         self.store = store
         self.specs = specs
         self.on_snapshot = on_snapshot
+        self.on_alert = on_alert   # told each alert raised while learning
         self.signing_key = signing_key
         self.settings = settings
         self.clock = clock
@@ -348,6 +366,13 @@ class ModelVersions:
         gate = self._gate(live)
         if gate is not None:
             verdict = gate.observe(x, y, y_pred)
+            if gate.rise is not None and self.on_alert is not None:
+                before, after = gate.rise
+                what = "error rate" if live.spec.is_classifier else "mean absolute error"
+                self.on_alert(Alert(
+                    "degradation", live.key, live.spec.name, live.version,
+                    f"the live model's {what} rose from {before:.3f} to {after:.3f} (ADWIN, after "
+                    f"{live.learned} examples)", {"before": before, "after": after, "learned": live.learned}))
             if verdict is not None:
                 new, _, changes = self.restore(live, verdict.version, by="quality-gate", reason=verdict.reason,
                                                action="auto_rollback")

@@ -34,6 +34,7 @@ class TopicNames:
     control_results: str
     deadletter: str
     audit: str
+    alerts: str
     # internal, co-partitioned, keyed by model key
     events: str
     labels: str
@@ -51,6 +52,7 @@ class TopicNames:
             control_results=f"{prefix}control-results",
             deadletter=f"{prefix}deadletter",
             audit=f"{prefix}audit",
+            alerts=f"{prefix}alerts",
             events=f"{prefix}internal.events",
             labels=f"{prefix}internal.labels",
             training=f"{prefix}internal.training",
@@ -75,6 +77,7 @@ class Topics:
     control_results: faust.TopicT
     deadletter: faust.TopicT
     audit: faust.TopicT
+    alerts: faust.TopicT
     events: faust.TopicT
     labels: faust.TopicT
     training: faust.TopicT
@@ -94,6 +97,7 @@ class Topics:
             control_results=topic(names.control_results),
             deadletter=topic(names.deadletter),
             audit=topic(names.audit),
+            alerts=topic(names.alerts),
             events=topic(names.events, partitions),
             labels=topic(names.labels, partitions),
             training=topic(names.training, partitions),

@@ -27,7 +27,7 @@ from streamlearn.models import SPECS, LiveModel, ModelRegistry, Spec
 from streamlearn.models import checkpoint as blobs
 from streamlearn.models.checkpoint import CheckpointError
 from streamlearn.models.state import RecentEvents, new_metric
-from streamlearn.models.versions import Change, ModelVersions, SnapshotInfo, VersionError, VersionIndex
+from streamlearn.models.versions import Alert, Change, ModelVersions, SnapshotInfo, VersionError, VersionIndex
 
 from . import codec
 from .codec import EXPIRED_COMMAND, UNKNOWN_MODEL, Command, Rejected
@@ -94,6 +94,20 @@ class Audit:
                             "from_version": change.from_version, "to_version": change.to_version})
             self.topic.send_soon(key=change.model.encode(),
                                  value=codec.dumps({**change.to_json(), "request_id": request_id}))
+
+
+class Alerts:
+    """Alerts (``models.versions.Alert``): one record on the alerts topic, one log line and a count each."""
+
+    def __init__(self, topic: faust.TopicT, counted: Callable[[str], None]) -> None:
+        self.topic = topic
+        self.counted = counted
+
+    def record(self, alert: Alert) -> None:
+        self.counted(alert.kind)
+        log.warning("alert %s model=%s v%d: %s", alert.kind, alert.model, alert.version, alert.detail,
+                    extra={"model": alert.model, "reason": alert.kind})
+        self.topic.send_soon(key=alert.model.encode(), value=codec.dumps(alert.to_json()))
 
 
 class WarmStart:

@@ -226,6 +226,8 @@ async def test_the_demo_as_a_user_runs_it(tmp_path):
         assert any(re.fullmatch(r">> bad labels ended after [\d,]+ wrong ones", line) for line in told), told
         assert any(re.match(r">> demo: the quality gate rolled it back to v\d+ \(v\d+ -> v\d+\): after a rise", line)
                    for line in told), told
+        assert any(line.startswith(">> demo: degradation alert: the live model's error rate rose from ")
+                   for line in told), told    # the gate saw the rise (the alerts topic), whatever followed
         assert "setting up (log: " in out and "Successfully installed" not in out   # the set-up says little
         assert "stopping ..." in out
         with pytest.raises(OSError):     # the worker is gone

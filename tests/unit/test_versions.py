@@ -199,3 +199,24 @@ def test_predictions_answer_in_the_labels_type_through_a_promotion_a_rollback_an
     back, _, _ = versions.rollback(tree)
     answers(back)                                                      # logreg again, from its snapshot
     answers(checkpoint.load(checkpoint.dump(tree, KEY, 0.0), KEY))     # a restored checkpoint
+
+
+def test_the_gate_raises_a_degradation_alert_for_the_key_whose_labels_went_bad_and_none_for_the_other():
+    """Two keys learn the same concept; from example 2,000 one key's labels are inverted: a degradation alert
+    for it within 1,000 examples (whether or not a rollback follows), none for the other."""
+    alerts = []
+    versions = ModelVersions(DictStore(), KEY, VersionSettings(snapshot_every_examples=250),
+                             on_alert=alerts.append)
+    bad, good = new_model("bad", get_spec("logreg")), new_model("good", get_spec("logreg"))
+    flipped = range(2000, 3000)
+    for (i, x, y, truth), (_, x2, y2, _) in zip(rows(3000, seed=3, flip=flipped), rows(3000, seed=4)):
+        bad, _, _ = train(versions, bad, [(i, x, y, truth)])
+        good, _, _ = train(versions, good, [(i, x2, y2, y2)])
+        for alert in alerts:
+            alert.figures.setdefault("at", i)
+    mine = [a for a in alerts if a.model == "bad"]
+    assert mine and all(a.kind == "degradation" and a.spec == "logreg" for a in mine), alerts
+    first = mine[0]
+    assert 2000 <= first.figures["at"] < 3000 and first.figures["after"] > first.figures["before"], first
+    assert "rose from" in first.detail and "(ADWIN, after" in first.detail
+    assert not [a for a in alerts if a.model == "good"], alerts
