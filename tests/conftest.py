@@ -90,7 +90,8 @@ class SessionBroker:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if not _controller(config) or not _runs_integration(config) or os.environ.get("STREAMLEARN_TEST_BOOTSTRAP"):
+    if (not _controller(config) or not _runs_integration(config) or os.environ.get("STREAMLEARN_TEST_BOOTSTRAP")
+            or config.option.collectonly):   # listing the tests runs none: no broker (it would stop another run's)
         return
     broker = SessionBroker(int(os.environ.get("STREAMLEARN_TEST_KAFKA_PORT", "19092")))
     config.stash[BROKER] = broker
