@@ -91,11 +91,7 @@ class TableState:
         self.holds_other_partitions = self._dbs is None
         self._waiting: dict[bytes, bytes | None] = {}   # key -> value written, not yet in the store
         behind.on_delivered(self.changelog, self._delivered)
-        # Values with a place in their key's history (checkpoints: the training offset they cover): a value
-        # never replaces one further on, whether it comes delivered, recovered or is read against a staged one.
-        # A worker cut off from the group goes on writing, and its producer delivers those writes once its
-        # link mends: after the partition's new owner wrote further and committed what that covers.
-        self.position = position
+        self.position = position   # a value's place in its key's history (checkpoints: the training offset)
         self.on_stale = on_stale   # told each key whose value was refused as behind the one held
         if position is not None:
             apply = table.apply_changelog_batch
@@ -194,7 +190,6 @@ class TableState:
         else:
             db.put(key, value)
         return True
-
 
     def _forward_only(self, batch: list) -> list:
         """The records of a recovery batch (Faust's changelog events, in order) that go forward: a key's
