@@ -43,6 +43,10 @@ class Metrics:
             "for again (streams/transport.py).", registry=r)
         self.alerts = Counter("streamlearn_alerts_total", "Alerts raised (one record each on the alerts topic), "
                               "by kind: degradation.", ["kind"], registry=r)
+        self.label_delay = Histogram(
+            "streamlearn_label_delay_seconds", "From an event's features reaching its model's owner to its label "
+            "joining them (0: the label came first); one observation per label joined, over all keys.",
+            buckets=(0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0), registry=r)
         self.loop_lag = Histogram(
             "streamlearn_event_loop_lag_seconds", "How late the worker's event loop came back from a "
             f"{LOOP_PROBE_SECONDS:g} s sleep: a stall there holds every agent, timer and HTTP answer.",
@@ -132,6 +136,9 @@ class Metrics:
 
     def duplicate_label(self) -> None:
         self.duplicate_labels.inc()
+
+    def label_joined(self, delay: float) -> None:
+        self.label_delay.observe(max(0.0, delay))
 
     def error(self, stage: str) -> None:
         self.errors.labels(stage).inc()

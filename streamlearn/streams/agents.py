@@ -319,7 +319,8 @@ class Agents:
             else:
                 self.pending.put(partition, key, outcome.entry)
         elif isinstance(outcome, join.Learn):
-            if outcome.entry is not None:
+            if outcome.entry is not None:   # a first join (a replay writes nothing): how long the label took
+                self.metrics.label_joined(0.0 if outcome.restamp else self.pending.clock() - outcome.entry.written)
                 self.pending.put(partition, key, outcome.entry, restamp=outcome.restamp)
             out.pack(self.topics.training, partition, codec.encode_example(outcome.example))
 

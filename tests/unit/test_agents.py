@@ -163,6 +163,10 @@ async def test_predict_join_learn(worker, caplog):
         await predict.put(orjson.dumps({"event_id": "e2", "features": {"a": 2.0}}), key=b"m", partition=p)
     assert len(worker.topics.training.sent) == 2
     assert worker.pending.get(b"m\x1fe2").origin == ["streamlearn.feedback", 3, 12]   # released, by that label
+    # how long each label took: e1's after its features (some time), e2's came first (0); the duplicate: none
+    delays = worker.metrics.registry
+    assert delays.get_sample_value("streamlearn_label_delay_seconds_count") == 2
+    assert delays.get_sample_value("streamlearn_label_delay_seconds_bucket", {"le": "0.1"}) == 2
 
     async with worker.app.agents["learn"].test_context() as learn:
         for ex in worker.topics.training.sent:
@@ -192,6 +196,8 @@ async def test_a_label_handled_again_after_a_crash_is_sent_again_and_learned_onc
     sent = [one for ex in worker.topics.training.sent for one in orjson.loads(ex["value"])]
     assert [ex["event_id"] for ex in sent] == ["e1", "e1", "e3", "e3", "e2", "e2"]
     assert sent[4] == sent[5] and sent[4]["features"] == {"a": 2.0} and sent[4]["label"] is False
+    # one label delay per event joined, none for the replays
+    assert worker.metrics.registry.get_sample_value("streamlearn_label_delay_seconds_count") == 3
 
     async with worker.app.agents["learn"].test_context() as learn:
         for ex in worker.topics.training.sent:

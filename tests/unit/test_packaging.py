@@ -67,6 +67,7 @@ def test_dashboard_and_prometheus_config_use_metrics_the_workers_export():
     m.models_evicted.labels("cap").inc()
     m.changelog_restored.labels("pending").inc()
     m.alerted("degradation")
+    m.label_joined(1.0)
     exported = set(re.findall(r"^(streamlearn_\w+)", m.exposition().decode(), re.M))
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/streamlearn.json").read_text())
     used = {name for panel in dashboard["panels"] for target in panel["targets"]
