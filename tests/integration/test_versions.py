@@ -311,7 +311,8 @@ async def test_quality_gate_rolls_back_bad_labels_not_a_concept_change(cluster):
 
 async def test_warm_start_from_a_template_on_another_worker(cluster):
     settings = dict(warm_start_rules="tenant-*=template", snapshot_every_examples=0)
-    w0, w1 = cluster.start_worker("w0", **settings), cluster.start_worker("w1", **settings)
+    w0 = cluster.start_worker("w0", **settings)
+    cluster.start_worker("w1", **settings)        # a second worker: the template and the tenant on different ones
     split = cluster.wait_ready()
     t = cluster.topics
     template_owner = owner_of(cluster, split, "template")
