@@ -26,12 +26,19 @@ def get_json(port: int, path: str) -> dict | None:
         return None
 
 
+def scrape(port: int, timeout: float = 2.0) -> str | None:
+    """A worker's /metrics text, or None while it does not answer within ``timeout``."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
+            return r.read().decode()
+    except OSError:
+        return None
+
+
 def get_metric(port: int, name: str) -> float | None:
     """The sum of a worker's samples of one metric on /metrics, or None while it does not answer."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
+    text = scrape(port)
+    if text is None:
         return None
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name + " ") or line.startswith(name + "{"))
@@ -82,17 +89,13 @@ def stop_workers(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
 def get_buckets(port: int, name: str, timeout: float = 30.0) -> dict[float, float]:
     """A worker's histogram ``name`` as cumulative counts by upper bound (``le``); empty if it does not
     answer within ``timeout`` (a stalled event loop answers late: wait it out, or the stall is lost)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
-            text = r.read().decode()
-    except OSError:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = scrape(port, timeout)
+    if text is None:
         return {}
-    out = {}
-    for line in text.splitlines():
-        if line.startswith(name + "_bucket{"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            out[float(le)] = float(line.rsplit(" ", 1)[1])
-    return out
+    return {float(sample.labels["le"]): sample.value for family in text_string_to_metric_families(text)
+            if family.name == name for sample in family.samples if sample.name == name + "_bucket"}
 
 
 def worst_within(before: dict[float, float], after: dict[float, float]) -> float | None:

@@ -20,7 +20,7 @@ import itertools
 import logging
 import pickle
 import time
-from typing import Mapping, MutableMapping, Protocol
+from typing import Callable, Mapping, MutableMapping, Protocol
 
 from streamlearn.core.cadence import Cadence
 from streamlearn.models import SPECS, LiveModel, Spec
@@ -125,7 +125,7 @@ class Checkpoints:
         return len(blob)
 
 
-def position(signing_key: bytes):
+def position(signing_key: bytes) -> Callable[[bytes], float]:
     """A checkpoint's place in its model's history: the training offset it covers (-inf: one we refuse).
 
     Within a key, checkpoints only go forward: a model learns its partition of
