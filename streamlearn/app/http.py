@@ -16,7 +16,6 @@ from faust.web import Request, Response, View
 from streamlearn import models
 from streamlearn.models import LiveModel
 from streamlearn.streams import codec
-from streamlearn.streams.routing import partition_for
 from streamlearn.streams.versions import versions_of
 
 from .auth import ApiGate
@@ -39,7 +38,7 @@ def readiness(owned: list[int], recovered: bool, rebalancing: bool, crashes: dic
               now: float) -> dict[str, Any]:
     """What ``/ready`` answers: ready only with partitions, tables recovered, no rebalance, no recent agent crash.
 
-    ``crashes``: agent name -> (time, exception) of its last crash (``Agents.crashes``); one within
+    ``crashes``: agent name -> (time, exception) of its last crash (``AgentLoop.crashes``); one within
     ``CRASH_WINDOW_SECONDS`` keeps the worker not ready: Faust restarts it, and it may be crash-looping.
     """
     crashed = {name: f"crashed {now - at:.0f}s ago: {why}" for name, (at, why) in crashes.items()
@@ -74,22 +73,17 @@ def bind_views(w: Worker) -> None:
     @app.page("/ready")
     async def ready(web: Any, request: Request) -> Response:
         """Ready: partitions assigned, not rebalancing, tables recovered, no agent crashed lately."""
-        owned = sorted({tp.partition for tp in app.assignor.assigned_actives()
-                        if tp.topic == w.topics.names.events})
-        body = readiness(owned, app.tables.recovery.completed.is_set(), bool(app.rebalancing), w.agents.crashes,
-                         time.time())
+        body = readiness(sorted(w.ownership.owned), app.tables.recovery.completed.is_set(), bool(app.rebalancing),
+                         w.loop.crashes, time.time())
         return web.json(body, status=200 if body["ready"] else 503)
-
-    def owned() -> set[int]:
-        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == w.topics.names.events}
 
     def local_models() -> list[dict[str, Any]]:
         """The models of this worker: live ones, and checkpointed ones not loaded since the last rebalance."""
-        partitions = owned()
+        partitions = w.ownership.owned
         me = str(app.conf.canonical_url).rstrip("/")
         live = {m.key: {**m.describe(), "live": True, "worker": me} for _, m in registry}
         for h in w.checkpoints.headers(lambda k: k not in live and
-                                       partition_for(k, w.settings.partitions) in partitions):
+                                       w.ownership.owner(k) in partitions):
             live[h.model] = {"model": h.model, "spec": h.spec, "version": h.version,
                              "parent_version": h.parent_version, "learned": h.learned,
                              "metric": {"value": h.metric}, "offset": h.offset, "live": False, "worker": me}
@@ -110,9 +104,9 @@ def bind_views(w: Worker) -> None:
         live = registry.find(key)
         if live is None and not settled():
             raise Unsettled(key)
-        partition = partition_for(key, w.settings.partitions)
-        if live is None and partition in owned() and w.checkpoints.table.get(key.encode()) is not None:
-            live = registry.get_or_create(partition, key, w.agents.spec_for(key))
+        partition = w.ownership.owner(key)
+        if live is None and partition in w.ownership.owned and w.checkpoints.table.get(key.encode()) is not None:
+            live = registry.get_or_create(partition, key, w.live.spec_for(key))
         return live
 
     class GatedView(View):

@@ -17,17 +17,25 @@ import faust
 
 from streamlearn import models
 from streamlearn.models import LiveModel, ModelRegistry, Spec
+from streamlearn.models.checkpoint import Blobs
 from streamlearn.streams import codec
-from streamlearn.streams.agents import Agents, Options
-from streamlearn.streams.checkpoints import CheckpointPolicy, Checkpoints
-from streamlearn.streams.checkpoints import position as checkpoint_position
+from streamlearn.core.checkpointing import CheckpointPolicy
+from streamlearn.streams.agents.joins import Joins
+from streamlearn.streams.agents.learning import Learning
+from streamlearn.streams.agents.live import LiveModels
+from streamlearn.streams.agents.loop import AgentLoop
+from streamlearn.streams.agents.predict import Predict
+from streamlearn.streams.agents.routers import Routers
+from streamlearn.streams.checkpoints import Checkpoints
+from streamlearn.streams.commit import BatchCommit
 from streamlearn.streams.deadletter import DeadLetters
 from streamlearn.streams.outbox import Outbox, WriteBehind
 from streamlearn.streams.pending import BoundedTable, TableState
 from streamlearn.streams.stores import TableManager, count_restored
+from streamlearn.streams.routing import TICK_HEADER, Ownership
 from streamlearn.streams.transport import consumer_url
 from streamlearn.streams.topics import Changelog, TopicNames, Topics, ensure_topics
-from streamlearn.streams.versions import (Alerts, Audit, Commands, TableStore, WarmStart, index_position,
+from streamlearn.streams.versions import (Alerts, Answers, Audit, Commands, TableStore, WarmStart, index_position,
                                           snapshot_metrics)
 
 from .control import ControlClient
@@ -49,7 +57,12 @@ class Worker:
     pending: BoundedTable
     early: BoundedTable
     metrics: Metrics
-    agents: Agents
+    ownership: Ownership
+    loop: AgentLoop
+    commit: BatchCommit
+    live: LiveModels
+    dead: DeadLetters
+    commands: Commands
     checkpoints: Checkpoints
     versions: models.ModelVersions
     store: TableStore
@@ -146,7 +159,7 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         if not checkpoints.unchanged(live.key):
             log.info("model=%s was checkpointed by another worker since this one had it: restoring", live.key)
             return False
-        agents.policy.changed(partition, live)
+        commit.changed(partition, live)
         return True
 
     def evicted(partition: int, live: LiveModel, reason: str) -> None:
@@ -154,7 +167,7 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         metrics.models_evicted.labels(reason).inc()
 
     registry = ModelRegistry(factory, still_valid, max_live=s.max_live_models, on_evict=evicted,
-                             evictable=lambda p, live: checkpoints.clean(live, agents.policy.dirty.get(p, {})))
+                             evictable=lambda p, live: checkpoints.clean(live, commit.dirty(p)))
 
     def actives() -> set:
         return app.assignor.assigned_actives()
@@ -183,7 +196,8 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
                       codec.encode_waiting, codec.decode_waiting)
     early = bounded("early-labels", "Labels that arrived before their event's features.", s.label_wait_seconds,
                     codec.encode_parked, codec.decode_parked)
-    signing_key = s.signing_secret
+    blobs = Blobs(s.signing_secret, specs)
+
     def by_model(name: str, help: str, model_of: Any, **kwargs: Any) -> TableState:
         """A table of the learn agent, keyed by model: written behind like the join state, so a store never
         holds a checkpoint or snapshot its changelog lacks (the next owner of the partition would not have it)."""
@@ -195,9 +209,8 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
                     "lost the partition)", key.decode(errors="replace"))
 
     checkpoints = Checkpoints(by_model("checkpoints", "Latest checkpoint of each live model (signed blob).",
-                                       bytes.decode, position=checkpoint_position(signing_key),
-                                       on_stale=stale_checkpoint),
-                              signing_key, s.max_checkpoint_bytes, metrics, specs)
+                                       bytes.decode, position=blobs.offset, on_stale=stale_checkpoint),
+                              blobs, s.max_checkpoint_bytes, metrics)
     # Only with warm-start rules: a global table makes every worker a standby of its
     # changelog, which brings back Faust's standby recovery (disabled above); with it,
     # learning stalled after scale-in in the durability test (2 runs of 3).
@@ -219,36 +232,40 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     promotion = models.PromotionSettings(s.promote_window, s.promote_z_threshold, s.promote_min_discordant,
                                          s.promote_min_examples) if s.auto_promote else None
     versions = models.ModelVersions(
-        store, signing_key,
+        store, blobs,
         models.VersionSettings(s.snapshot_every_examples, s.snapshot_every_seconds, s.snapshot_keep, gate,
                                promotion),
-        on_snapshot=snapshot_metrics(metrics), specs=specs, on_alert=Alerts(topics.alerts, metrics.alerted).record)
+        on_snapshot=snapshot_metrics(metrics), on_alert=Alerts(topics.alerts, metrics.alerted).record)
     audit = Audit(topics.audit, metrics)
-    warm = WarmStart(s.template_for, templates, signing_key, audit, specs)
-    commands = Commands(versions=versions, registry=registry, audit=audit, results=topics.control_results,
-                        restore=checkpoints.restore, metrics=metrics, worker=f"{s.web_host}:{s.web_port}",
-                        max_message_bytes=s.max_message_bytes, secret=s.command_key)
-    agents = Agents(
-        topics=topics, registry=registry, pending=pending, early=early,
-        deadletters=DeadLetters(topics.deadletter, metrics), metrics=metrics,
-        options=Options(s.partitions, s.default_model_key, s.max_message_bytes, s.command_key, specs),
-        spec_for=spec_for, checkpoints=checkpoints,
-        policy=CheckpointPolicy(s.checkpoint_every_examples, s.checkpoint_every_seconds, s.checkpoint_defer_seconds),
-        versions=versions, commands=commands, audit=audit,
-        outbox=new_outbox, state=behind,
-    )
-    for topic, name, body in ((topics.features, "route-features", agents.route_features),
-                              (topics.feedback, "route-feedback", agents.route_feedback),
-                              (topics.control, "route-control", agents.route_control),
-                              (topics.events, "predict", agents.predict),
-                              (topics.labels, "join", agents.join),
-                              (topics.training, "learn", agents.learn)):
-        app.agent(topic, name=name)(agents.watched(name, body))
+    warm = WarmStart(s.template_for, templates, blobs, audit)
+    inputs = codec.Inputs(s.default_model_key, s.max_message_bytes, s.command_key, specs)
+    commands = Commands(versions, registry, checkpoints.restore, audit,
+                        Answers(topics.control_results, f"{s.web_host}:{s.web_port}", metrics), inputs)
+    commit = BatchCommit(app, behind, CheckpointPolicy(s.checkpoint_every_examples, s.checkpoint_every_seconds,
+                                                       s.checkpoint_defer_seconds), checkpoints)
+    ownership = Ownership(s.partitions)
+    dead = DeadLetters(topics.deadletter, metrics)
+    live = LiveModels(registry, spec_for, specs, metrics)
+    joins = Joins(inputs, pending, early, live, topics.training, dead, metrics)
+    predict = Predict(inputs, live, topics.predictions, joins, dead, metrics)
+    routers = Routers(topics, ownership, inputs, dead, commands, predict, joins)
+    learning = Learning(live, versions, commit, commands, audit, dead, metrics)
+    loop = AgentLoop(commit, dead, metrics, new_outbox)
+    for topic, name, body in ((topics.features, "route-features", loop.body("route-features", routers.features,
+                                                                            counts_input=True)),
+                              (topics.feedback, "route-feedback", loop.body("route-feedback", routers.feedback,
+                                                                            counts_input=True)),
+                              (topics.control, "route-control", loop.body("route-control", routers.control,
+                                                                          counts_input=True)),
+                              (topics.events, "predict", loop.body("predict", predict.event)),
+                              (topics.labels, "join", loop.body("join", joins.message)),
+                              (topics.training, "learn", loop.body("learn", learning.message, learns=True))):
+        app.agent(topic, name=name)(body)
         metrics.agent_crashes.labels(name)   # a series at 0 from the start, for dashboards and alerts
 
     control = ControlClient.of(s)
-    worker = Worker(s, app, topics, registry, pending, early, metrics, agents, checkpoints, versions, store,
-                    control)
+    worker = Worker(s, app, topics, registry, pending, early, metrics, ownership, loop, commit, live, dead, commands,
+                    checkpoints, versions, store, control)
     _bind_rebalance(worker)
     _bind_timers(worker)
     _bind_metrics(worker)
@@ -261,7 +278,7 @@ def _bind_rebalance(w: Worker) -> None:
 
     @w.app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: set, **kwargs: Any) -> None:
-        w.agents.owned = set()  # until the new assignment: route everything
+        w.ownership.owned = frozenset()  # until the new assignment: route everything
 
     @w.app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: set, **kwargs: Any) -> None:
@@ -279,13 +296,13 @@ def _bind_rebalance(w: Worker) -> None:
         """
         partitions = {tp.partition for tp in assigned if tp.topic in owned_topics}
         held, dropped = w.registry.hold(partitions)
-        for state in (w.pending, w.early, w.agents):
+        for state in (w.pending, w.early, w.commit):
             state.forget_partitions(set())
         for table in (w.pending, w.early):   # kept partitions keep their join state: Faust recovers only the tail
             table.drop_other_partitions(partitions)
         w.versions.forget()
         w.metrics.live_models.set(0)
-        w.agents.owned = partitions
+        w.ownership.owned = frozenset(partitions)
         log.info("assigned partitions %s; %d live models of kept partitions held (taken back on first use if no "
                  "other worker checkpointed them since), %d of partitions moved away dropped; since start %d held "
                  "models were taken back, %d restored instead", sorted(partitions), held, dropped,
@@ -293,8 +310,6 @@ def _bind_rebalance(w: Worker) -> None:
 
 
 def _bind_timers(w: Worker) -> None:
-    labels = w.topics.names.labels
-
     @w.app.task
     async def probe_event_loop() -> None:
         """Sleep LOOP_PROBE_SECONDS, again and again: how late each wake-up comes is how long the loop stalled."""
@@ -307,8 +322,9 @@ def _bind_timers(w: Worker) -> None:
     @w.app.timer(max(0.5, min(s.label_wait_seconds / 4, s.pending_ttl_seconds / 4, s.checkpoint_every_seconds / 2)))
     async def tick_partitions() -> None:
         """Tick our partitions: join evicts expired join state, learn checkpoints and snapshots on time, each in order with its partition's messages."""
-        owned = {tp.partition for tp in w.app.assignor.assigned_actives() if tp.topic == labels}
-        await w.agents.tick(owned)
+        for p in w.ownership.owned:
+            for topic in (w.topics.labels, w.topics.training):
+                await topic.send(key=None, value=b"", partition=p, headers=[(TICK_HEADER, b"1")])
         reread = getattr(w.app.consumer, "reread_skipped", None)
         if reread is not None:
             await reread()

@@ -1,8 +1,9 @@
 """What the pipeline decides, with no Kafka in it.
 
-Pure functions and small typed values: given what arrived and the state as it
-is, each returns an outcome for the shell (``streamlearn.streams``) to carry
-out. Nothing here imports Faust, aiokafka or Kafka, reads a clock or does
-I/O; ``tests/unit/core`` holds their table-driven tests and the check that
-the package stays so.
+Pure functions and small classes with typed values: given what arrived and
+the state as it is, each returns an outcome for the shell
+(``streamlearn.streams``) to carry out. Nothing here imports Faust, aiokafka
+or Kafka, or does I/O; of streamlearn, only ``streamlearn.models`` (River).
+Clocks are passed in. ``tests/unit/core`` holds their table-driven tests and
+the check that the package stays so.
 """

@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Union
 
-from .messages import EXPIRED_EVENT, UNKNOWN_EVENT, Example, FeatureEvent, Label, Rejected
+from .messages import BAD_LABEL, EXPIRED_EVENT, UNKNOWN_EVENT, Example, FeatureEvent, Label, Rejected
 
 Origin = list   # [topic, partition, offset] of the producer's message that carried a label
 
@@ -170,3 +170,12 @@ def on_parked_evicted(parked: Parked, waiting: Waiting | None, windows: Windows)
         return None
     return Rejected(UNKNOWN_EVENT, f"no features of event {parked.event_id!r} arrived within "
                                    f"{windows.label_ttl:g}s of its label", parked.event_id)
+
+
+def label_refused(label: Label, is_classifier: bool) -> Rejected | None:
+    """Why a label cannot train its model (None: it can): a regressor's label must be a number."""
+    y = label.label
+    if not is_classifier and (isinstance(y, bool) or not isinstance(y, (int, float))):
+        return Rejected(BAD_LABEL, f"model {label.model!r} is a regressor; its label must be a number",
+                        label.event_id)
+    return None

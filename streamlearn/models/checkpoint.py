@@ -229,3 +229,41 @@ def _intern_keys(root: Any) -> None:
 
 _ATOMS = frozenset({str, bytes, int, float, bool, type(None)})
 _SEQUENCES = frozenset({list, tuple, set, frozenset})
+
+
+class Blobs:
+    """The one way a worker's models become blobs and back: under its signing key, with its registered specs.
+
+    ``load`` raises :class:`CheckpointError` for a blob it refuses; what a
+    refusal means is the caller's (a checkpoint: start the model fresh; a
+    snapshot: the command fails; a template: start empty).
+    """
+
+    def __init__(self, key: bytes, specs: Mapping[str, Spec] = SPECS) -> None:
+        self.key = key
+        self.specs = specs
+
+    def dump(self, live: LiveModel, created_at: float) -> bytes:
+        return dump(live, self.key, created_at)
+
+    def load(self, blob: bytes) -> LiveModel:
+        return load(blob, self.key, self.specs)
+
+    def header(self, blob: bytes) -> Header:
+        return read_header(blob, self.key)
+
+    def offset(self, blob: bytes) -> float:
+        """The training offset a blob's model covers (-inf: a blob we refuse).
+
+        Within a key, checkpoints only go forward: a model learns its partition of
+        the training topic in order, and a version change (restore, rollback,
+        promotion) keeps the offset where the model stopped. So of two checkpoints
+        of a key, the one at the higher offset is the later state, whoever wrote
+        it last: one written by a worker that lost the partition (cut off, it went
+        on learning what it had fetched) is the same model at an earlier offset, or
+        the same model further on (learned from the same training messages).
+        """
+        try:
+            return self.header(blob).offset
+        except CheckpointError:
+            return float("-inf")

@@ -30,7 +30,7 @@ from streamlearn.core.cadence import Cadence
 from . import checkpoint
 from .gate import GateSettings, QualityGate
 from .promotion import PromotionPolicy, PromotionSettings
-from .specs import SPECS, Spec
+
 from .state import Challenger, LiveModel
 
 AUTO = "auto"          # taken by the snapshot policy
@@ -236,15 +236,14 @@ class ModelVersions:
     learning; it returns the :class:`Change` records for the audit trail.
     """
 
-    def __init__(self, store: Store, signing_key: bytes, settings: VersionSettings,
+    def __init__(self, store: Store, blobs: checkpoint.Blobs, settings: VersionSettings,
                  clock: Callable[[], float] = time.time,
                  on_snapshot: Callable[[SnapshotInfo, float], None] | None = None,
-                 specs: Mapping[str, Spec] = SPECS, on_alert: Callable[[Alert], None] | None = None) -> None:
+                 on_alert: Callable[[Alert], None] | None = None) -> None:
         self.store = store
-        self.specs = specs
+        self.blobs = blobs
         self.on_snapshot = on_snapshot
         self.on_alert = on_alert   # told each alert raised while learning
-        self.signing_key = signing_key
         self.settings = settings
         self.clock = clock
         self.gates: dict[str, QualityGate] = {}
@@ -261,7 +260,7 @@ class ModelVersions:
         if blob is None:
             raise VersionError("unknown_version", f"the blob of {model!r} v{version} is missing")
         try:
-            return checkpoint.load(blob, self.signing_key, self.specs)
+            return self.blobs.load(blob)
         except checkpoint.CheckpointError as exc:
             raise VersionError("bad_snapshot", f"snapshot v{version} of {model!r} was refused: {exc}") from None
 
@@ -276,13 +275,13 @@ class ModelVersions:
         # the blob is the live model as it is, under the snapshot's version number
         version = max(live.version, idx.next_version)
         live.version = version
-        blob = checkpoint.dump(live, self.signing_key, now)
+        blob = self.blobs.dump(live, now)
         info = idx.freeze(live, kind=kind, reason=reason, by=by, now=now)
         info.size = len(blob)
         self.store.save_blob(live.key, info.version, blob)
         gate = self.gates.get(live.key)
         if kind == AUTO and gate is not None and (gate.reference is None or gate.steady):
-            gate.set_reference(checkpoint.load(blob, self.signing_key, self.specs), info.version)
+            gate.set_reference(self.blobs.load(blob), info.version)
             idx.reference = info.version
         for version in idx.expired(self.settings.keep_auto):
             self.store.delete_blob(live.key, version)

@@ -15,7 +15,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import orjson
 
@@ -24,6 +24,7 @@ from streamlearn.core.messages import (  # noqa: F401 - the codec's outputs, and
     NON_FINITE, NOT_JSON, NOT_OBJECT, OVERSIZED, SPEC_MISMATCH, UNAUTHENTICATED, UNKNOWN_COMMAND, UNKNOWN_EVENT,
     UNKNOWN_MODEL, UNKNOWN_SPEC, Example, FeatureEvent, Label, Rejected)
 from streamlearn.core.join import Parked, Waiting
+from streamlearn.models.specs import UnknownSpec
 
 # The Kafka header carrying a command's signature: "sha256=" + hex HMAC-SHA256 of the message value
 # (its exact bytes, so any client can sign), under STREAMLEARN_COMMAND_SECRET.
@@ -180,6 +181,32 @@ def decode_examples(raw: bytes) -> list[Example]:
             for o in (obj if isinstance(obj, list) else [obj])]
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """A worker's decoders of its input topics, with its settings bound: the default model key, the size
+    limit, the command secret (None: commands are not checked), and the specs an event may ask for."""
+
+    default_model: str
+    max_bytes: int
+    secret: bytes | None
+    specs: Mapping[str, Any]
+
+    def event(self, raw: bytes | None, key: bytes | None) -> FeatureEvent:
+        return decode_event(raw, key, default_model=self.default_model, max_bytes=self.max_bytes)
+
+    def unknown_spec(self, ev: FeatureEvent) -> Rejected | None:
+        """Why an event cannot be answered as it asks (None: it can): it asks for a spec nobody registered."""
+        if ev.spec is not None and ev.spec not in self.specs:
+            return Rejected(UNKNOWN_SPEC, str(UnknownSpec(ev.spec, self.specs)), ev.event_id)
+        return None
+
+    def label(self, raw: bytes | None, key: bytes | None) -> Label:
+        return decode_label(raw, key, default_model=self.default_model, max_bytes=self.max_bytes)
+
+    def command(self, raw: bytes | None, key: bytes | None, signature: bytes | None) -> "Command":
+        return decode_command(raw, key, max_bytes=self.max_bytes, secret=self.secret, signature=signature)
+
+
 def sign(value: bytes, secret: bytes) -> bytes:
     """The signature header's value for a command's bytes."""
     return b"sha256=" + hmac.new(secret, value, hashlib.sha256).hexdigest().encode()
@@ -252,6 +279,11 @@ def decode_command(raw: bytes | None, key: bytes | None, *, max_bytes: int, secr
                                       "be replayed later", rid)
     return Command(rid, name, model, version, obj.get("reason") or "", obj.get("by") or "operator",
                    None if deadline is None else float(deadline), spec)
+
+
+def key_text(key: bytes | None) -> str | None:
+    """A Kafka key as text, for logs and dead letters (None: no key)."""
+    return None if key is None else key.decode("utf-8", "replace")
 
 
 def request_id_of(raw: bytes | None) -> str | None:

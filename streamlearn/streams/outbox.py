@@ -1,13 +1,12 @@
-"""What an agent produces, and when the input that produced it may be committed.
+"""What an agent produces, sent until it is on the broker.
 
 Faust commits a consumed offset after flushing its producer, but a flush
 also returns when a send *failed* (a batch that expired while the broker was
 down): the input is committed, its output is lost. An ``Outbox`` closes that
-gap. Agents send through the app's producer (no per-message Faust send path)
-and hand over the input events of a batch with ``ack_when_delivered``: they
-are acked only once every message sent for them is on the broker. A failed
-send is sent again until it is; until then its inputs stay uncommitted, so a
-crash replays them instead of losing them.
+gap. Agents send through the app's producer (no per-message Faust send path);
+``deliver`` waits until every record handed over is on the broker, sending a
+failed one again until it is, and ``streams.commit`` acks a batch's inputs
+only after that, so a crash replays them instead of losing them.
 
 Records of a topic-partition that travel together (training examples: one
 message per partition per batch instead of one per example) are ``pack``ed
@@ -27,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable, Iterable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import faust
 
@@ -42,7 +41,7 @@ PACK_MAX_BYTES = 512 * 1024
 
 
 class Outbox:
-    """One per agent: sends, and acks inputs once their outputs are delivered."""
+    """One per agent: its sends, and their delivery."""
 
     def __init__(self, app: faust.App, *, on_retry: Callable[[str], None] = lambda topic: None,
                  retry_backoff: float = 0.5) -> None:
@@ -50,7 +49,6 @@ class Outbox:
         self.on_retry = on_retry
         self.retry_backoff = retry_backoff
         self._sent: list[tuple[Any, tuple]] = []   # (delivery future, what was sent) since the last hand-over
-        self._deliveries: set[asyncio.Task] = set()
         self._packs: dict[tuple[str, int], list[bytes]] = {}   # (topic, partition) -> JSON values to pack
         self._last: asyncio.Future | None = None   # delivery of everything sent up to the last ``delivered``
 
@@ -71,13 +69,10 @@ class Outbox:
             for value in pack(values, PACK_MAX_BYTES):
                 await self.send(name, key=None, value=value, partition=partition)
 
-    def ack_when_delivered(self, stream: faust.StreamT, events: Iterable[faust.EventT],
-                           after: Awaitable[None] | None = None) -> None:
-        """Ack ``events`` once everything sent since the previous call is delivered (and ``after`` is done)."""
+    def handover(self) -> list:
+        """What was sent since the previous hand-over, for ``deliver`` (``streams.commit`` acks inputs after it)."""
         sent, self._sent = self._sent, []
-        task = asyncio.ensure_future(self._deliver(stream, list(events), sent, after))
-        self._deliveries.add(task)
-        task.add_done_callback(self._deliveries.discard)
+        return sent
 
     def delivered(self) -> asyncio.Future:
         """Done once everything sent through this outbox so far is delivered; its result: the delivery
@@ -90,20 +85,9 @@ class Outbox:
     async def _deliver_after(self, previous: asyncio.Future | None, sent: list) -> list:
         if previous is not None:
             await asyncio.shield(previous)
-        return await self._deliver_all(sent)
+        return await self.deliver(sent)
 
-    async def _deliver(self, stream: faust.StreamT, events: list, sent: list,
-                       after: Awaitable[None] | None) -> None:
-        await self._deliver_all(sent)
-        if after is not None:
-            await asyncio.shield(after)
-        handled = getattr(getattr(self.app, "consumer", None), "handled", None)   # streams/transport.py
-        for event in events:
-            if handled is not None:
-                handled(event.message)
-            await stream.ack(event)
-
-    async def _deliver_all(self, sent: list) -> list:
+    async def deliver(self, sent: list) -> list:
         """Until every record of ``sent`` is on the broker (failed ones are sent again); their deliveries, in order."""
         deliveries: list = [None] * len(sent)
         waiting = list(enumerate(sent))

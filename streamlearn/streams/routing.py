@@ -53,3 +53,25 @@ def origin_of(headers, topic: str, partition: int, offset: int) -> tuple[str, in
             t, p, o = value.decode().rsplit("/", 2)
             return t, int(p), int(o)
     return topic, partition, offset
+
+
+class Ownership:
+    """Which partitions of the internal topics this worker owns now: set on each assignment, emptied on a
+    revocation (until the next assignment, everything is routed)."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self.owned: frozenset[int] = frozenset()
+
+    def owner(self, model_key: str) -> int:
+        """The partition of the internal topics that owns a model key."""
+        return partition_for(model_key, self.partitions)
+
+    def here(self, partition: int, owner: int) -> bool:
+        """Whether a message of an input topic already sits in its owner's partition, on this worker.
+
+        Producers that key by model with Kafka's default partitioner (and input
+        topics with as many partitions as the internal ones) put every message
+        there; handling it at once saves a hop through the internal topic.
+        """
+        return partition == owner and owner in self.owned

@@ -5,7 +5,7 @@
   agent, in the context of the key's own training partition: they are
   co-partitioned with the model and move with it.
 * Operator commands reach the learn agent on the training topic itself (the
-  control router puts them there, see agents.py), so a command is applied
+  control router puts them there, see agents/routers.py), so a command is applied
   in order with the model's learning, and a version change is checkpointed
   at once, before the next example.
 * Every version change is a record on the audit topic and a log line.
@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Mapping, MutableMapping, Protocol
+from typing import Any, Callable, MutableMapping, Protocol
 
 import faust
 import orjson
 
-from streamlearn.models import SPECS, LiveModel, ModelRegistry, Spec
-from streamlearn.models import checkpoint as blobs
-from streamlearn.models.checkpoint import CheckpointError
+from streamlearn.models import LiveModel, ModelRegistry
+from streamlearn.models.checkpoint import Blobs, CheckpointError
 from streamlearn.models.state import RecentEvents, new_metric
 from streamlearn.models.versions import Alert, Change, ModelVersions, SnapshotInfo, VersionError, VersionIndex
 
@@ -114,12 +113,11 @@ class WarmStart:
     """New keys matching a pattern start from a template key's latest snapshot."""
 
     def __init__(self, template_for: Callable[[str], str | None], templates: MutableMapping[bytes, bytes],
-                 signing_key: bytes, audit: Audit, specs: Mapping[str, Spec] = SPECS) -> None:
+                 blobs: Blobs, audit: Audit) -> None:
         self.template_for = template_for
         self.templates = templates
-        self.signing_key = signing_key
+        self.blobs = blobs
         self.audit = audit
-        self.specs = specs
 
     def start(self, key: str) -> LiveModel | None:
         """A new model for key from its template's latest snapshot; None when no rule or no snapshot."""
@@ -131,7 +129,7 @@ class WarmStart:
             log.info("model=%s matches template %s, which has no snapshot yet: starting empty", key, template)
             return None
         try:
-            live = blobs.load(blob, self.signing_key, self.specs)
+            live = self.blobs.load(blob)
         except CheckpointError as exc:
             log.error("refused the template snapshot of %s for model=%s: %s", template, key, exc)
             return None
@@ -148,29 +146,42 @@ class WarmStart:
         return live
 
 
+class Answers:
+    """Answers to operator commands, on the results topic, signed with the answering worker's name."""
+
+    def __init__(self, topic: faust.TopicT, worker: str, metrics: VersionCounters) -> None:
+        self.topic = topic
+        self.worker = worker
+        self.metrics = metrics
+
+    async def send(self, cmd: Command | None, request_id: str | None, *, ok: bool, error: str | None = None,
+                   detail: str = "", result: Any = None) -> None:
+        name = cmd.command if cmd else None
+        self.metrics.command_answered(name or "invalid", "ok" if ok else error or "error")
+        model = cmd.model if cmd else None
+        await self.topic.send(key=model.encode() if model else None, value=codec.encode_result(
+            request_id=request_id, model=model, command=name, ok=ok, error=error, detail=detail,
+            result=result, worker=self.worker))
+
+
 class Commands:
     """Operator commands, executed by the learn agent of the model's partition."""
 
-    def __init__(self, *, versions: ModelVersions, registry: ModelRegistry, audit: Audit,
-                 results: faust.TopicT, restore: Callable[[str], LiveModel | None], metrics: VersionCounters,
-                 worker: str, max_message_bytes: int, secret: bytes | None = None) -> None:
+    def __init__(self, versions: ModelVersions, registry: ModelRegistry, restore: Callable[[str], LiveModel | None],
+                 audit: Audit, answers: Answers, inputs: codec.Inputs) -> None:
         self.versions = versions
         self.registry = registry
-        self.audit = audit
-        self.results = results
         self.restore = restore
-        self.metrics = metrics
-        self.worker = worker
-        self.max_message_bytes = max_message_bytes
-        self.secret = secret     # the router verified the signature; checked again: trust no topic blindly
+        self.audit = audit
+        self.answers = answers
+        self.inputs = inputs    # the router verified the signature; checked again: trust no topic blindly
 
     async def run(self, partition: int, msg) -> LiveModel | None:
         """Execute one command from the training topic; the live model when its version changed."""
         try:
-            cmd = codec.decode_command(msg.value, msg.key, max_bytes=self.max_message_bytes, secret=self.secret,
-                                       signature=codec.signature_of(msg.headers))
+            cmd = self.inputs.command(msg.value, msg.key, codec.signature_of(msg.headers))
         except Rejected as rejected:   # the router checked it: only a foreign writer gets here
-            await self.answer(None, rejected.event_id, ok=False, error=rejected.reason, detail=rejected.detail)
+            await self.answers.send(None, rejected.event_id, ok=False, error=rejected.reason, detail=rejected.detail)
             return None
         live = self.registry.get(partition, cmd.model)
         if live is None:
@@ -191,12 +202,12 @@ class Commands:
             log.warning("command %s %s model=%s request_id=%s failed: %s", cmd.command, cmd.version or cmd.spec or "",
                         cmd.model, cmd.request_id, exc,
                         extra={"model": cmd.model, "reason": exc.reason, "request_id": cmd.request_id})
-            await self.answer(cmd, cmd.request_id, ok=False, error=exc.reason, detail=exc.detail)
+            await self.answers.send(cmd, cmd.request_id, ok=False, error=exc.reason, detail=exc.detail)
             return None
         if new is not None:
             self.registry.put(partition, new)
         self.audit.record(changes, cmd.request_id)
-        await self.answer(cmd, cmd.request_id, ok=True, result=result)
+        await self.answers.send(cmd, cmd.request_id, ok=True, result=result)
         return (new or live) if changes else None
 
     def _execute(self, cmd: Command, live: LiveModel) -> tuple[dict[str, Any], LiveModel | None, list[Change]]:
@@ -220,15 +231,6 @@ class Commands:
             return {"promoted": cmd.spec, "replaced": replaced.to_json(), "live": new.describe()}, new, changes
         info, changes = v.pin(live.key, cmd.version, cmd.command == "pin", by=by)
         return {"snapshot": info.to_json()}, None, changes
-
-    async def answer(self, cmd: Command | None, request_id: str | None, *, ok: bool, error: str | None = None,
-                     detail: str = "", result: Any = None) -> None:
-        name = cmd.command if cmd else None
-        self.metrics.command_answered(name or "invalid", "ok" if ok else error or "error")
-        model = cmd.model if cmd else None
-        await self.results.send(key=model.encode() if model else None, value=codec.encode_result(
-            request_id=request_id, model=model, command=name, ok=ok, error=error, detail=detail,
-            result=result, worker=self.worker))
 
 
 def index_position(raw: bytes) -> float:

@@ -12,6 +12,7 @@ from river import datasets
 
 from streamlearn.models import SPECS, ModelVersions, PromotionSettings, VersionSettings, learn, new_model, set_challengers
 from streamlearn.models.gate import GateSettings
+from streamlearn.models.checkpoint import Blobs
 
 from ..unit.test_versions import DictStore
 from .harness import Collector, Producer, wait_learned
@@ -118,7 +119,8 @@ async def test_a_tree_challenger_overtakes_logreg_is_promoted_automatically_and_
     data, probe_rows = tree_wins(3000), tree_wins(3020)[3000:]
 
     # in process: the same examples through the same models, gate and promotion policy (the worker's defaults)
-    versions = ModelVersions(DictStore(), b"k", VersionSettings(1000, 0.0, 10, GateSettings(), PromotionSettings()))
+    versions = ModelVersions(DictStore(), Blobs(b"k"),
+                             VersionSettings(1000, 0.0, 10, GateSettings(), PromotionSettings()))
     expected = new_model(key, SPECS["logreg"])
     set_challengers(expected, [SPECS["hoeffding_tree"]])
     promoted_at = None

@@ -22,7 +22,7 @@ from streamlearn.streams.transport import Fetched
 
 
 class Recorder:
-    """Stands in for an output topic: records what the agent sends."""
+    """What was sent to one topic."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -35,43 +35,34 @@ class Recorder:
         return [orjson.loads(s["value"]) for s in self.sent]
 
 
-class RecordingOutbox:
-    """Stands in for the producer: hands each send (and each pack) to the topic's recorder, acks at once."""
+class Producer:
+    """Stands in for the app's producer: records each send by topic and delivers it at once, at offsets
+    counting up per topic-partition."""
 
-    def __init__(self) -> None:
-        self.packs: dict = {}
+    def __init__(self, names) -> None:
+        self.names = names
+        self.topics: dict[str, Recorder] = {}
+        self.offsets: dict[tuple, int] = {}
 
-    async def send(self, topic, **kwargs):
-        await topic.send(**kwargs)
+    def __getattr__(self, short: str) -> Recorder:     # sent.training: what went to the training topic
+        name = getattr(self.__dict__["names"], short)
+        return self.topics.setdefault(name, Recorder(name))
 
-    def pack(self, topic, partition, value):
-        self.packs.setdefault((topic, partition), []).append(value)
-
-    async def send_packs(self):
-        packs, self.packs = self.packs, {}
-        for (topic, partition), values in packs.items():
-            for value in pack(values, 1 << 20):
-                await topic.send(key=None, value=value, partition=partition)
-
-    def ack_when_delivered(self, stream, events, after=None):
-        for event in events:
-            if isinstance(stream, FakeStream):
-                stream.acked.append(event.message.offset)
-            else:
-                event.ack()
+    async def send(self, topic, key, value, partition, timestamp, headers):
+        self.topics.setdefault(topic, Recorder(topic)).sent.append(
+            {"key": key, "value": value, "partition": partition, "headers": headers})
+        offset = self.offsets[topic, partition] = self.offsets.get((topic, partition), -1) + 1
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(SimpleNamespace(topic=topic, partition=partition, offset=offset))
+        return done
 
 
 @pytest.fixture(params=["memory", "rocksdb"])
 def worker(tmp_path, request):
-    """A worker without a broker, on each table store."""
+    """A worker without a broker, on each table store; ``worker.sent``: what it sent, by topic."""
     w = create_worker(Settings.from_env({}, data_dir=str(tmp_path), label_wait_seconds=60, dev=True,
                                         table_store=request.param))
-    for name in ("predictions", "deadletter", "events", "labels", "training"):
-        setattr(w.topics, name, Recorder(name))
-    w.agents.topics = w.topics
-    w.agents.outbox = RecordingOutbox
-    w.agents.dead.topic = w.topics.deadletter
-    w.agents.state.out = ChangelogRecorder()   # no broker to write the join state's changelogs to
+    w.app.producer = w.sent = Producer(w.topics.names)
     # no rebalance either: every partition is this worker's
     for state in (w.pending.data, w.early.data, w.checkpoints.table, w.store.index_table, w.store.blobs):
         state.actives = lambda changelog=state.changelog: {TP(changelog, p) for p in range(8)}
@@ -81,53 +72,36 @@ def worker(tmp_path, request):
     return w
 
 
-class ChangelogRecorder:
-    """Stands in for the outbox of the join state's changelogs: records, delivers at once."""
-
-    def __init__(self) -> None:
-        self.sent: list[dict] = []
-
-    async def send(self, topic, **kwargs):
-        self.sent.append({"topic": topic, **kwargs})
-
-    def delivered(self):
-        """The deliveries of what was sent since the last call: offsets counting up per topic-partition."""
-        new, self._reported = self.sent[getattr(self, "_reported", 0):], len(self.sent)
-        done = asyncio.get_running_loop().create_future()
-        done.set_result([SimpleNamespace(offset=self._reported - len(new) + i) for i in range(len(new))])
-        return done
-
-
 async def test_router_sends_each_event_to_the_owner_partition(worker):
     async with worker.app.agents["route-features"].test_context() as agent:
         await agent.put(orjson.dumps({"event_id": "e", "model": "tenant-7", "features": {}}), key=None, partition=5)
         await agent.put(b"{broken", key=b"tenant-7", partition=2)
-    [routed] = worker.topics.events.sent
+    [routed] = worker.sent.events.sent
     assert routed["key"] == b"tenant-7" and routed["partition"] == partition_for("tenant-7", 8)
     assert routed["headers"][0][1].endswith(b"/5/0")
-    [dead] = worker.topics.deadletter.values()
+    [dead] = worker.sent.deadletter.values()
     assert dead["reason"] == "not_json" and dead["partition"] == 2
 
 
 async def test_routers_answer_at_once_what_already_sits_in_its_owners_partition(worker):
     p = partition_for("tenant-7", 8)
-    worker.agents.owned = {p}
+    worker.ownership.owned = frozenset({p})
     async with worker.app.agents["route-features"].test_context() as agent:
         await agent.put(orjson.dumps({"event_id": "e1", "features": {"a": 1.0}}), key=b"tenant-7", partition=p)
         await agent.put(orjson.dumps({"event_id": "e2", "features": {"a": 1.0}}), key=b"tenant-7",
                         partition=(p + 1) % 8)   # elsewhere (another partitioner): routed
-    assert [pr["event_id"] for pr in worker.topics.predictions.values()] == ["e1"]
-    assert [orjson.loads(r["value"])["event_id"] for r in worker.topics.events.sent] == ["e2"]
+    assert [pr["event_id"] for pr in worker.sent.predictions.values()] == ["e1"]
+    assert [orjson.loads(r["value"])["event_id"] for r in worker.sent.events.sent] == ["e2"]
     async with worker.app.agents["route-feedback"].test_context() as agent:
         await agent.put(orjson.dumps({"event_id": "e1", "label": True}), key=b"tenant-7", partition=p)
-    [example] = worker.topics.training.sent
+    [example] = worker.sent.training.sent
     assert example["partition"] == p and orjson.loads(example["value"])[0]["event_id"] == "e1"
-    assert worker.topics.labels.sent == []
+    assert worker.sent.labels.sent == []
 
-    worker.agents.owned = set()  # the partition is not (or no longer) this worker's: route
+    worker.ownership.owned = frozenset()  # the partition is not (or no longer) this worker's: route
     async with worker.app.agents["route-features"].test_context() as agent:
         await agent.put(orjson.dumps({"event_id": "e3", "features": {"a": 1.0}}), key=b"tenant-7", partition=p)
-    assert len(worker.topics.predictions.sent) == 1 and len(worker.topics.events.sent) == 2
+    assert len(worker.sent.predictions.sent) == 1 and len(worker.sent.events.sent) == 2
 
 
 def origin(offset: int) -> list:
@@ -140,7 +114,7 @@ async def test_predict_join_learn(worker, caplog):
     p = partition_for("m", 8)
     async with worker.app.agents["predict"].test_context() as predict:
         await predict.put(orjson.dumps({"event_id": "e1", "features": {"a": 1.0}}), key=b"m", partition=p)
-    [pred] = worker.topics.predictions.values()
+    [pred] = worker.sent.predictions.values()
     assert pred["event_id"] == "e1" and pred["learned"] == 0 and pred["model_version"] == 1
     assert worker.pending.get(b"m\x1fe1").features == {"a": 1.0}
 
@@ -150,7 +124,7 @@ async def test_predict_join_learn(worker, caplog):
                        headers=origin(11))                                                      # duplicate
         await join.put(orjson.dumps({"event_id": "e2", "label": True}), key=b"m", partition=p,
                        headers=origin(12))                                                      # too early
-    [example] = worker.topics.training.sent
+    [example] = worker.sent.training.sent
     assert example["partition"] == p
     assert orjson.loads(example["value"])[0]["origin"] == ["streamlearn.feedback", 3, 10]
     assert worker.metrics.duplicate_labels._value.get() == 1
@@ -161,7 +135,7 @@ async def test_predict_join_learn(worker, caplog):
     # the features of e2 arrive after its label: the example is made then
     async with worker.app.agents["predict"].test_context() as predict:
         await predict.put(orjson.dumps({"event_id": "e2", "features": {"a": 2.0}}), key=b"m", partition=p)
-    assert len(worker.topics.training.sent) == 2
+    assert len(worker.sent.training.sent) == 2
     assert worker.pending.get(b"m\x1fe2").origin == ["streamlearn.feedback", 3, 12]   # released, by that label
     # how long each label took: e1's after its features (some time), e2's came first (0); the duplicate: none
     delays = worker.metrics.registry
@@ -169,7 +143,7 @@ async def test_predict_join_learn(worker, caplog):
     assert delays.get_sample_value("streamlearn_label_delay_seconds_bucket", {"le": "0.1"}) == 2
 
     async with worker.app.agents["learn"].test_context() as learn:
-        for ex in worker.topics.training.sent:
+        for ex in worker.sent.training.sent:
             await learn.put(ex["value"], key=b"m", partition=p)
     assert worker.registry.find("m").learned == 2
 
@@ -193,14 +167,14 @@ async def test_a_label_handled_again_after_a_crash_is_sent_again_and_learned_onc
         for _ in range(2):   # e2's features release its label; handled again, they re-send its example
             await predict.put(orjson.dumps({"event_id": "e2", "features": {"a": 2.0}}), key=b"m", partition=p)
     assert worker.metrics.duplicate_labels._value.get() == 0
-    sent = [one for ex in worker.topics.training.sent for one in orjson.loads(ex["value"])]
+    sent = [one for ex in worker.sent.training.sent for one in orjson.loads(ex["value"])]
     assert [ex["event_id"] for ex in sent] == ["e1", "e1", "e3", "e3", "e2", "e2"]
     assert sent[4] == sent[5] and sent[4]["features"] == {"a": 2.0} and sent[4]["label"] is False
     # one label delay per event joined, none for the replays
     assert worker.metrics.registry.get_sample_value("streamlearn_label_delay_seconds_count") == 3
 
     async with worker.app.agents["learn"].test_context() as learn:
-        for ex in worker.topics.training.sent:
+        for ex in worker.sent.training.sent:
             await learn.put(ex["value"], key=b"m", partition=p)
     live = worker.registry.find("m")
     assert live.learned == 3 and worker.metrics.repeats_skipped._value.get() == 3
@@ -209,27 +183,27 @@ async def test_a_label_handled_again_after_a_crash_is_sent_again_and_learned_onc
     worker.early.clock = lambda: 1e12
     async with worker.app.agents["join"].test_context() as join:
         await join.put(b"", key=None, partition=p, headers=[("streamlearn-tick", b"1")])
-    assert worker.topics.deadletter.sent == [] and worker.early.get(b"m\x1fe2") is None
+    assert worker.sent.deadletter.sent == [] and worker.early.get(b"m\x1fe2") is None
 
 
 async def test_an_exception_while_handling_one_event_dead_letters_it_and_the_batch_goes_on(worker, monkeypatch):
     p = partition_for("m", 8)
-    real = worker.agents._predict
+    real = worker.live.predict
 
-    async def flaky(msg, ev, out):
-        if ev.event_id == "boom":
+    def flaky(live, features, event_id):
+        if event_id == "boom":
             raise ZeroDivisionError("a bug of ours")
-        await real(msg, ev, out)
+        return real(live, features, event_id)
 
-    monkeypatch.setattr(worker.agents, "_predict", flaky)
+    monkeypatch.setattr(worker.live, "predict", flaky)
     async with worker.app.agents["predict"].test_context() as predict:
         for eid in ("a", "boom", "b"):
             await predict.put(orjson.dumps({"event_id": eid, "features": {"x": 1.0}}), key=b"m", partition=p)
-    assert [pr["event_id"] for pr in worker.topics.predictions.values()] == ["a", "b"]
-    [dead] = worker.topics.deadletter.values()
+    assert [pr["event_id"] for pr in worker.sent.predictions.values()] == ["a", "b"]
+    [dead] = worker.sent.deadletter.values()
     assert dead["reason"] == "internal_error" and "ZeroDivisionError" in dead["detail"]
     assert worker.metrics.errors.labels("internal")._value.get() == 1
-    assert worker.agents.crashes == {}
+    assert worker.loop.crashes == {}
 
 
 async def test_an_agent_that_dies_handles_what_it_had_taken_after_its_restart(worker):
@@ -241,8 +215,8 @@ async def test_an_agent_that_dies_handles_what_it_had_taken_after_its_restart(wo
         if fail:
             raise ConnectionError(fail.pop())
 
-    worker.agents.dead.send = broken_dead_letter
-    body = worker.agents.watched("predict", worker.agents.predict)
+    worker.dead.send = broken_dead_letter
+    body = worker.loop.bodies["predict"]
     records = [SimpleNamespace(topic="t", partition=p, offset=i, key=b"m", headers=[], value=v, timestamp=0,
                                timestamp_type=0)
                for i, v in enumerate([orjson.dumps({"event_id": "a", "features": {}}), b"{bad",
@@ -251,18 +225,19 @@ async def test_an_agent_that_dies_handles_what_it_had_taken_after_its_restart(wo
     stream = FakeStream([fetch], [])
     with pytest.raises(ConnectionError):
         await body(stream)
-    assert [pr["event_id"] for pr in worker.topics.predictions.values()] == ["a"]
+    assert [pr["event_id"] for pr in worker.sent.predictions.values()] == ["a"]
     assert stream.acked == []                # the fetch is acked only once all of it is handled
-    assert "predict" in worker.agents.crashes and worker.metrics.agent_crashes.labels("predict")._value.get() == 1
+    assert "predict" in worker.loop.crashes and worker.metrics.agent_crashes.labels("predict")._value.get() == 1
     # /ready says so, with the reason, while the crash is recent (Faust restarts the agent: it may crash-loop)
     now = time.time()
-    state = readiness([0, 1], True, False, worker.agents.crashes, now)
+    state = readiness([0, 1], True, False, worker.loop.crashes, now)
     assert not state["ready"] and state["reason"].startswith("agents crashed: predict crashed 0s ago: ConnectionError")
-    assert readiness([0, 1], True, False, worker.agents.crashes, now + CRASH_WINDOW_SECONDS + 1)["ready"]
+    assert readiness([0, 1], True, False, worker.loop.crashes, now + CRASH_WINDOW_SECONDS + 1)["ready"]
 
     restarted = FakeStream([], [])
     await body(restarted)       # Faust's restart: a new stream; what was left is handled first
-    assert [pr["event_id"] for pr in worker.topics.predictions.values()] == ["a", "b"]
+    await worker.commit.settled()
+    assert [pr["event_id"] for pr in worker.sent.predictions.values()] == ["a", "b"]
     assert stream.acked == [2]      # then the fetch (offsets 0-2) is acked, on the stream it came from
 
 
@@ -287,7 +262,7 @@ class FakeStream:
 
 async def test_control_router_answers_malformed_commands_and_routes_valid_ones_to_training(worker):
     results = Recorder("control-results")
-    worker.agents.commands.results = results
+    worker.commands.answers.topic = results
     secret = worker.settings.command_key
     deadline = time.time() + 60
 
@@ -309,7 +284,7 @@ async def test_control_router_answers_malformed_commands_and_routes_valid_ones_t
         await agent.put(value, key=None, partition=2, headers=headers)
         value, headers = signed({"request_id": "r5", "command": "rollback", "model": "tenant-7"})
         await agent.put(value, key=None, partition=2, headers=headers)
-    [routed] = worker.topics.training.sent
+    [routed] = worker.sent.training.sent
     assert routed["partition"] == partition_for("tenant-7", 8) and routed["key"] == b"tenant-7"
     assert routed["value"] == good
     assert ("streamlearn-command", b"1") in routed["headers"]
@@ -318,18 +293,18 @@ async def test_control_router_answers_malformed_commands_and_routes_valid_ones_t
     expected = [("r2", "missing_field"), (None, "not_json"), ("r3", "unauthenticated"), ("r4", "unauthenticated"),
                 ("r5", "missing_field")]
     assert [(a["request_id"], a["ok"], a["error"]) for a in answers] == [(r, False, e) for r, e in expected]
-    assert [d["reason"] for d in worker.topics.deadletter.values()] == [e for _, e in expected]
+    assert [d["reason"] for d in worker.sent.deadletter.values()] == [e for _, e in expected]
 
 
 async def test_a_command_that_fails_unexpectedly_is_answered_and_learning_goes_on(worker, monkeypatch):
     results = Recorder("control-results")
-    worker.agents.commands.results = results
+    worker.commands.answers.topic = results
     p = partition_for("m", 8)
 
     async def broken(partition, msg):
         raise KeyError("a bug of ours")
 
-    monkeypatch.setattr(worker.agents.commands, "run", broken)
+    monkeypatch.setattr(worker.commands, "run", broken)
     example = orjson.dumps({"event_id": "e1", "model": "m", "features": {"a": 1.0}, "label": True})
     async with worker.app.agents["learn"].test_context() as learn:
         await learn.put(orjson.dumps({"request_id": "r1", "command": "snapshot", "model": "m"}), key=b"m",
@@ -337,8 +312,8 @@ async def test_a_command_that_fails_unexpectedly_is_answered_and_learning_goes_o
         await learn.put(example, key=b"m", partition=p)
     [answer] = results.values()
     assert (answer["request_id"], answer["ok"], answer["error"]) == ("r1", False, "internal_error")
-    assert [d["reason"] for d in worker.topics.deadletter.values()] == ["internal_error"]
-    assert worker.registry.find("m").learned == 1 and worker.agents.crashes == {}
+    assert [d["reason"] for d in worker.sent.deadletter.values()] == ["internal_error"]
+    assert worker.registry.find("m").learned == 1 and worker.loop.crashes == {}
 
 
 async def test_the_learner_skips_a_fetch_of_an_older_generation_and_writes_no_checkpoint(worker):
@@ -350,12 +325,13 @@ async def test_the_learner_skips_a_fetch_of_an_older_generation_and_writes_no_ch
                              timestamp=0, timestamp_type=0)
     stale = SimpleNamespace(message=Fetched(TP("training", p), [record], generation_id=1))   # the app is at 0
     stream = FakeStream([stale], [])
-    worker.agents.policy.cadence.every = 1       # any learning would be checkpointed at once
+    worker.commit.policy.cadence.every = 1       # any learning would be checkpointed at once
     worker.checkpoints.table = written = {}       # no broker: the checkpoints table as a dict
-    await worker.agents.learn(stream)
+    await worker.loop.bodies["learn"](stream)
+    await worker.commit.settled()
     assert worker.registry.find("m") is None and stream.acked == [] and written == {}
     current = SimpleNamespace(message=Fetched(TP("training", p), [record], generation_id=0))
-    await worker.agents.learn(FakeStream([current], []))
+    await worker.loop.bodies["learn"](FakeStream([current], []))
     assert worker.registry.find("m").learned == 3 and list(written) == [b"m"]
 
 
@@ -369,16 +345,16 @@ async def test_the_join_state_store_takes_a_write_once_its_changelog_has_it(work
     state.write(p, key, b'{"t": 1}')
     assert state.get(key) == b'{"t": 1}'                 # readers see it at once ...
     assert state.store.get(key) is None                  # ... the store only once delivered
-    await (await worker.agents.state.flush())
+    await (await worker.commit.state.flush())
     assert state.store.get(key) == b'{"t": 1}' and state.store.persisted_offset(tp) == 0
     state.write(p, key, None)
     assert state.get(key) is None and key not in state and state.store.get(key) == b'{"t": 1}'
-    await (await worker.agents.state.flush())
+    await (await worker.commit.state.flush())
     assert state.store.get(key) is None and state.store.persisted_offset(tp) == 1
     # delivered after its partition moved away: not stored, the offset stays (the next owner has the changelog)
     state.write(p, key, b'{"t": 2}')
     state.actives = lambda: set()
-    await (await worker.agents.state.flush())
+    await (await worker.commit.state.flush())
     assert state.store.get(key) is None and state.store.persisted_offset(tp) == 1
 
 
@@ -395,7 +371,7 @@ async def test_a_store_holds_no_checkpoint_or_snapshot_its_changelog_lacks(worke
     key, blob_key = b"tenant-7", worker.store.blob_key("tenant-7", 1)
     assert checkpoints.get(key) is not None and worker.checkpoints.restore("tenant-7").offset == 41  # seen at once
     assert checkpoints.store.get(key) is None and snapshots.store.get(blob_key) is None          # not yet stored
-    await (await worker.agents.state.flush())
+    await (await worker.commit.state.flush())
     assert checkpoints.store.get(key) is not None and snapshots.store.get(blob_key) == b"blob"
     if not checkpoints.holds_other_partitions:       # RocksDB: the offset a restart reads the changelog after
         tp = TP(checkpoints.changelog, partition_for("tenant-7", 8))
@@ -427,17 +403,17 @@ async def test_a_checkpoint_behind_the_one_held_replaces_it_nowhere(worker):
 
     refused = worker.metrics.checkpoints_refused.labels("stale")
     table[b"tenant-7"] = blob(40)
-    await (await worker.agents.state.flush())
+    await (await worker.commit.state.flush())
     recovered(blob(30))                                   # a late write behind the store's: refused
     assert offset() == 40 and refused._value.get() == 1
     recovered(blob(50), blob(45), blob(60))               # within a batch: forward only
     assert offset() == 60 and refused._value.get() == 2
     table[b"tenant-7"] = blob(55)                         # staged behind the store (a worker's own late one) ...
     assert offset() == 60                                 # ... is not read over the later one ...
-    await (await worker.agents.state.flush())
+    await (await worker.commit.state.flush())
     assert offset() == 60 and refused._value.get() == 3   # ... nor stored when delivered
     table[b"tenant-7"] = blob(60)                         # the same offset again: taken (a version change)
-    await (await worker.agents.state.flush())
+    await (await worker.commit.state.flush())
     recovered(blob(61))
     assert offset() == 61 and refused._value.get() == 3
 
@@ -454,24 +430,24 @@ async def test_a_snapshot_index_behind_the_one_held_replaces_it_nowhere(worker):
         return orjson.dumps(VersionIndex("tenant-7", next_version=next_version).to_json())
 
     index[b"tenant-7"] = raw(5)
-    await (await worker.agents.state.flush())
+    await (await worker.commit.state.flush())
     worker.app.tables["snapshot-index"].apply_changelog_batch([SimpleNamespace(
         key=b"tenant-7", value=raw(3), message=SimpleNamespace(key=b"tenant-7", value=raw(3),
                                                                tp=TP(index.changelog, p), partition=p, offset=50))])
     assert worker.store.load_index("tenant-7").next_version == 5
     index[b"tenant-7"] = raw(6)
-    await (await worker.agents.state.flush())
+    await (await worker.commit.state.flush())
     assert worker.store.load_index("tenant-7").next_version == 6
 
 
 async def test_deferred_checkpoints_commit_what_they_cover_and_no_more(worker):
     """With checkpoint_defer_seconds a changed model waits for its checkpoint; the training messages are acked
     (committed) only up to the first one that some model's checkpoint still lacks, so a crash replays it."""
-    from streamlearn.streams.checkpoints import CheckpointPolicy
+    from streamlearn.core.checkpointing import CheckpointPolicy
     from streamlearn.streams.routing import TICK_HEADER
 
     now = [0.0]
-    worker.agents.policy = CheckpointPolicy(1000, 5.0, defer_seconds=10.0, clock=lambda: now[0])
+    worker.commit.policy = CheckpointPolicy(1000, 5.0, defer_seconds=10.0, clock=lambda: now[0])
     worker.checkpoints.table = written = {}       # no broker: the checkpoints table as a dict
     p = partition_for("a", 8)
     b = next(k for k in (f"b{i}" for i in range(100)) if partition_for(k, 8) == p)
@@ -495,7 +471,8 @@ async def test_deferred_checkpoints_commit_what_they_cover_and_no_more(worker):
             (14.0, 8, None, [5], {b"a"}),         # not due
             (16.0, 9, None, [5, 6, 7, 8, 9], {b"a", b.encode()})]:   # b written: everything is covered
         now[0] = t
-        await worker.agents.learn(FakeStream([fetch(offset, model)], acked))
+        await worker.loop.bodies["learn"](FakeStream([fetch(offset, model)], acked))
+        await worker.commit.settled()
         assert (acked, set(written)) == (acked_then, checkpointed), (t, offset)
     assert worker.registry.find("a").learned == 1 and worker.registry.find(b).learned == 1
 
@@ -504,21 +481,22 @@ async def test_a_rebalance_while_the_learner_flushes_acks_nothing_a_checkpoint_l
     """The learner awaits the tables' flush before its acks; a rebalance meanwhile makes the checkpoint policy
     forget the partition. What it acks is decided before: a model's deferred example stays unacked (a CI run
     of the 2,400-key SIGKILL test lost one example of about 200 keys when the acks were decided after)."""
-    from streamlearn.streams.checkpoints import CheckpointPolicy
+    from streamlearn.core.checkpointing import CheckpointPolicy
 
-    worker.agents.policy = CheckpointPolicy(1000, 5.0, defer_seconds=10.0, clock=lambda: 0.0)
+    worker.commit.policy = CheckpointPolicy(1000, 5.0, defer_seconds=10.0, clock=lambda: 0.0)
     p = partition_for("a", 8)
-    flush = worker.agents.state.flush
+    flush = worker.commit.state.flush
 
     async def flush_while_rebalancing():
-        worker.agents.forget_partitions(set())        # on_assigned runs during the learner's await
+        worker.commit.forget_partitions(set())        # on_assigned runs during the learner's await
         return await flush()
-    worker.agents.state.flush = flush_while_rebalancing
+    worker.commit.state.flush = flush_while_rebalancing
     value = pack([orjson.dumps({"event_id": "e5", "model": "a", "features": {"x": 1.0}, "label": True})], 1 << 20)[0]
     record = SimpleNamespace(topic="training", partition=p, offset=5, key=None, headers=[], value=value,
                              timestamp=0, timestamp_type=0)
     acked: list[int] = []
-    await worker.agents.learn(FakeStream([SimpleNamespace(message=Fetched(TP("training", p), [record],
+    await worker.loop.bodies["learn"](FakeStream([SimpleNamespace(message=Fetched(TP("training", p), [record],
                                                                           generation_id=0))], acked))
+    await worker.commit.settled()
     assert worker.registry.find("a").learned == 1
     assert acked == []             # learned, its checkpoint deferred: committing it would lose it in a crash

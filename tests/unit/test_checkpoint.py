@@ -16,6 +16,7 @@ from river.datasets import synth
 
 from streamlearn.models import checkpoint, get_spec, learn, new_model, predict
 from streamlearn.models.checkpoint import CheckpointError
+from streamlearn.models.checkpoint import Blobs
 
 KEY = b"secret"
 
@@ -124,16 +125,16 @@ def test_checkpoints_table_refuses_too_large_and_invalid_blobs():
 
     live, _ = trained("hoeffding_tree", 500)
     table, counted = {}, Counted()
-    small = Checkpoints(table, KEY, max_bytes=100, metrics=counted)
+    small = Checkpoints(table, Blobs(KEY), max_bytes=100, metrics=counted)
     with pytest.raises(CheckpointTooLarge, match="over the limit of 100"):
         small.write(live)
     assert table == {} and counted.events == [("refused", "too_large")]
 
-    ok = Checkpoints(table, KEY, max_bytes=1_000_000, metrics=counted)
+    ok = Checkpoints(table, Blobs(KEY), max_bytes=1_000_000, metrics=counted)
     size = ok.write(live)
     assert counted.events[-1] == ("written", size) and ok.restore("m").learned == 500
     assert ok.restore("unknown") is None
-    forged = Checkpoints(table, b"wrong key", max_bytes=1_000_000, metrics=counted)
+    forged = Checkpoints(table, Blobs(b"wrong key"), max_bytes=1_000_000, metrics=counted)
     assert forged.restore("m") is None and counted.events[-1] == ("refused", "invalid")
 
 
@@ -150,11 +151,11 @@ def test_a_checkpoint_over_the_limit_sheds_its_largest_challenger_clearly_never_
     alone = len(checkpoint.dump(new_model("m", SPECS["logreg"]), KEY, 0.0))
     limit = len(checkpoint.dump(live, KEY, 0.0)) - 1          # the forest does not fit, the rest does
     table, counted = {}, Counted()
-    size = Checkpoints(table, KEY, max_bytes=limit, metrics=counted).write(live)
+    size = Checkpoints(table, Blobs(KEY), max_bytes=limit, metrics=counted).write(live)
     assert alone < size <= limit and counted.events == [("refused", "challenger_dropped"), ("written", size)]
     forest = live.challengers["arf"]
     assert forest.model is None and "over the limit" in forest.error and live.challengers["gaussian_nb"].error is None
-    restored = Checkpoints(table, KEY, max_bytes=limit, metrics=counted).restore("m")
+    restored = Checkpoints(table, Blobs(KEY), max_bytes=limit, metrics=counted).restore("m")
     assert restored.learned == live.learned and restored.challengers["arf"].error == forest.error
     assert restored.challengers["gaussian_nb"].learned == live.learned
     learn(restored, {"a": 1.0}, True)                        # the shed challenger learns no more, the rest do
@@ -166,40 +167,10 @@ def test_a_kept_model_is_still_valid_only_while_the_table_holds_this_workers_las
 
     live, rest = trained("logreg", 50)
     table = {}
-    mine, other = (Checkpoints(table, KEY, max_bytes=1_000_000, metrics=Counted()) for _ in range(2))
+    mine, other = (Checkpoints(table, Blobs(KEY), max_bytes=1_000_000, metrics=Counted()) for _ in range(2))
     assert mine.unchanged("m")                      # never checkpointed by anyone
     mine.write(live)
     assert mine.unchanged("m") and not other.unchanged("m")
     learn(live, *rest[0])
     other.write(live)                               # another owner learned and checkpointed it in between
     assert not mine.unchanged("m") and other.unchanged("m")
-
-
-def test_the_checkpoint_policys_low_water_is_the_lowest_offset_a_dirty_model_lacks():
-    """The policy caches the lowest offset some model's checkpoint lacks; against a plain record of the same
-    steps (random learning, version changes, deferred checkpoints, offsets going back as after a re-read)."""
-    import random
-    from types import SimpleNamespace
-
-    from streamlearn.streams.checkpoints import CheckpointPolicy
-
-    rng, now = random.Random(3), [0.0]
-    for _ in range(100):
-        policy = CheckpointPolicy(rng.randint(1, 20), 5.0, defer_seconds=rng.choice([0.0, 3.0, 10.0]),
-                                  clock=lambda: now[0])
-        lacking: dict[int, dict[str, int]] = {p: {} for p in range(3)}   # partition -> key -> first offset
-        for _ in range(300):
-            now[0] += rng.random()
-            p, live = rng.randrange(3), SimpleNamespace(key=f"k{rng.randrange(30)}", offset=rng.randrange(500))
-            op = rng.random()
-            if op < 0.6:
-                policy.learned(p, live)
-                lacking[p].setdefault(live.key, live.offset)
-            elif op < 0.65:
-                policy.changed(p, live)
-                lacking[p].setdefault(live.key, -1)
-            elif policy.due(p):
-                for written in policy.done(p):
-                    del lacking[p][written.key]
-            for q in range(3):
-                assert policy.low_water(q) == (min(lacking[q].values()) if lacking[q] else None)

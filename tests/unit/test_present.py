@@ -9,6 +9,7 @@ from streamlearn.app import present
 from streamlearn.models import get_spec, learn, new_model, set_challengers
 from streamlearn.models.versions import ModelVersions, VersionSettings
 from streamlearn.streams.versions import Commands
+from streamlearn.models.checkpoint import Blobs
 
 from .test_versions import KEY, DictStore
 
@@ -29,9 +30,9 @@ def trained(live, n: int, seed: int = 1):
 
 
 def test_each_models_action_prints_a_line_or_a_table_for_people():
-    versions = ModelVersions(DictStore(), KEY, VersionSettings(snapshot_every_examples=0, gate=None, promotion=None))
-    commands = Commands(versions=versions, registry=None, audit=None, results=None, restore=None, metrics=None,
-                        worker="w", max_message_bytes=1 << 20)
+    versions = ModelVersions(DictStore(), Blobs(KEY),
+                             VersionSettings(snapshot_every_examples=0, gate=None, promotion=None))
+    commands = Commands(versions, registry=None, restore=None, audit=None, answers=None, inputs=None)
     live = trained(new_model("demo-0", get_spec("logreg")), 40)
     set_challengers(live, [get_spec("gaussian_nb")])
     trained(live, 10, seed=2)

@@ -12,6 +12,7 @@ from streamlearn.models import SPECS, checkpoint, learn, new_model, predict, set
 from streamlearn.models.promotion import PromotionPolicy, PromotionSettings
 from streamlearn.models.state import Challenger
 from streamlearn.models.versions import REPLACED, ModelVersions, VersionError, VersionSettings
+from streamlearn.models.checkpoint import Blobs
 
 from .test_versions import KEY, DictStore
 
@@ -39,7 +40,7 @@ def feed(versions: ModelVersions, live, data):
 
 
 def versions_with(promotion: PromotionSettings | None = PromotionSettings(), gate=None) -> ModelVersions:
-    return ModelVersions(DictStore(), KEY, VersionSettings(snapshot_every_examples=0, gate=gate,
+    return ModelVersions(DictStore(), Blobs(KEY), VersionSettings(snapshot_every_examples=0, gate=gate,
                                                            promotion=promotion))
 
 

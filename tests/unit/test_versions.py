@@ -9,6 +9,7 @@ import pytest
 from streamlearn.models import get_spec, learn, new_model, predict
 from streamlearn.models.versions import (AUTO, MANUAL, REPLACED, ModelVersions, VersionError, VersionIndex,
                                          VersionSettings)
+from streamlearn.models.checkpoint import Blobs
 
 KEY = b"test-signing-key"
 
@@ -63,7 +64,7 @@ def probe(live, n=50):
 
 def test_snapshot_restore_rollback_and_numbering():
     store = DictStore()
-    versions = ModelVersions(store, KEY, VersionSettings(snapshot_every_examples=0, gate=None))
+    versions = ModelVersions(store, Blobs(KEY), VersionSettings(snapshot_every_examples=0, gate=None))
     live = new_model("m", get_spec("logreg"))
     live, _, _ = train(versions, live, rows(300))
     at_snapshot = probe(live)
@@ -88,7 +89,7 @@ def test_snapshot_restore_rollback_and_numbering():
 
 def test_bad_commands_change_nothing():
     store = DictStore()
-    versions = ModelVersions(store, KEY, VersionSettings(snapshot_every_examples=0, gate=None))
+    versions = ModelVersions(store, Blobs(KEY), VersionSettings(snapshot_every_examples=0, gate=None))
     live = new_model("m", get_spec("logreg"))
     with pytest.raises(VersionError) as err:
         versions.rollback(live)
@@ -108,7 +109,7 @@ def test_bad_commands_change_nothing():
 
 def test_retention_keeps_last_k_automatic_and_every_manual_or_pinned():
     store = DictStore()
-    versions = ModelVersions(store, KEY, VersionSettings(snapshot_every_examples=10, keep_auto=3, gate=None))
+    versions = ModelVersions(store, Blobs(KEY), VersionSettings(snapshot_every_examples=10, keep_auto=3, gate=None))
     live = new_model("m", get_spec("logreg"))
     live, _, _ = train(versions, live, rows(25))
     versions.snapshot(live, kind=MANUAL)                 # v3
@@ -125,7 +126,7 @@ def test_retention_keeps_last_k_automatic_and_every_manual_or_pinned():
 def run_gate(data, spec="logreg", gate=True):
     settings = VersionSettings(snapshot_every_examples=250) if gate else VersionSettings(
         snapshot_every_examples=250, gate=None)
-    versions = ModelVersions(DictStore(), KEY, settings)
+    versions = ModelVersions(DictStore(), Blobs(KEY), settings)
     return train(versions, new_model("m", get_spec(spec)), data)
 
 
@@ -155,7 +156,7 @@ def test_gate_lets_a_lasting_concept_change_be_learned(spec):
 def test_time_policy_snapshots_only_models_that_learned_since():
     now = [1000.0]
     store = DictStore()
-    versions = ModelVersions(store, KEY, VersionSettings(snapshot_every_examples=0, snapshot_every_seconds=30,
+    versions = ModelVersions(store, Blobs(KEY), VersionSettings(snapshot_every_examples=0, snapshot_every_seconds=30,
                                                          gate=None), clock=lambda: now[0])
     live = new_model("m", get_spec("logreg"))
     assert not versions.due_by_time(live)              # learned nothing yet
@@ -178,7 +179,7 @@ def test_predictions_answer_in_the_labels_type_through_a_promotion_a_rollback_an
     from streamlearn.models.state import set_challengers
 
     store = DictStore()
-    versions = ModelVersions(store, KEY, VersionSettings(snapshot_every_examples=0, gate=None))
+    versions = ModelVersions(store, Blobs(KEY), VersionSettings(snapshot_every_examples=0, gate=None))
     live = new_model("m", get_spec("logreg"))
     set_challengers(live, [get_spec("hoeffding_tree")])
     rng = random.Random(1)
@@ -205,7 +206,7 @@ def test_the_gate_raises_a_degradation_alert_for_the_key_whose_labels_went_bad_a
     """Two keys learn the same concept; from example 2,000 one key's labels are inverted: a degradation alert
     for it within 1,000 examples (whether or not a rollback follows), none for the other."""
     alerts = []
-    versions = ModelVersions(DictStore(), KEY, VersionSettings(snapshot_every_examples=250),
+    versions = ModelVersions(DictStore(), Blobs(KEY), VersionSettings(snapshot_every_examples=250),
                              on_alert=alerts.append)
     bad, good = new_model("bad", get_spec("logreg")), new_model("good", get_spec("logreg"))
     flipped = range(2000, 3000)

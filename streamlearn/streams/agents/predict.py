@@ -1,0 +1,51 @@
+"""Predict: answer each event with its key's live model, in the partition that owns the key."""
+
+from __future__ import annotations
+
+import time
+
+import faust
+
+from ..codec import FeatureEvent, Inputs, Rejected, encode_prediction, key_text
+from ..deadletter import Counters, DeadLetters
+from ..outbox import Outbox
+from .joins import Joins
+from .live import LiveModels
+
+
+class Predict:
+    """Answers an event on the predictions topic, then keeps its features for the label (``Joins.features``)."""
+
+    def __init__(self, inputs: Inputs, live: LiveModels, predictions: faust.TopicT, joins: Joins, dead: DeadLetters,
+                 metrics: Counters) -> None:
+        self.inputs = inputs
+        self.live = live
+        self.predictions = predictions
+        self.joins = joins
+        self.dead = dead
+        self.metrics = metrics
+
+    async def event(self, msg, out: Outbox) -> None:
+        """An event routed to its owner's partition."""
+        try:
+            ev = self.inputs.event(msg.value, msg.key)
+        except Rejected as rejected:
+            await self.dead.send(rejected, msg, out, model=key_text(msg.key))
+            return
+        await self.answer(msg, ev, out)
+
+    async def answer(self, msg, ev: FeatureEvent, out: Outbox) -> None:
+        """Answer an event in the partition that owns its model (``msg.partition``)."""
+        started = time.perf_counter()
+        try:
+            live = self.live.for_event(msg.partition, ev.model, ev.spec, ev.event_id)
+            prediction = self.live.predict(live, ev.features, ev.event_id)
+        except Rejected as rejected:
+            await self.dead.send(rejected, msg, out, model=ev.model)
+            return
+        predicted_at = time.time()
+        await out.send(self.predictions, key=ev.model.encode(), value=encode_prediction(
+            ev, prediction.label, prediction.proba, prediction.version, prediction.learned, predicted_at))
+        self.metrics.predicted(ev.model, time.perf_counter() - started, None if ev.ts is None else predicted_at - ev.ts)
+        await self.joins.features(msg.partition, ev, out)
+
