@@ -16,7 +16,7 @@ from faust.web import Request, Response, View
 from streamlearn import models
 from streamlearn.models import LiveModel
 from streamlearn.streams import codec
-from streamlearn.streams.versions import versions_of
+from streamlearn.streams.commands import versions_of
 
 from .auth import ApiGate
 from .control import HTTP_STATUS

@@ -16,8 +16,9 @@ from typing import Any
 import faust
 
 from streamlearn import models
-from streamlearn.models import LiveModel, ModelRegistry, Spec
-from streamlearn.models.checkpoint import Blobs
+from streamlearn.core.registry import ModelRegistry
+from streamlearn.models import LiveModel, Spec
+from streamlearn.models.blobs import Blobs
 from streamlearn.streams import codec
 from streamlearn.core.checkpointing import CheckpointPolicy
 from streamlearn.streams.agents.joins import Joins
@@ -35,8 +36,8 @@ from streamlearn.streams.stores import TableManager, count_restored
 from streamlearn.streams.routing import TICK_HEADER, Ownership
 from streamlearn.streams.transport import consumer_url
 from streamlearn.streams.topics import Changelog, TopicNames, Topics, ensure_topics
-from streamlearn.streams.versions import (Alerts, Answers, Audit, Commands, TableStore, WarmStart, index_position,
-                                          snapshot_metrics)
+from streamlearn.streams.commands import Answers, Commands
+from streamlearn.streams.snapshots import Alerts, Audit, TableStore, WarmStart, index_position, snapshot_metrics
 
 from .control import ControlClient
 from .http import bind_views
@@ -286,16 +287,16 @@ def _bind_rebalance(w: Worker) -> None:
 
         A partition this worker still owns may have been owned by another
         worker in between (say this one missed heartbeats and was dropped from
-        the group): its in-memory models could be stale. So they are held, and
+        the group): its in-memory models could be stale. So they are parked, and
         each is taken back on first use (after Faust recovered the tables)
         only if the checkpoint table still has the last checkpoint this worker
         wrote of it; else it is restored from the table. Faust seeks every
-        assigned partition back to its committed offset, which the held acks
+        assigned partition back to its committed offset, which the commit's held acks
         keep at or before each model's checkpoint, so restoring and replaying
         is exact, and a kept model skips what it learned already.
         """
         partitions = {tp.partition for tp in assigned if tp.topic in owned_topics}
-        held, dropped = w.registry.hold(partitions)
+        parked, dropped = w.registry.park(partitions)
         for state in (w.pending, w.early, w.commit):
             state.forget_partitions(set())
         for table in (w.pending, w.early):   # kept partitions keep their join state: Faust recovers only the tail
@@ -303,9 +304,9 @@ def _bind_rebalance(w: Worker) -> None:
         w.versions.forget()
         w.metrics.live_models.set(0)
         w.ownership.owned = frozenset(partitions)
-        log.info("assigned partitions %s; %d live models of kept partitions held (taken back on first use if no "
-                 "other worker checkpointed them since), %d of partitions moved away dropped; since start %d held "
-                 "models were taken back, %d restored instead", sorted(partitions), held, dropped,
+        log.info("assigned partitions %s; %d live models of kept partitions parked (taken back on first use if no "
+                 "other worker checkpointed them since), %d of partitions moved away dropped; since start %d parked "
+                 "models were taken back, %d restored instead", sorted(partitions), parked, dropped,
                  w.registry.kept, w.registry.invalidated)
 
 

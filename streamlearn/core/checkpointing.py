@@ -70,8 +70,8 @@ class CheckpointPolicy:
             return False
         return partition in self._now or self.cadence.due(partition)
 
-    def done(self, partition: int) -> list[Model]:
-        """The partition's dirty models to checkpoint now (all, unless deferred), and reset its counters."""
+    def take_due(self, partition: int) -> list[Model]:
+        """The partition's dirty models to checkpoint now (all, unless deferred): they are clean from here on."""
         dirty, first = self.dirty.get(partition, {}), self._first.get(partition, {})
         if self.defer_seconds <= 0 or partition in self._now:
             keys = list(dirty)

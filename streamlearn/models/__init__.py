@@ -1,7 +1,7 @@
 """The River side: model specs, live model state, predict and learn. No Kafka here."""
 
 from .specs import CLASSIFICATION, REGRESSION, SPECS, Spec, SpecError, Specs, UnknownSpec, get_spec, task_of
-from .state import (Challenger, LiveModel, ModelRegistry, Prediction, RecentEvents, Scored, learn, new_model, predict,
+from .state import (Challenger, LiveModel, Prediction, RecentEvents, Scored, learn, new_model, predict,
                     set_challengers)
 from . import versions
 from .promotion import PromotionSettings
@@ -16,7 +16,6 @@ __all__ = [
     "ModelVersions",
     "VersionError",
     "VersionSettings",
-    "ModelRegistry",
     "Prediction",
     "PromotionSettings",
     "RecentEvents",

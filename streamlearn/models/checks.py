@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Iterator
 from river import base, checks, datasets, evaluate
 from river.checks.utils import assert_predictions_are_close
 
-from . import checkpoint
+from . import blobs
 from .specs import Spec
 from .state import learn, new_metric, new_model, predict
 
@@ -123,8 +123,8 @@ def _round_trip(spec: Spec, data: list) -> str:
     live = new_model("check", spec)
     for x, y in data[:half]:
         learn(live, x, y)
-    blob = checkpoint.dump(live, KEY, 0.0)
-    restored = checkpoint.load(blob, KEY, {spec.name: spec})
+    blob = blobs.dump(live, KEY, 0.0)
+    restored = blobs.load(blob, KEY, {spec.name: spec})
     for x, y in data[half:]:
         a, b = predict(live, x), predict(restored, x)
         assert (a.label, a.proba) == (b.label, b.proba), f"the restored model predicts otherwise on {x}"
@@ -148,6 +148,6 @@ def _size(spec: Spec, data: list, max_bytes: int) -> str:
     live = new_model("check", spec)
     for x, y in data:
         learn(live, x, y)
-    size = len(checkpoint.dump(live, KEY, 0.0))
+    size = len(blobs.dump(live, KEY, 0.0))
     assert size <= max_bytes, f"{size:,} bytes after {len(data)} examples"
     return f"{size:,} bytes after {len(data)} examples"

@@ -1,6 +1,6 @@
 """Model versions: the snapshot index of one model key, and how versions change.
 
-Pure River and Python: the Kafka side (streams/versions.py) stores what this
+Pure River and Python: the Kafka side (streams/snapshots.py, streams/commands.py) stores what this
 module decides.
 
 Versions. A live model has a version number; predictions carry it. Taking a
@@ -27,11 +27,11 @@ from typing import Any, Callable, Mapping, Protocol
 
 from streamlearn.core.cadence import Cadence
 
-from . import checkpoint
+from .blobs import Blobs, CheckpointError
 from .gate import GateSettings, QualityGate
 from .promotion import PromotionPolicy, PromotionSettings
 
-from .state import Challenger, LiveModel
+from .state import LiveModel, retire
 
 AUTO = "auto"          # taken by the snapshot policy
 MANUAL = "manual"      # asked for by an operator
@@ -124,7 +124,7 @@ class VersionIndex:
         # spec (say, undoing a promotion) goes on as a challenger
         challengers = {n: c for n, c in live.challengers.items() if n != restored.spec.name}
         if live.spec.name != restored.spec.name:
-            challengers[live.spec.name] = _retired(live)
+            challengers[live.spec.name] = retire(live)
         restored.challengers = challengers
         return restored
 
@@ -135,7 +135,7 @@ class VersionIndex:
                         parent_version=live.parent_version, learned=c.learned, metric=c.metric,
                         offset=live.offset, recent=live.recent, label_type=live.label_type)
         new.challengers = {n: other for n, other in live.challengers.items() if n != spec}
-        new.challengers[live.spec.name] = _retired(live)
+        new.challengers[live.spec.name] = retire(live)
         return new
 
     def rollback_target(self, live: LiveModel) -> int:
@@ -223,12 +223,6 @@ class VersionSettings:
     promotion: PromotionSettings | None = field(default_factory=PromotionSettings)  # None: no automatic promotion
 
 
-def _retired(champion: LiveModel) -> Challenger:
-    """A replaced champion (already snapshotted: its parent is that snapshot), going on as a challenger."""
-    return Challenger(champion.spec, champion.model, champion.metric, champion.learned,
-                      retired_version=champion.parent_version)
-
-
 class ModelVersions:
     """Snapshots, restores, rollbacks and the quality gate of the live models of one worker.
 
@@ -236,7 +230,7 @@ class ModelVersions:
     learning; it returns the :class:`Change` records for the audit trail.
     """
 
-    def __init__(self, store: Store, blobs: checkpoint.Blobs, settings: VersionSettings,
+    def __init__(self, store: Store, blobs: Blobs, settings: VersionSettings,
                  clock: Callable[[], float] = time.time,
                  on_snapshot: Callable[[SnapshotInfo, float], None] | None = None,
                  on_alert: Callable[[Alert], None] | None = None) -> None:
@@ -261,7 +255,7 @@ class ModelVersions:
             raise VersionError("unknown_version", f"the blob of {model!r} v{version} is missing")
         try:
             return self.blobs.load(blob)
-        except checkpoint.CheckpointError as exc:
+        except CheckpointError as exc:
             raise VersionError("bad_snapshot", f"snapshot v{version} of {model!r} was refused: {exc}") from None
 
     # ---- changes ------------------------------------------------------

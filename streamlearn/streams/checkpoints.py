@@ -22,7 +22,7 @@ import time
 from typing import Mapping, MutableMapping, Protocol
 
 from streamlearn.models import LiveModel
-from streamlearn.models.checkpoint import Blobs, CheckpointError, Header, identity
+from streamlearn.models.blobs import Blobs, CheckpointError, Header, identity
 
 log = logging.getLogger("streamlearn.checkpoints")
 

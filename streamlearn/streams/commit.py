@@ -95,7 +95,7 @@ class BatchCommit:
         return covered
 
     def _checkpoint(self, partition: int) -> None:
-        for live in self.policy.done(partition):
+        for live in self.policy.take_due(partition):
             try:
                 self.checkpoints.write(live)
             except CheckpointTooLarge as exc:

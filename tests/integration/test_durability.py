@@ -188,7 +188,7 @@ async def diagnose(cluster, sent: Sent, have: dict, expected: dict) -> str:
                 latest[eid] = (m.partition, m.offset, m.value[:200] if m.value else None)
         lines += [f"  {eid}: {table} changelog {v}" for eid, v in sorted(latest.items())]
     lines.append(f"all deadletters: {Counter(d['reason'] for d in dead)}")
-    from streamlearn.models.checkpoint import read_header
+    from streamlearn.models.blobs import read_header
     from streamlearn.streams.routing import partition_for
     latest = {}
     for m in await read_topic(cluster.bootstrap, f"{cluster.app_id}-checkpoints-changelog"):
@@ -308,7 +308,7 @@ async def learned_orders(cluster, expected: dict[str, int]) -> dict[str, list[st
     Waits for checkpoints that cover everything learned (taken within STREAMLEARN_CHECKPOINT_EVERY_SECONDS).
     """
     from streamlearn.app.settings import DEV_SIGNING_KEY
-    from streamlearn.models.checkpoint import load
+    from streamlearn.models.blobs import load
 
     deadline = time.monotonic() + 30
     while True:

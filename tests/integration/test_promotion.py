@@ -12,9 +12,9 @@ from river import datasets
 
 from streamlearn.models import SPECS, ModelVersions, PromotionSettings, VersionSettings, learn, new_model, set_challengers
 from streamlearn.models.gate import GateSettings
-from streamlearn.models.checkpoint import Blobs
+from streamlearn.models.blobs import Blobs
 
-from ..unit.test_versions import DictStore
+from ..unit.fakes import DictStore
 from .harness import Collector, Producer, wait_learned
 from .test_versions import cli, post
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 async def test_a_user_spec_is_served_and_learns_like_river(cluster, monkeypatch):
     # the worker imports the operator's factory module: it must be on its path, as an installed package would be
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    w = cluster.start_worker(specs="fraud=tests.unit.user_specs:fraud_pipeline,price=tests.unit.user_specs:price_tree",
+    w = cluster.start_worker(specs="fraud=tests.unit.models.user_specs:fraud_pipeline,price=tests.unit.models.user_specs:price_tree",
                              spec_rules="fraud-*=fraud")
     cluster.wait_ready()
     t = cluster.topics

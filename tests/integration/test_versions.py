@@ -13,7 +13,7 @@ import time
 import orjson
 import pytest
 
-from streamlearn.models import checkpoint
+from streamlearn.models import blobs
 from streamlearn.streams.routing import partition_for
 
 from .harness import wait_learned, PARTITIONS, Collector, Producer
@@ -219,7 +219,7 @@ async def test_bad_commands_get_clear_errors_and_change_nothing(cluster):
         for batch in (await c.getmany(timeout_ms=3000)).values():
             good = next(m.value for m in batch if m.key == bkey)
         await c.stop()
-        assert checkpoint.read_header(good, b"streamlearn-development-key").version == 1
+        assert blobs.read_header(good, b"streamlearn-development-key").version == 1
         await p.send(blob_topic, good[:-3] + b"xyz", key=bkey, partition=tp.partition)
     w = cluster.start_worker("w-again", snapshot_every_examples=0)
     cluster.wait_ready([w])

@@ -4,7 +4,7 @@
     feedback --route-feedback--> internal.labels   --join-----> internal.training (or parked as early)
     control  --route-control---> internal.training
                                  internal.training --learn----> the live models (examples, and commands
-                                                                in order with them: see versions.py)
+                                                                in order with them: see commands.py)
 
 ``loop.AgentLoop`` runs each agent's handler over its stream, a fetch at a
 time, and hands each handled fetch to ``streams.commit.BatchCommit``, the one

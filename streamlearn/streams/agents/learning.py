@@ -17,7 +17,8 @@ from ..commit import BatchCommit
 from ..deadletter import Counters, DeadLetters
 from ..outbox import Outbox
 from ..routing import is_command, is_tick
-from ..versions import Audit, Commands
+from ..commands import Commands
+from ..snapshots import Audit
 from .live import LiveModels
 from .loop import agent_log
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from streamlearn import models
-from streamlearn.models import LiveModel, ModelRegistry, Spec
+from streamlearn.core.registry import ModelRegistry
+from streamlearn.models import LiveModel, Spec
 
 from ..codec import MODEL_ERROR, SPEC_MISMATCH, Rejected
 from ..deadletter import Counters

@@ -18,7 +18,7 @@ from ..deadletter import DeadLetters
 from ..outbox import Outbox
 from ..routing import COMMAND_HEADER, Ownership, origin_header
 from ..topics import Topics
-from ..versions import Commands
+from ..commands import Commands
 from .joins import Joins
 from .predict import Predict
 

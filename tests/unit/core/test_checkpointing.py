@@ -18,10 +18,10 @@ def test_a_partition_is_due_every_n_examples_at_once_after_a_change_and_never_wh
     assert not policy.due(0) and policy.low_water(0) == 4
     policy.learned(0, a)
     assert policy.due(0)                                  # 3 examples
-    assert {m.key for m in policy.done(0)} == {"a", "b"} and policy.low_water(0) is None and not policy.due(0)
+    assert {m.key for m in policy.take_due(0)} == {"a", "b"} and policy.low_water(0) is None and not policy.due(0)
     policy.changed(0, a)                                  # a version change: due at once, nothing acked until
     assert policy.due(0) and policy.low_water(0) == -1
-    policy.done(0)
+    policy.take_due(0)
     policy.learned(1, b)
     now[0] = 10.0
     assert policy.due(1) and not policy.due(0)            # 10 s since partition 1 first learned
@@ -46,7 +46,7 @@ def test_the_checkpoint_policys_low_water_is_the_lowest_offset_a_dirty_model_lac
                 policy.changed(p, live)
                 lacking[p].setdefault(live.key, -1)
             elif policy.due(p):
-                for written in policy.done(p):
+                for written in policy.take_due(p):
                     del lacking[p][written.key]
             for q in range(3):
                 assert policy.low_water(q) == (min(lacking[q].values()) if lacking[q] else None)

@@ -4,57 +4,11 @@ from __future__ import annotations
 
 import time
 
-import pytest
-from aiokafka.partitioner import DefaultPartitioner
 
-from streamlearn.app.settings import Settings, SettingsError
 from streamlearn.core.join import Waiting
 from streamlearn.streams import codec
 from streamlearn.streams.pending import BoundedTable, join_key
-from streamlearn.streams.routing import is_tick, origin_header, origin_of, partition_for
-
-
-def test_partition_for_is_kafkas_default_partitioner():
-    # Kafka's Java Utils.murmur2 test vectors (toPositive(h) % n with large n shows the raw hash)
-    for key, java_hash in [("21", -973932308), ("foobar", -790332482), ("abc", 479470107),
-                           ("a-little-bit-long-string", -985981536)]:
-        assert partition_for(key, 2**31 - 1) == (java_hash & 0x7FFFFFFF) % (2**31 - 1)
-    parts = list(range(8))
-    for key in ["tenant-7", "k", "é-unicode"]:
-        assert partition_for(key, 8) == DefaultPartitioner()(key.encode(), parts, parts)
-
-
-def test_origin_and_tick_headers():
-    name, value = origin_header("streamlearn.features", 3, 42)
-    assert origin_of([(name, value)], "internal", 0, 0) == ("streamlearn.features", 3, 42)
-    assert origin_of([], "internal", 1, 7) == ("internal", 1, 7)
-    assert not is_tick([(name, value)]) and is_tick([("streamlearn-tick", b"1")])
-
-
-def test_settings_from_env_and_rules():
-    s = Settings.from_env({"STREAMLEARN_BROKER": "kafka://h1:1;h2:2", "STREAMLEARN_PARTITIONS": "4",
-                           "STREAMLEARN_SPEC_RULES": "fraud-*=hoeffding_tree, price-*=linreg",
-                           "STREAMLEARN_SPEC_PARAMS": '{"hoeffding_tree": {"grace_period": 50}}'}, web_port=7000)
-    assert s.bootstrap_servers == "h1:1,h2:2" and s.partitions == 4 and s.web_port == 7000
-    assert s.spec_for("fraud-eu") == "hoeffding_tree" and s.spec_for("price-x") == "linreg"
-    assert s.spec_for("other") == "logreg"
-    assert s.params == {"hoeffding_tree": {"grace_period": 50}}
-    assert Settings.from_env({}).broker == "kafka://127.0.0.1:9092"
-    assert "STREAMLEARN_BROKER" in Settings.env_names()
-
-
-@pytest.mark.parametrize("env,match", [
-    ({"STREAMLEARN_PARTITIONS": "many"}, "not a valid int"),
-    ({"STREAMLEARN_DEFAULT_SPEC": "nope"}, "unknown model spec"),
-    ({"STREAMLEARN_SPEC_RULES": "a*"}, "pattern=spec"),
-    ({"STREAMLEARN_SPEC_RULES": "a*=nope"}, "unknown model spec"),
-    ({"STREAMLEARN_SPEC_PARAMS": "{"}, "not JSON"),
-    ({"STREAMLEARN_OFFSET_RESET": "middle"}, "offset_reset"),
-    ({"STREAMLEARN_SESSION_TIMEOUT_SECONDS": "40"}, "broker_request_timeout_seconds"),
-])
-def test_bad_settings_are_refused_clearly(env, match):
-    with pytest.raises(SettingsError, match=match):
-        Settings.from_env(env)
+from streamlearn.streams.routing import partition_for
 
 
 class Clock:

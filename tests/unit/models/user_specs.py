@@ -1,4 +1,4 @@
-"""Model spec factories as an operator writes them, for the tests (``STREAMLEARN_SPECS=name=tests.unit.user_specs:...``)."""
+"""Model spec factories as an operator writes them, for the tests (``STREAMLEARN_SPECS=name=tests.unit.models.user_specs:...``)."""
 
 from river import linear_model, preprocessing, tree
 

@@ -17,7 +17,7 @@ from streamlearn.streams import codec
 from streamlearn.streams.codec import Rejected
 from streamlearn.streams.connection import KafkaAuth
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 STRONG = {"STREAMLEARN_SIGNING_KEY": "a-signing-key-of-ours-0123", "STREAMLEARN_COMMAND_SECRET": "a-command-secret-4567"}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from types import SimpleNamespace
@@ -19,42 +18,7 @@ from streamlearn.streams.codec import pack
 from streamlearn.streams.pending import join_key
 from streamlearn.streams.routing import partition_for
 from streamlearn.streams.transport import Fetched
-
-
-class Recorder:
-    """What was sent to one topic."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.sent: list[dict] = []
-
-    async def send(self, **kwargs):
-        self.sent.append(kwargs)
-
-    def values(self) -> list:
-        return [orjson.loads(s["value"]) for s in self.sent]
-
-
-class Producer:
-    """Stands in for the app's producer: records each send by topic and delivers it at once, at offsets
-    counting up per topic-partition."""
-
-    def __init__(self, names) -> None:
-        self.names = names
-        self.topics: dict[str, Recorder] = {}
-        self.offsets: dict[tuple, int] = {}
-
-    def __getattr__(self, short: str) -> Recorder:     # sent.training: what went to the training topic
-        name = getattr(self.__dict__["names"], short)
-        return self.topics.setdefault(name, Recorder(name))
-
-    async def send(self, topic, key, value, partition, timestamp, headers):
-        self.topics.setdefault(topic, Recorder(topic)).sent.append(
-            {"key": key, "value": value, "partition": partition, "headers": headers})
-        offset = self.offsets[topic, partition] = self.offsets.get((topic, partition), -1) + 1
-        done = asyncio.get_running_loop().create_future()
-        done.set_result(SimpleNamespace(topic=topic, partition=partition, offset=offset))
-        return done
+from tests.unit.fakes import FakeStream, Producer, Recorder
 
 
 @pytest.fixture(params=["memory", "rocksdb"])
@@ -104,6 +68,11 @@ async def test_routers_answer_at_once_what_already_sits_in_its_owners_partition(
     assert len(worker.sent.predictions.sent) == 1 and len(worker.sent.events.sent) == 2
 
 
+def counted(worker, name: str, **labels: str) -> float:
+    """A counter's value, read as Prometheus would (0 for a series not yet there)."""
+    return worker.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
 def origin(offset: int) -> list:
     """The header of a label routed from offset ``offset`` of partition 3 of the feedback topic."""
     return [("streamlearn-origin", f"streamlearn.feedback/3/{offset}".encode())]
@@ -127,7 +96,7 @@ async def test_predict_join_learn(worker, caplog):
     [example] = worker.sent.training.sent
     assert example["partition"] == p
     assert orjson.loads(example["value"])[0]["origin"] == ["streamlearn.feedback", 3, 10]
-    assert worker.metrics.duplicate_labels._value.get() == 1
+    assert counted(worker, "streamlearn_duplicate_labels_total") == 1
     assert worker.early.get(b"m\x1fe2").label is True
     [said] = [r for r in caplog.records if r.getMessage().startswith("ignored a second label")]
     assert said.name == "streamlearn.agent.join"        # each agent logs under its own name
@@ -166,7 +135,7 @@ async def test_a_label_handled_again_after_a_crash_is_sent_again_and_learned_onc
     async with worker.app.agents["predict"].test_context() as predict:
         for _ in range(2):   # e2's features release its label; handled again, they re-send its example
             await predict.put(orjson.dumps({"event_id": "e2", "features": {"a": 2.0}}), key=b"m", partition=p)
-    assert worker.metrics.duplicate_labels._value.get() == 0
+    assert counted(worker, "streamlearn_duplicate_labels_total") == 0
     sent = [one for ex in worker.sent.training.sent for one in orjson.loads(ex["value"])]
     assert [ex["event_id"] for ex in sent] == ["e1", "e1", "e3", "e3", "e2", "e2"]
     assert sent[4] == sent[5] and sent[4]["features"] == {"a": 2.0} and sent[4]["label"] is False
@@ -177,7 +146,7 @@ async def test_a_label_handled_again_after_a_crash_is_sent_again_and_learned_onc
         for ex in worker.sent.training.sent:
             await learn.put(ex["value"], key=b"m", partition=p)
     live = worker.registry.find("m")
-    assert live.learned == 3 and worker.metrics.repeats_skipped._value.get() == 3
+    assert live.learned == 3 and counted(worker, "streamlearn_repeats_skipped_total") == 3
 
     # evicting e2's early entry later does not dead-letter it: its features came
     worker.early.clock = lambda: 1e12
@@ -202,7 +171,7 @@ async def test_an_exception_while_handling_one_event_dead_letters_it_and_the_bat
     assert [pr["event_id"] for pr in worker.sent.predictions.values()] == ["a", "b"]
     [dead] = worker.sent.deadletter.values()
     assert dead["reason"] == "internal_error" and "ZeroDivisionError" in dead["detail"]
-    assert worker.metrics.errors.labels("internal")._value.get() == 1
+    assert counted(worker, "streamlearn_processing_errors_total", stage="internal") == 1
     assert worker.loop.crashes == {}
 
 
@@ -227,7 +196,7 @@ async def test_an_agent_that_dies_handles_what_it_had_taken_after_its_restart(wo
         await body(stream)
     assert [pr["event_id"] for pr in worker.sent.predictions.values()] == ["a"]
     assert stream.acked == []                # the fetch is acked only once all of it is handled
-    assert "predict" in worker.loop.crashes and worker.metrics.agent_crashes.labels("predict")._value.get() == 1
+    assert "predict" in worker.loop.crashes and counted(worker, "streamlearn_agent_crashes_total", agent="predict") == 1
     # /ready says so, with the reason, while the crash is recent (Faust restarts the agent: it may crash-loop)
     now = time.time()
     state = readiness([0, 1], True, False, worker.loop.crashes, now)
@@ -239,25 +208,6 @@ async def test_an_agent_that_dies_handles_what_it_had_taken_after_its_restart(wo
     await worker.commit.settled()
     assert [pr["event_id"] for pr in worker.sent.predictions.values()] == ["a", "b"]
     assert stream.acked == [2]      # then the fetch (offsets 0-2) is acked, on the stream it came from
-
-
-class FakeStream:
-    """Just what the batch loop uses of a Faust stream."""
-
-    def __init__(self, events: list, acked: list) -> None:
-        self._events = events
-        self.acked = acked
-        self.app = SimpleNamespace(flow_control=SimpleNamespace(is_active=lambda: True), consumer_generation_id=0)
-
-    def noack(self) -> "FakeStream":
-        return self
-
-    async def events(self):
-        for event in self._events:
-            yield event
-
-    async def ack(self, event) -> None:
-        self.acked.append(event.message.offset)
 
 
 async def test_control_router_answers_malformed_commands_and_routes_valid_ones_to_training(worker):
@@ -389,7 +339,7 @@ async def test_a_checkpoint_behind_the_one_held_replaces_it_nowhere(worker):
     def blob(offset: int) -> bytes:
         live = models.new_model("tenant-7", models.get_spec("logreg"))
         live.offset, live.learned = offset, offset + 1
-        return models.checkpoint.dump(live, worker.settings.signing_secret, time.time())
+        return models.blobs.dump(live, worker.settings.signing_secret, time.time())
 
     def recovered(*blobs: bytes) -> None:      # Faust's recovery hands the table its changelog in batches
         table_obj = worker.app.tables["checkpoints"]
@@ -401,21 +351,23 @@ async def test_a_checkpoint_behind_the_one_held_replaces_it_nowhere(worker):
     def offset() -> int:
         return worker.checkpoints.restore("tenant-7").offset
 
-    refused = worker.metrics.checkpoints_refused.labels("stale")
+    def refused() -> float:
+        return counted(worker, "streamlearn_checkpoints_refused_total", reason="stale")
+
     table[b"tenant-7"] = blob(40)
     await (await worker.commit.state.flush())
     recovered(blob(30))                                   # a late write behind the store's: refused
-    assert offset() == 40 and refused._value.get() == 1
+    assert offset() == 40 and refused() == 1
     recovered(blob(50), blob(45), blob(60))               # within a batch: forward only
-    assert offset() == 60 and refused._value.get() == 2
+    assert offset() == 60 and refused() == 2
     table[b"tenant-7"] = blob(55)                         # staged behind the store (a worker's own late one) ...
     assert offset() == 60                                 # ... is not read over the later one ...
     await (await worker.commit.state.flush())
-    assert offset() == 60 and refused._value.get() == 3   # ... nor stored when delivered
+    assert offset() == 60 and refused() == 3   # ... nor stored when delivered
     table[b"tenant-7"] = blob(60)                         # the same offset again: taken (a version change)
     await (await worker.commit.state.flush())
     recovered(blob(61))
-    assert offset() == 61 and refused._value.get() == 3
+    assert offset() == 61 and refused() == 3
 
 
 async def test_a_snapshot_index_behind_the_one_held_replaces_it_nowhere(worker):

@@ -6,41 +6,15 @@ import asyncio
 from types import SimpleNamespace
 
 import orjson
-from aiokafka.errors import KafkaTimeoutError
 
 from streamlearn.core.checkpointing import CheckpointPolicy
 from streamlearn.streams.commit import BatchCommit
 from streamlearn.streams.outbox import Outbox, WriteBehind
-
-
-class FlakyProducer:
-    """Delivery futures we resolve by hand; the first send to a topic in ``fail_first`` fails."""
-
-    def __init__(self, fail_first: set[str]) -> None:
-        self.fail_first = set(fail_first)
-        self.sent: list[tuple] = []
-        self.futures: list[asyncio.Future] = []
-
-    async def send(self, topic, key, value, partition, timestamp, headers):
-        self.sent.append((topic, value))
-        future = asyncio.get_running_loop().create_future()
-        if topic in self.fail_first:
-            self.fail_first.discard(topic)
-            future.set_exception(KafkaTimeoutError("batch expired"))
-        self.futures.append(future)
-        return future
+from tests.unit.fakes import FlakyProducer, Stream
 
 
 def commit_of(app, behind: WriteBehind | None = None) -> BatchCommit:
     return BatchCommit(app, behind or WriteBehind(Outbox(app)), CheckpointPolicy(100, 5.0), checkpoints=None)
-
-
-class Stream:
-    def __init__(self) -> None:
-        self.acked: list[str] = []
-
-    async def ack(self, event) -> None:
-        self.acked.append(event)
 
 
 async def test_acks_after_delivery_and_resends_what_failed():

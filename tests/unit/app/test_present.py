@@ -8,10 +8,11 @@ from types import SimpleNamespace
 from streamlearn.app import present
 from streamlearn.models import get_spec, learn, new_model, set_challengers
 from streamlearn.models.versions import ModelVersions, VersionSettings
-from streamlearn.streams.versions import Commands
-from streamlearn.models.checkpoint import Blobs
+from streamlearn.streams.commands import Commands
+from streamlearn.models.blobs import Blobs
 
-from .test_versions import KEY, DictStore
+from tests.unit.fakes import DictStore
+from tests.unit.models.test_versions import KEY
 
 
 def answer(commands: Commands, live, command: str, **kwargs):

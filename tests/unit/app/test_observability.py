@@ -5,19 +5,11 @@ from __future__ import annotations
 import json
 import logging
 
-from prometheus_client.parser import text_string_to_metric_families
 
 from streamlearn.app.logs import JsonFormatter, logging_config
 from streamlearn.app.metrics import Metrics, StateCollector
 from streamlearn.models import get_spec, learn, new_model
-
-
-def samples(metrics: Metrics) -> dict[str, list]:
-    out: dict[str, list] = {}
-    for family in text_string_to_metric_families(metrics.exposition().decode()):
-        for s in family.samples:
-            out.setdefault(s.name, []).append(s)
-    return out
+from tests.unit.fakes import samples
 
 
 def test_per_model_series_are_capped_and_the_rest_aggregated():

@@ -7,32 +7,11 @@ import random
 import pytest
 
 from streamlearn.models import get_spec, learn, new_model, predict
-from streamlearn.models.versions import (AUTO, MANUAL, REPLACED, ModelVersions, VersionError, VersionIndex,
-                                         VersionSettings)
-from streamlearn.models.checkpoint import Blobs
+from streamlearn.models.versions import (AUTO, MANUAL, REPLACED, ModelVersions, VersionError, VersionSettings)
+from streamlearn.models.blobs import Blobs
+from tests.unit.fakes import DictStore
 
 KEY = b"test-signing-key"
-
-
-class DictStore:
-    def __init__(self) -> None:
-        self.indexes: dict[str, VersionIndex] = {}
-        self.blobs: dict[tuple[str, int], bytes] = {}
-
-    def load_index(self, model):
-        return self.indexes.get(model)
-
-    def save_index(self, index):
-        self.indexes[index.model] = index
-
-    def load_blob(self, model, version):
-        return self.blobs.get((model, version))
-
-    def save_blob(self, model, version, blob):
-        self.blobs[(model, version)] = blob
-
-    def delete_blob(self, model, version):
-        del self.blobs[(model, version)]
 
 
 def rows(n, seed=1, flip=range(0), change_at=None):
@@ -175,7 +154,7 @@ def test_time_policy_snapshots_only_models_that_learned_since():
 def test_predictions_answer_in_the_labels_type_through_a_promotion_a_rollback_and_a_checkpoint(labels):
     """River's logistic regression answers True/False whatever it learned, its trees the classes they saw:
     a consumer gets the labels' own type (and ``proba``'s keys in it) whichever model answers."""
-    from streamlearn.models import checkpoint
+    from streamlearn.models import blobs
     from streamlearn.models.state import set_challengers
 
     store = DictStore()
@@ -199,7 +178,7 @@ def test_predictions_answer_in_the_labels_type_through_a_promotion_a_rollback_an
     answers(tree)                                                      # the promoted tree
     back, _, _ = versions.rollback(tree)
     answers(back)                                                      # logreg again, from its snapshot
-    answers(checkpoint.load(checkpoint.dump(tree, KEY, 0.0), KEY))     # a restored checkpoint
+    answers(blobs.load(blobs.dump(tree, KEY, 0.0), KEY))     # a restored checkpoint
 
 
 def test_the_gate_raises_a_degradation_alert_for_the_key_whose_labels_went_bad_and_none_for_the_other():

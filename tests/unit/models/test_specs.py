@@ -10,10 +10,10 @@ import pytest
 
 from streamlearn import models
 from streamlearn.app.settings import Settings, SettingsError
-from streamlearn.models import SPECS, checkpoint, checks, new_model
+from streamlearn.models import SPECS, blobs, checks, new_model
 
-ROOT = Path(__file__).resolve().parents[2]
-USER = "tests.unit.user_specs"
+ROOT = Path(__file__).resolve().parents[3]
+USER = "tests.unit.models.user_specs"
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
@@ -35,10 +35,10 @@ def test_the_task_comes_from_the_estimator_not_the_name():
     live = new_model("fraud-1", registry["fraud"])
     for i in range(20):
         models.learn(live, {"a": float(i)}, i % 2 == 0)
-    blob = checkpoint.dump(live, b"k", 0.0)
-    assert checkpoint.load(blob, b"k", registry).spec.name == "fraud"
-    with pytest.raises(checkpoint.CheckpointError, match="not registered"):
-        checkpoint.load(blob, b"k")
+    blob = blobs.dump(live, b"k", 0.0)
+    assert blobs.load(blob, b"k", registry).spec.name == "fraud"
+    with pytest.raises(blobs.CheckpointError, match="not registered"):
+        blobs.load(blob, b"k")
 
 
 @pytest.mark.parametrize("specs,says", [

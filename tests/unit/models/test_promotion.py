@@ -8,13 +8,15 @@ import itertools
 import pytest
 from river import datasets
 
-from streamlearn.models import SPECS, checkpoint, learn, new_model, predict, set_challengers
+from streamlearn.models import SPECS, blobs, learn, new_model, predict, set_challengers
 from streamlearn.models.promotion import PromotionPolicy, PromotionSettings
 from streamlearn.models.state import Challenger
 from streamlearn.models.versions import REPLACED, ModelVersions, VersionError, VersionSettings
-from streamlearn.models.checkpoint import Blobs
+from streamlearn.models.blobs import Blobs
 
-from .test_versions import KEY, DictStore
+from tests.unit.fakes import DictStore
+
+from .test_versions import KEY
 
 
 def tree_wins(n: int):
@@ -151,7 +153,7 @@ def test_a_retired_champion_stays_a_challenger_through_its_checkpoint_and_the_ru
     versions, live = versions_with(promotion=None), champion("hoeffding_tree")
     live, _ = feed(versions, live, tree_wins(300))
     new, _, _ = versions.promote(live, "hoeffding_tree")
-    restored = checkpoint.load(checkpoint.dump(new, KEY, 0.0), KEY)
+    restored = blobs.load(blobs.dump(new, KEY, 0.0), KEY)
     assert restored.challengers["logreg"].retired_version == 1
     # the rules name only the tree, now the champion: the retired logreg is kept all the same
     assert set_challengers(restored, [SPECS["hoeffding_tree"]]) == [] and list(restored.challengers) == ["logreg"]

@@ -9,10 +9,10 @@ from river import datasets, evaluate
 from streamlearn import models
 from streamlearn.app.metrics import Metrics, StateCollector
 from streamlearn.app.settings import Settings
-from streamlearn.models import SPECS, checkpoint, new_model, set_challengers
+from streamlearn.models import SPECS, blobs, new_model, set_challengers
 from streamlearn.models.state import new_metric
 
-from .test_observability import samples
+from tests.unit.fakes import samples
 
 
 def champion_with(*names: str, spec: str = "logreg"):
@@ -65,7 +65,7 @@ def test_challengers_travel_in_the_checkpoint_and_learn_on_identically():
     data = list(datasets.Phishing())
     for x, y in data[:600]:
         models.learn(live, x, y)
-    restored = checkpoint.load(checkpoint.dump(live, b"key", 0.0), b"key")
+    restored = blobs.load(blobs.dump(live, b"key", 0.0), b"key")
     for x, y in data[600:]:
         models.learn(live, x, y)
         models.learn(restored, x, y)
@@ -75,7 +75,7 @@ def test_challengers_travel_in_the_checkpoint_and_learn_on_identically():
         assert a.model.predict_proba_one(data[0][0]) == b.model.predict_proba_one(data[0][0])
     # a challenger whose spec is no longer registered is dropped on restore, the champion is kept
     only_logreg = {"logreg": SPECS["logreg"], "gaussian_nb": SPECS["gaussian_nb"]}
-    assert list(checkpoint.load(checkpoint.dump(live, b"key", 0.0), b"key", only_logreg).challengers) == ["gaussian_nb"]
+    assert list(blobs.load(blobs.dump(live, b"key", 0.0), b"key", only_logreg).challengers) == ["gaussian_nb"]
 
 
 def test_challenger_rules_and_their_metric_series():

@@ -11,7 +11,7 @@ import yaml
 from streamlearn.app.cli import main, parser
 from streamlearn.app.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_compose_parses_and_passes_only_real_settings():

@@ -7,6 +7,7 @@ import base64
 import orjson
 import pytest
 
+from streamlearn.core.join import Parked, Waiting
 from streamlearn.streams import codec
 from streamlearn.streams.codec import Rejected
 
@@ -128,3 +129,19 @@ def test_an_integer_beyond_64_bits_is_a_number():
         codec.decode_event(b'{"event_id": 1267650600228229401496703205376, "features": {}}', None,
                            default_model="d", max_bytes=1000)
     assert rejected.value.reason == "bad_field"
+
+
+def test_join_state_entries_round_trip_and_entries_of_the_previous_format_still_read():
+    waiting = [Waiting({"a": 1.0}, 5.0), Waiting({"a": 1.0}, 5.0, ["feedback", 3, 10], True, 7.0, released=True)]
+    for w in waiting:
+        assert codec.decode_waiting(codec.encode_waiting(w)) == w
+    parked = Parked("e1", "m", "yes", 7.0, ["feedback", 3, 10], b"\x00raw", 6.0)
+    assert codec.decode_parked(codec.encode_parked(parked)) == parked
+    assert set(orjson.loads(codec.encode_parked(parked))) == {"id", "m", "y", "lt", "o", "v", "t"}
+    # as the release before wrote them
+    old_waiting = orjson.dumps({"f": {"a": 1.0}, "t": 5.0, "l": ["feedback", 3, 10], "y": True, "lt": 7.0,
+                                "early": True})
+    assert codec.decode_waiting(old_waiting) == waiting[1]
+    old_parked = orjson.dumps({"label": "yes", "ts": 7.0, "event_id": "e1", "model": "m", "src": ["feedback", 3, 10],
+                               "value": codec.b64(b"\x00raw"), "t": 6.0})
+    assert codec.decode_parked(old_parked) == parked
