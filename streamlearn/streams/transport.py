@@ -1,16 +1,18 @@
 """Faust's aiokafka transport with our commit rules: only what an agent handled is committed.
 
-- An ack counts only for a message an agent handled (the outbox marks it,
-  ``handled``). Nothing is committed past an unhandled message; a partition
-  whose committed offset stays unhandled for ``REREAD_AFTER`` commits is read
-  again from there (``reread_skipped``, from the worker's timer, once flow
-  control is active; a warning says so). What was handled after it is
-  handled again, which every step tolerates (predictions are at-least-once;
-  the join and the learner recognise repeats).
+The rules are decided in ``core/offsets.py``; this consumer carries them out
+on Faust's bookkeeping:
+
+- An ack counts only for a message an agent handled (``BatchCommit`` marks
+  it, ``handled``). Nothing is committed past an unhandled message; a
+  partition whose committed offset stays unhandled is read again from there
+  (``reread_skipped``, from the worker's timer, once flow control is active;
+  a warning says so). What was handled after it is handled again, which
+  every step tolerates (predictions are at-least-once; the join and the
+  learner recognise repeats).
 - A jump in offsets right after a seek is not taken for a gap (transaction
-  markers, compaction): a gap at an input's committed offset is committed
-  past only after ``MARKER_PATIENCE`` commits. One unacked message at the
-  committed offset never slips through (``_new_offset``).
+  markers, compaction). One unacked message at the committed offset never
+  slips through (``_new_offset``).
 - A stop commits every ack, also while a timed commit is under way
   (``commit_and_end_transactions``).
 - For the topics our agents read (``app.batched_topics``), ``getmany`` hands
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections import Counter
 from time import monotonic
 from typing import Any
 
@@ -43,14 +44,11 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.tuples import ConsumerMessage, ack_lock
 from mode import Service
 
+from streamlearn.core.offsets import CommitHold, Seeks, new_acks, stalled_recovery
+
 log = logging.getLogger("streamlearn.transport")
 
 SCHEME = "streamlearn"
-# Commits (about every STREAMLEARN_COMMIT_INTERVAL_SECONDS) an input topic's partition waits for the
-# message at its committed offset before taking it for a transaction marker and committing past it.
-MARKER_PATIENCE = 40
-# Commits a partition's committed offset may wait for its message before the partition is read again.
-REREAD_AFTER = 10
 # An active changelog partition with records left and no event for this long, nothing queued, is asked again.
 RECOVERY_STALL_SECONDS = 15.0
 RECOVERY_CHECK_SECONDS = 5.0
@@ -79,10 +77,8 @@ class Consumer(faust_aiokafka.Consumer):
         super().__init__(*args, **kwargs)
         self._handled: weakref.WeakSet = weakref.WeakSet()
         self._reread: dict[Any, int] = {}         # partition -> lowest offset to read again
-        self._sought: dict[Any, int] = {}         # partition -> where it was last sought to
-        self._rereads: Counter = Counter()        # (partition, offset) -> times read again from there
-        self._holes: dict[Any, tuple[int, int]] = {}   # partition -> (committed offset, commits held back)
-        self._fetching: dict[Any, int] = {}       # partition -> first offset of the Fetched being delivered
+        self._seeks = Seeks()
+        self._hold = CommitHold()
 
     def handled(self, message: Any) -> None:
         """An agent handled ``message``: its ack may be committed."""
@@ -116,15 +112,11 @@ class Consumer(faust_aiokafka.Consumer):
             tp = fetched.tp
             if not self.app.topics.acks_enabled_for(fetched.topic):
                 return False
-            committed = self._committed_offset[tp]
-            index, acked = self._acked_index[tp], self._acked[tp]
-            n = 0
-            for record in fetched.records:
-                offset = record.offset
-                if (committed is None or offset >= committed) and offset not in index:
-                    index.add(offset)
-                    acked.append(offset)
-                    n += 1
+            index = self._acked_index[tp]
+            offsets = new_acks((record.offset for record in fetched.records), self._committed_offset[tp], index)
+            index.update(offsets)
+            self._acked[tp].extend(offsets)
+            n = len(offsets)
             self._unacked_messages.discard(fetched)
             self._n_acked += n
             notify(self._waiting_for_ack)
@@ -151,7 +143,7 @@ class Consumer(faust_aiokafka.Consumer):
                 return
             if active is None or tp in active or tp in self._buffered_partitions:
                 self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-                self._fetching[tp] = rs[0].offset   # for _add_gap: the drain loop checks the last offset
+                self._seeks.fetching(tp, rs[0].offset)   # for _add_gap: the drain loop checks the last offset
                 yield tp, Fetched(tp, rs, generation)
         for tp, record in self.scheduler.iterate(singles):
             if not self.flow_active or self.app.consumer_generation_id != generation:
@@ -161,63 +153,32 @@ class Consumer(faust_aiokafka.Consumer):
                 yield tp, self._to_message(tp, record)
 
     async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
-        """Faust's drain loop saw offsets jump: acked as a gap, unless the jump follows a seek.
-
-        A real gap (transaction markers, compaction) is committed as Faust does.
-        But right after a seek nothing has been read yet: a message then far past
-        the seek's offset was fetched *before* the seek, and the offsets in
-        between are real messages, which Faust would commit unread (and then
-        drop as already read). Read the partition again from the seek's offset
-        instead; twice at most, then accept the gap.
-        """
-        fetched_from = self._fetching.pop(tp, None)
-        if fetched_from is not None:
-            # Faust's check saw the fetch's last offset: only what lies before its first is a gap
-            offset_to = fetched_from - 1
-            if offset_to < offset_from:
-                return
-        sought = self._sought.pop(tp, None)
-        if sought is not None and offset_from - 1 <= sought and self._rereads[(tp, sought)] < 2:
-            self._rereads[(tp, sought)] += 1
-            return        # not a gap: _new_offset holds commits there and has the partition read again
-        await super()._add_gap(tp, offset_from, offset_to)
+        """Faust's drain loop saw offsets jump: acked as a gap, unless the jump follows a seek (``Seeks``)."""
+        gap = self._seeks.gap(tp, offset_from, offset_to)
+        if gap is not None:
+            await super()._add_gap(tp, *gap)
 
     def _new_offset(self, tp: Any) -> int | None:
-        """The offset to commit, only when everything from the committed offset on was handled.
+        """The offset to commit, only when everything from the committed offset on was handled (``CommitHold``).
 
         Faust lets one unacked message at the committed offset through (its
         check is ``min(acked) - committed > 1``, faust-streaming #606, made so
-        that a transaction marker sitting there does not block commits): a
-        message skipped there is committed past, unhandled. Here the message at
-        the committed offset waits; if it is still missing after ``REREAD_AFTER``
-        commits, the partition is read again from it. Only a partition of an
-        input topic (where markers exist) gives up after ``MARKER_PATIENCE``.
+        that a transaction marker sitting there does not block commits).
         """
-        committed = self._committed_offset[tp]
-        acked, gaps = self._acked[tp], self._gap[tp]
-        if committed is not None and acked:
-            low = min(min(acked), gaps.begin()) if gaps else min(acked)
-            if low > committed:
-                at, held = self._holes.get(tp, (committed, 0))
-                held = held + 1 if at == committed else 1
-                self._holes[tp] = (committed, held)
-                if tp.topic in getattr(self.app, "exact_topics", ()) or held <= MARKER_PATIENCE:
-                    # Still missing after REREAD_AFTER commits (a message an agent is handling now is
-                    # acked well within that): read the partition again from there, and again later.
-                    if held % (2 * REREAD_AFTER) == REREAD_AFTER:
-                        self._read_again(tp, committed)
-                    return None
-        self._holes.pop(tp, None)
-        return super()._new_offset(tp)
+        committed, acked, gaps = self._committed_offset[tp], self._acked[tp], self._gap[tp]
+        low = (min(min(acked), gaps.begin()) if gaps else min(acked)) if acked else None
+        wait, read_again = self._hold.check(tp, committed, low, tp.topic in getattr(self.app, "exact_topics", ()))
+        if read_again:
+            self._read_again(tp, committed)
+        return None if wait else super()._new_offset(tp)
 
     async def perform_seek(self) -> None:
         await super().perform_seek()
-        self._rereads.clear()
-        self._sought = {tp: offset for tp, offset in self._read_offset.items() if offset is not None}
+        self._seeks.sought_all(self._read_offset)
 
     async def seek(self, partition: Any, offset: int) -> None:
         await super().seek(partition, offset)
-        self._sought[partition] = offset
+        self._seeks.sought(partition, offset)
 
     def _read_again(self, tp: Any, offset: int) -> None:
         self._reread[tp] = min(self._reread.get(tp, offset), offset)
@@ -246,18 +207,13 @@ class Consumer(faust_aiokafka.Consumer):
 
     def stalled_recovery(self, now: float, stall: float = RECOVERY_STALL_SECONDS) -> dict[Any, int]:
         """Active changelog partitions recovery waits for in vain: partition -> next offset it needs."""
-        app = self.app
-        recovery = app.tables.recovery
+        recovery = self.app.tables.recovery
         # (app.rebalancing stays set until recovery ends; a new rebalance stops the flow first)
         if not recovery.in_recovery or not self.flow_active:
             return {}
-        started = recovery._recovery_started_at     # Faust keeps no public accessor for these
-        if started is None or now - started < stall or app.tables.changelog_queue.qsize():
-            return {}
-        received = recovery._active_events_received_at
-        return {tp: max(0, recovery.active_offsets[tp] + 1)
-                for tp, remaining in recovery.active_remaining().items()
-                if remaining > 0 and now - received.get(tp, started) >= stall}
+        return stalled_recovery(now, recovery._recovery_started_at, stall,   # Faust keeps no public accessors
+                                self.app.tables.changelog_queue.qsize(), recovery.active_remaining(),
+                                recovery.active_offsets, recovery._active_events_received_at)
 
     async def unstick_recovery(self, stall: float = RECOVERY_STALL_SECONDS) -> int:
         """Resume and seek again the partitions recovery stalled on; returns how many (see the module's doc)."""

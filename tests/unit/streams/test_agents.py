@@ -22,17 +22,17 @@ from tests.unit.fakes import FakeStream, Producer, Recorder
 
 
 @pytest.fixture(params=["memory", "rocksdb"])
-def worker(tmp_path, request):
+async def worker(tmp_path, request):
     """A worker without a broker, on each table store; ``worker.sent``: what it sent, by topic."""
     w = create_worker(Settings.from_env({}, data_dir=str(tmp_path), label_wait_seconds=60, dev=True,
                                         table_store=request.param))
     w.app.producer = w.sent = Producer(w.topics.names)
     # no rebalance either: every partition is this worker's
+    for table in w.app.tables.values() if request.param == "rocksdb" else ():
+        tps = {TP(table.changelog_topic.get_topic_name(), p) for p in range(8)}
+        await table.data.assign_partitions(table, tps)      # as Faust does on an assignment: opens the databases
     for state in (w.pending.data, w.early.data, w.checkpoints.table, w.store.index_table, w.store.blobs):
         state.actives = lambda changelog=state.changelog: {TP(changelog, p) for p in range(8)}
-        if request.param == "rocksdb":
-            for p in range(8):
-                state.store._db_for_partition(p)   # as Faust opens an assigned partition's database
     return w
 
 

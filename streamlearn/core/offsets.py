@@ -1,0 +1,108 @@
+"""Which consumed offsets may be committed: the consumer's rules, decided without Kafka.
+
+The consumer (``streams/transport.py``) is Faust's, with these decisions
+in place of some of its own; why each exists: docs/architecture.md, "The
+consumer transport".
+
+1. Only an offset an agent handled is acked; of a fetch, the offsets at or
+   past the committed one, each once (``new_acks``).
+2. A commit never passes an unhandled message (``CommitHold``): while the
+   lowest acked offset lies past the committed one, the commit waits; after
+   ``REREAD_AFTER`` waits (and every ``2 * REREAD_AFTER`` after) the
+   partition is read again from the committed offset. Only a partition of
+   an input topic (where transaction markers exist) gives up after
+   ``MARKER_PATIENCE`` waits and lets the commit pass.
+3. A jump in offsets right after a seek is not a gap (``Seeks``): the
+   offsets in between were fetched before the seek, real messages, read
+   again (twice at most, then taken for a gap). Of a fetch, only what lies
+   before its first offset can be a gap.
+4. Recovery stalls (``stalled_recovery``): an active changelog partition
+   with records left and no event for ``stall`` seconds, nothing queued.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Hashable, Iterable, Mapping, TypeVar
+
+TP = TypeVar("TP", bound=Hashable)
+
+# Commits (about every STREAMLEARN_COMMIT_INTERVAL_SECONDS) an input topic's partition waits for the
+# message at its committed offset before taking it for a transaction marker and committing past it.
+MARKER_PATIENCE = 40
+# Commits a partition's committed offset may wait for its message before the partition is read again.
+REREAD_AFTER = 10
+
+
+def new_acks(offsets: Iterable[int], committed: int | None, acked: set[int]) -> list[int]:
+    """Of a handled fetch's offsets, those to ack: at or past the committed offset, not acked before."""
+    return [o for o in offsets if (committed is None or o >= committed) and o not in acked]
+
+
+class CommitHold:
+    """Per partition: whether a commit waits at the committed offset for its message, and how long it did."""
+
+    def __init__(self) -> None:
+        self._waits: dict = {}   # partition -> (committed offset, commits it waited there)
+
+    def check(self, tp: Hashable, committed: int | None, low: int | None, exact: bool) -> tuple[bool, bool]:
+        """(wait, read_again) for a commit of ``tp`` whose lowest acked offset is ``low``; ``exact``: a topic
+        only we write (every offset a message), whose commit never passes an unhandled one."""
+        if committed is None or low is None or low <= committed:
+            self._waits.pop(tp, None)
+            return False, False
+        at, waited = self._waits.get(tp, (committed, 0))
+        waited = waited + 1 if at == committed else 1
+        if exact or waited <= MARKER_PATIENCE:
+            self._waits[tp] = (committed, waited)
+            return True, waited % (2 * REREAD_AFTER) == REREAD_AFTER
+        self._waits.pop(tp, None)
+        return False, False
+
+
+class Seeks:
+    """Where each partition was last sought to and how often it was read again from there, and the first
+    offset of the fetch being handed over: what tells a jump after a seek from a gap."""
+
+    def __init__(self) -> None:
+        self._sought: dict = {}
+        self._rereads: Counter = Counter()
+        self._fetching: dict = {}
+
+    def sought(self, tp: Hashable, offset: int) -> None:
+        self._sought[tp] = offset
+
+    def sought_all(self, offsets: Mapping) -> None:
+        """Every partition sought back (to its committed offset): a new round of reads."""
+        self._rereads.clear()
+        self._sought = {tp: offset for tp, offset in offsets.items() if offset is not None}
+
+    def fetching(self, tp: Hashable, first: int) -> None:
+        self._fetching[tp] = first
+
+    def gap(self, tp: Hashable, offset_from: int, offset_to: int) -> tuple[int, int] | None:
+        """Faust's drain loop saw ``tp``'s offsets jump over ``offset_from..offset_to``: the gap to commit
+        as read (None: none; what it skipped is read again)."""
+        first = self._fetching.pop(tp, None)
+        if first is not None:     # the drain loop saw the fetch's last offset: only before its first is a gap
+            offset_to = first - 1
+            if offset_to < offset_from:
+                return None
+        sought = self._sought.pop(tp, None)
+        if sought is not None and offset_from - 1 <= sought and self._rereads[(tp, sought)] < 2:
+            self._rereads[(tp, sought)] += 1
+            return None
+        return offset_from, offset_to
+
+
+def stalled_recovery(now: float, started: float | None, stall: float, queued: int, remaining: Mapping[TP, int],
+                     offsets: Mapping[TP, int], received: Mapping[TP, float]) -> dict[TP, int]:
+    """Active changelog partitions recovery waits for in vain: partition -> the next offset it needs.
+
+    ``started``: when recovery started; ``queued``: changelog events queued for it (then it is behind, not
+    stuck); ``remaining``, ``offsets``, ``received``: per partition, records left, the last offset applied,
+    when its last event came."""
+    if started is None or now - started < stall or queued:
+        return {}
+    return {tp: max(0, offsets[tp] + 1) for tp, left in remaining.items()
+            if left > 0 and now - received.get(tp, started) >= stall}
