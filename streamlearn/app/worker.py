@@ -78,12 +78,138 @@ class Worker:
 
 
 def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
+    """One worker, built in order (nothing refers to a part before it is built): the Faust app and its topics,
+    the tables, the models' side, the commit protocol, the agents."""
     s = settings
     s.require_secrets()
     if s.dev:
         log.warning("DEVELOPMENT MODE (STREAMLEARN_DEV=true): development keys may be in use and HTTP commands "
                     "need no token unless STREAMLEARN_API_TOKEN is set. Never run production this way.")
-    app = faust.App(
+    app = _faust_app(s, faust_overrides)
+    names = TopicNames.with_prefix(s.topic_prefix)
+    topics = Topics.declare(app, names, s.partitions)
+    # only we write these (no transactions, no compaction): every offset is a message, so the
+    # consumer commits none of them past one unhandled (streams/transport.py)
+    app.exact_topics = frozenset(names.internal())
+    # the agents' topics reach them a fetch per partition at a time (streams/transport.py)
+    app.batched_topics = frozenset([names.features, names.feedback, names.control, *names.internal()])
+    metrics = Metrics()
+    app.on_recovery_stall = metrics.recovery_stalled   # the consumer's recovery watchdog counts here
+    specs, params = s.registry, s.params
+    blobs = Blobs(s.signing_secret, specs)
+
+    def new_outbox() -> Outbox:
+        return Outbox(app, on_retry=lambda topic: metrics.error("send"))
+
+    behind = WriteBehind(new_outbox())   # the tables' changelogs, written behind each batch
+    tables = _Tables(app, s, metrics, behind)
+    pending = tables.bounded("pending", "Features of predicted events waiting for their label.",
+                             s.pending_ttl_seconds, codec.encode_waiting, codec.decode_waiting)
+    early = tables.bounded("early-labels", "Labels that arrived before their event's features.",
+                           s.label_wait_seconds, codec.encode_parked, codec.decode_parked)
+
+    def stale_checkpoint(key: bytes) -> None:
+        metrics.checkpoint_refused("stale")
+        log.warning("model=%s: refused a checkpoint behind the one held (a late write of a worker that had "
+                    "lost the partition)", key.decode(errors="replace"))
+
+    checkpoints = Checkpoints(tables.by_model("checkpoints", "Latest checkpoint of each live model (signed blob).",
+                                              bytes.decode, position=blobs.offset, on_stale=stale_checkpoint),
+                              blobs, s.max_checkpoint_bytes, metrics)
+    # Only with warm-start rules: a global table makes every worker a standby of its
+    # changelog, which brings back Faust's standby recovery (disabled above); with it,
+    # learning stalled after scale-in in the durability test (2 runs of 3).
+    templates: Any = app.GlobalTable(
+        "templates", default=None, partitions=1, recovery_buffer_size=1, use_partitioner=True, store="memory://",
+        key_type=bytes, value_type=bytes, help="Latest snapshot of each warm-start template key, on every worker.",
+    ) if s.warm_starts else {}
+
+    def stale_index(key: bytes) -> None:
+        log.warning("model=%s: refused a snapshot index behind the one held (a late write of a worker that had "
+                    "lost the partition)", key.decode(errors="replace"))
+
+    store = TableStore(tables.by_model("snapshot-index", "Snapshot index of each model (JSON).", bytes.decode,
+                                       position=index_position, on_stale=stale_index),
+                       tables.by_model("snapshots", "Snapshot blobs: [model, version] -> signed blob.",
+                                       TableStore.model_of_blob_key),
+                       templates, {template for _, template in s.warm_starts})
+    gate = models.versions.GateSettings(s.gate_window, s.gate_z_threshold, s.gate_min_discordant,
+                                        s.gate_steady_examples) if s.quality_gate else None
+    promotion = models.PromotionSettings(s.promote_window, s.promote_z_threshold, s.promote_min_discordant,
+                                         s.promote_min_examples) if s.auto_promote else None
+    versions = models.ModelVersions(
+        store, blobs,
+        models.VersionSettings(s.snapshot_every_examples, s.snapshot_every_seconds, s.snapshot_keep, gate,
+                               promotion),
+        on_snapshot=snapshot_metrics(metrics), on_alert=Alerts(topics.alerts, metrics.alerted).record)
+    audit = Audit(topics.audit, metrics)
+    warm = WarmStart(s.template_for, templates, blobs, audit)
+    commit = BatchCommit(app, behind, CheckpointPolicy(s.checkpoint_every_examples, s.checkpoint_every_seconds,
+                                                       s.checkpoint_defer_seconds), checkpoints)
+
+    def factory(key: str, spec: Spec) -> LiveModel:
+        """A key's model: from its checkpoint when it has one, else from its template, else fresh.
+
+        Its challengers: those of the rules (kept from the checkpoint when it had them).
+        """
+        live = checkpoints.restore(key) or warm.start(key) or models.new_model(key, spec, params.get(spec.name))
+        live.recent.resize(s.dedup_window)
+        changes = models.set_challengers(live, [specs[n] for n in s.challengers_for(key)], params)
+        if changes:
+            log.info("model=%s challengers: %s", key, ", ".join(changes))
+        return live
+
+    def still_valid(partition: int, live: LiveModel) -> bool:
+        """A kept model after a rebalance: still the latest state of its key, unless another worker checkpointed it.
+
+        Taken back, it is checkpointed at once: it may be ahead of its
+        checkpoint, and the replay since the committed offset (examples it
+        skips) must not be committed before a checkpoint covers them.
+        """
+        if not checkpoints.unchanged(live.key):
+            log.info("model=%s was checkpointed by another worker since this one had it: restoring", live.key)
+            return False
+        commit.changed(partition, live)
+        return True
+
+    def evicted(partition: int, live: LiveModel, reason: str) -> None:
+        versions.forget_model(live.key)
+        metrics.models_evicted.labels(reason).inc()
+
+    registry = ModelRegistry(factory, still_valid, max_live=s.max_live_models, on_evict=evicted,
+                             evictable=lambda p, live: checkpoints.clean(live, commit.dirty(p)))
+    inputs = codec.Inputs(s.default_model_key, s.max_message_bytes, s.command_key, specs)
+    commands = Commands(versions, registry, checkpoints.restore, audit,
+                        Answers(topics.control_results, f"{s.web_host}:{s.web_port}", metrics), inputs)
+    ownership = Ownership(s.partitions)
+    dead = DeadLetters(topics.deadletter, metrics)
+    live = LiveModels(registry, lambda key: specs[s.spec_for(key)], specs, metrics)
+    joins = Joins(inputs, pending, early, live, topics.training, dead, metrics)
+    predict = Predict(inputs, live, topics.predictions, joins, dead, metrics)
+    routers = Routers(topics, ownership, inputs, dead, commands, predict, joins)
+    learning = Learning(live, versions, commit, commands, audit, dead, metrics)
+    loop = AgentLoop(commit, dead, metrics, new_outbox)
+    for topic, name, handle, kind in ((topics.features, "route-features", routers.features, "input"),
+                                      (topics.feedback, "route-feedback", routers.feedback, "input"),
+                                      (topics.control, "route-control", routers.control, "input"),
+                                      (topics.events, "predict", predict.event, ""),
+                                      (topics.labels, "join", joins.message, ""),
+                                      (topics.training, "learn", learning.message, "learns")):
+        app.agent(topic, name=name)(loop.body(name, handle, learns=kind == "learns", counts_input=kind == "input"))
+        metrics.agent_crashes.labels(name)   # a series at 0 from the start, for dashboards and alerts
+
+    control = ControlClient.of(s)
+    worker = Worker(s, app, topics, registry, pending, early, metrics, ownership, loop, commit, live, dead, commands,
+                    checkpoints, versions, store, control)
+    _bind_rebalance(worker)
+    _bind_timers(worker)
+    _bind_metrics(worker)
+    bind_views(worker)
+    return worker
+
+
+def _faust_app(s: Settings, overrides: dict[str, Any]) -> faust.App:
+    return faust.App(
         s.app_id,
         broker=s.broker,
         broker_credentials=s.kafka_auth.faust_credentials(),
@@ -120,158 +246,40 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         # changelogs instead, which holds only the latest value per key.
         table_standby_replicas=0,
         logging_config=None,
-        **faust_overrides,
+        **overrides,
     )
-    names = TopicNames.with_prefix(s.topic_prefix)
-    topics = Topics.declare(app, names, s.partitions)
-    # only we write these (no transactions, no compaction): every offset is a message, so the
-    # consumer commits none of them past one unhandled (streams/transport.py)
-    app.exact_topics = frozenset(names.internal())
-    # the agents' topics reach them a fetch per partition at a time (streams/transport.py)
-    app.batched_topics = frozenset([names.features, names.feedback, names.control, *names.internal()])
-    metrics = Metrics()
-    app.on_recovery_stall = metrics.recovery_stalled   # the consumer's recovery watchdog counts here
-    params = s.params
 
-    specs = s.registry
 
-    def spec_for(key: str) -> Spec:
-        return specs[s.spec_for(key)]
+class _Tables:
+    """The worker's changelog-backed tables: bytes keys and values (the codec writes the JSON), written behind."""
 
-    def factory(key: str, spec: Spec) -> LiveModel:
-        """A key's model: from its checkpoint when it has one, else from its template, else fresh.
+    def __init__(self, app: faust.App, s: Settings, metrics: Metrics, behind: WriteBehind) -> None:
+        self.app, self.s, self.metrics, self.behind = app, s, metrics, behind
+        half = s.rocksdb_memory_mb * 2**20 // 2
+        # Faust's RocksDB defaults give each database (a table's partition) 3 x 64 MB of write buffers and a
+        # 2 GB cache
+        self.rocksdb_options = {"write_buffer_size": half // 2, "max_write_buffer_number": 2,
+                                "block_cache_size": half}
 
-        Its challengers: those of the rules (kept from the checkpoint when it had them).
-        """
-        live = checkpoints.restore(key) or warm.start(key) or models.new_model(key, spec, params.get(spec.name))
-        live.recent.resize(s.dedup_window)
-        changes = models.set_challengers(live, [specs[n] for n in s.challengers_for(key)], params)
-        if changes:
-            log.info("model=%s challengers: %s", key, ", ".join(changes))
-        return live
-
-    def still_valid(partition: int, live: LiveModel) -> bool:
-        """A kept model after a rebalance: still the latest state of its key, unless another worker checkpointed it.
-
-        Taken back, it is checkpointed at once: it may be ahead of its
-        checkpoint, and the replay since the committed offset (examples it
-        skips) must not be committed before a checkpoint covers them.
-        """
-        if not checkpoints.unchanged(live.key):
-            log.info("model=%s was checkpointed by another worker since this one had it: restoring", live.key)
-            return False
-        commit.changed(partition, live)
-        return True
-
-    def evicted(partition: int, live: LiveModel, reason: str) -> None:
-        versions.forget_model(live.key)
-        metrics.models_evicted.labels(reason).inc()
-
-    registry = ModelRegistry(factory, still_valid, max_live=s.max_live_models, on_evict=evicted,
-                             evictable=lambda p, live: checkpoints.clean(live, commit.dirty(p)))
-
-    def actives() -> set:
-        return app.assignor.assigned_actives()
-
-    half = s.rocksdb_memory_mb * 2**20 // 2
-    # Faust's RocksDB defaults give each database (a table's partition) 3 x 64 MB of write buffers and a 2 GB cache
-    rocksdb_options = {"write_buffer_size": half // 2, "max_write_buffer_number": 2, "block_cache_size": half}
-
-    def table(name: str, help: str) -> faust.Table:
-        # bytes keys and values: Faust keeps them raw; our codec writes the JSON
-        t = app.Table(name, default=None, partitions=s.partitions, help=help,
-                      key_type=bytes, value_type=bytes, options=dict(rocksdb_options))
-        count_restored(t, metrics.changelog_restored.labels(name))
+    def _table(self, name: str, help: str) -> faust.Table:
+        t = self.app.Table(name, default=None, partitions=self.s.partitions, help=help, key_type=bytes,
+                           value_type=bytes, options=dict(self.rocksdb_options))
+        count_restored(t, self.metrics.changelog_restored.labels(name))
         return t
 
-    def new_outbox() -> Outbox:
-        return Outbox(app, on_retry=lambda topic: metrics.error("send"))
+    def _actives(self) -> set:
+        return self.app.assignor.assigned_actives()
 
-    behind = WriteBehind(new_outbox())   # the tables' changelogs, written behind each batch
+    def bounded(self, name: str, help: str, ttl: float, encode: Any, decode: Any) -> BoundedTable:
+        """A table of the join state, keyed by event."""
+        state = TableState(self._table(name, help), self.behind, self._actives, self.s.partitions)
+        return BoundedTable(state, self.s.partitions, ttl, self.s.pending_max_per_partition, encode, decode)
 
-    def bounded(name: str, help: str, ttl: float, encode: Any, decode: Any) -> BoundedTable:
-        state = TableState(table(name, help), behind, actives, s.partitions)
-        return BoundedTable(state, s.partitions, ttl, s.pending_max_per_partition, encode, decode)
-
-    pending = bounded("pending", "Features of predicted events waiting for their label.", s.pending_ttl_seconds,
-                      codec.encode_waiting, codec.decode_waiting)
-    early = bounded("early-labels", "Labels that arrived before their event's features.", s.label_wait_seconds,
-                    codec.encode_parked, codec.decode_parked)
-    blobs = Blobs(s.signing_secret, specs)
-
-    def by_model(name: str, help: str, model_of: Any, **kwargs: Any) -> TableState:
+    def by_model(self, name: str, help: str, model_of: Any, **kwargs: Any) -> TableState:
         """A table of the learn agent, keyed by model: written behind like the join state, so a store never
         holds a checkpoint or snapshot its changelog lacks (the next owner of the partition would not have it)."""
-        return TableState(table(name, help), behind, actives, s.partitions, model_of, **kwargs)
-
-    def stale_checkpoint(key: bytes) -> None:
-        metrics.checkpoint_refused("stale")
-        log.warning("model=%s: refused a checkpoint behind the one held (a late write of a worker that had "
-                    "lost the partition)", key.decode(errors="replace"))
-
-    checkpoints = Checkpoints(by_model("checkpoints", "Latest checkpoint of each live model (signed blob).",
-                                       bytes.decode, position=blobs.offset, on_stale=stale_checkpoint),
-                              blobs, s.max_checkpoint_bytes, metrics)
-    # Only with warm-start rules: a global table makes every worker a standby of its
-    # changelog, which brings back Faust's standby recovery (disabled above); with it,
-    # learning stalled after scale-in in the durability test (2 runs of 3).
-    templates: Any = app.GlobalTable(
-        "templates", default=None, partitions=1, recovery_buffer_size=1, use_partitioner=True, store="memory://",
-        key_type=bytes, value_type=bytes, help="Latest snapshot of each warm-start template key, on every worker.",
-    ) if s.warm_starts else {}
-    def stale_index(key: bytes) -> None:
-        log.warning("model=%s: refused a snapshot index behind the one held (a late write of a worker that had "
-                    "lost the partition)", key.decode(errors="replace"))
-
-    store = TableStore(by_model("snapshot-index", "Snapshot index of each model (JSON).", bytes.decode,
-                                position=index_position, on_stale=stale_index),
-                       by_model("snapshots", "Snapshot blobs: [model, version] -> signed blob.",
-                                TableStore.model_of_blob_key),
-                       templates, {template for _, template in s.warm_starts})
-    gate = models.versions.GateSettings(s.gate_window, s.gate_z_threshold, s.gate_min_discordant,
-                                        s.gate_steady_examples) if s.quality_gate else None
-    promotion = models.PromotionSettings(s.promote_window, s.promote_z_threshold, s.promote_min_discordant,
-                                         s.promote_min_examples) if s.auto_promote else None
-    versions = models.ModelVersions(
-        store, blobs,
-        models.VersionSettings(s.snapshot_every_examples, s.snapshot_every_seconds, s.snapshot_keep, gate,
-                               promotion),
-        on_snapshot=snapshot_metrics(metrics), on_alert=Alerts(topics.alerts, metrics.alerted).record)
-    audit = Audit(topics.audit, metrics)
-    warm = WarmStart(s.template_for, templates, blobs, audit)
-    inputs = codec.Inputs(s.default_model_key, s.max_message_bytes, s.command_key, specs)
-    commands = Commands(versions, registry, checkpoints.restore, audit,
-                        Answers(topics.control_results, f"{s.web_host}:{s.web_port}", metrics), inputs)
-    commit = BatchCommit(app, behind, CheckpointPolicy(s.checkpoint_every_examples, s.checkpoint_every_seconds,
-                                                       s.checkpoint_defer_seconds), checkpoints)
-    ownership = Ownership(s.partitions)
-    dead = DeadLetters(topics.deadletter, metrics)
-    live = LiveModels(registry, spec_for, specs, metrics)
-    joins = Joins(inputs, pending, early, live, topics.training, dead, metrics)
-    predict = Predict(inputs, live, topics.predictions, joins, dead, metrics)
-    routers = Routers(topics, ownership, inputs, dead, commands, predict, joins)
-    learning = Learning(live, versions, commit, commands, audit, dead, metrics)
-    loop = AgentLoop(commit, dead, metrics, new_outbox)
-    for topic, name, body in ((topics.features, "route-features", loop.body("route-features", routers.features,
-                                                                            counts_input=True)),
-                              (topics.feedback, "route-feedback", loop.body("route-feedback", routers.feedback,
-                                                                            counts_input=True)),
-                              (topics.control, "route-control", loop.body("route-control", routers.control,
-                                                                          counts_input=True)),
-                              (topics.events, "predict", loop.body("predict", predict.event)),
-                              (topics.labels, "join", loop.body("join", joins.message)),
-                              (topics.training, "learn", loop.body("learn", learning.message, learns=True))):
-        app.agent(topic, name=name)(body)
-        metrics.agent_crashes.labels(name)   # a series at 0 from the start, for dashboards and alerts
-
-    control = ControlClient.of(s)
-    worker = Worker(s, app, topics, registry, pending, early, metrics, ownership, loop, commit, live, dead, commands,
-                    checkpoints, versions, store, control)
-    _bind_rebalance(worker)
-    _bind_timers(worker)
-    _bind_metrics(worker)
-    bind_views(worker)
-    return worker
+        return TableState(self._table(name, help), self.behind, self._actives, self.s.partitions, model_of,
+                          **kwargs)
 
 
 def _bind_rebalance(w: Worker) -> None:
