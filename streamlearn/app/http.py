@@ -16,7 +16,7 @@ from faust.web import Request, Response, View
 from streamlearn import models
 from streamlearn.models import LiveModel
 from streamlearn.streams import codec
-from streamlearn.streams.commands import versions_of
+from streamlearn.streams.commands import label_health, versions_of
 
 from .auth import ApiGate
 from .control import HTTP_STATUS
@@ -151,7 +151,7 @@ def bind_views(w: Worker) -> None:
             if live is None:
                 return self.json({"error": "unknown_model", "detail": f"no model {key!r}", "model": key},
                                  status=404)
-            return self.json({**live.describe(), "live": True})
+            return self.json({**live.describe(), **label_health(key, w.labels), "live": True})
 
     @app.page("/models/{key}/versions")
     class VersionsView(GatedView):

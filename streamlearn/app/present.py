@@ -61,6 +61,14 @@ def show(model: str, r: dict[str, Any]) -> str:
              + (f" (latest v{r['latest_snapshot']})" if r.get("latest_snapshot") is not None else "")
              + (f"; quality gate reference v{r['gate_reference']}" if r.get("gate_reference") is not None else ""),
              f"  live since {when(r.get('created_at'))} UTC; training offset {r.get('offset')}"]
+    lab = r.get("labels")
+    if lab:
+        coverage = "-" if lab.get("coverage") is None else f"{100 * lab['coverage']:.0f}%"
+        delay = ("-" if lab.get("delay_p50_seconds") is None
+                 else f"{lab['delay_p50_seconds']:g}s p50, {lab['delay_p99_seconds']:g}s p99")
+        lines.append(f"  labels: {lab['labelled']} of {lab['predicted']} predictions ({coverage}); delay {delay}; "
+                     f"{lab['expired']} expired, {lab['unknown']} unknown"
+                     + ("; STARVING: none lately" if lab.get("starving") else ""))
     if r.get("warm_start"):
         w = r["warm_start"]
         lines.append(f"  warm-started from {w.get('template')} v{w.get('version')} ({w.get('learned')} examples)")

@@ -67,6 +67,8 @@ class Settings:
     spec_params: str = _setting("", "Hyperparameters per spec as JSON, e.g. `{\"hoeffding_tree\": {\"grace_period\": 100}}`.")
     pending_ttl_seconds: float = _setting(3600.0, "How long an event's features wait for their label.")
     label_wait_seconds: float = _setting(60.0, "How long a label that arrived before its event's features waits for them.")
+    label_starvation_seconds: float = _setting(300.0, "A key that was receiving labels and got none for this long, while answering at least `STREAMLEARN_LABEL_STARVATION_PREDICTIONS` events, raises a `label_starvation` alert (0: never).")
+    label_starvation_predictions: int = _setting(100, "Events a key must answer without a label, besides the wait, before its labels count as stopped.")
     pending_max_per_partition: int = _setting(100_000, "Most events waiting for a label (and labels waiting for an event), per partition; the oldest go first.")
     dedup_window: int = _setting(10_000, "Event ids each model remembers, inside its checkpoint, so that an example repeated after a crash is learned once (see docs/checkpoints.md).")
     max_message_bytes: int = _setting(1_000_000, "Input messages larger than this are dead-lettered as oversized.")
@@ -139,6 +141,8 @@ class Settings:
             raise SettingsError("checkpoint_every_examples and checkpoint_every_seconds must be positive")
         if self.checkpoint_defer_seconds < 0:
             raise SettingsError("checkpoint_defer_seconds must be >= 0")
+        if self.label_starvation_seconds < 0 or self.label_starvation_predictions < 1:
+            raise SettingsError("label_starvation_seconds must be >= 0 and label_starvation_predictions at least 1")
         if self.snapshot_every_examples < 0 or self.snapshot_every_seconds < 0 or self.snapshot_keep < 1:
             raise SettingsError("snapshot_every_* must be >= 0 and snapshot_keep at least 1")
         if self.gate_window < 10 or self.gate_min_discordant < 1 or self.gate_z_threshold <= 0:

@@ -21,6 +21,7 @@ from streamlearn.models import LiveModel, Spec
 from streamlearn.models.blobs import Blobs
 from streamlearn.streams import codec
 from streamlearn.core.checkpointing import CheckpointPolicy
+from streamlearn.core.labels import LabelBook, LabelSettings
 from streamlearn.streams.agents.joins import Joins
 from streamlearn.streams.agents.learning import Learning
 from streamlearn.streams.agents.live import LiveModels
@@ -30,6 +31,7 @@ from streamlearn.streams.agents.routers import Routers
 from streamlearn.streams.checkpoints import Checkpoints
 from streamlearn.streams.commit import BatchCommit
 from streamlearn.streams.deadletter import DeadLetters
+from streamlearn.streams.labels import LabelWatch
 from streamlearn.streams.outbox import Outbox, WriteBehind
 from streamlearn.streams.pending import BoundedTable, TableState
 from streamlearn.streams.stores import TableManager, count_restored
@@ -64,6 +66,7 @@ class Worker:
     live: LiveModels
     dead: DeadLetters
     commands: Commands
+    labels: LabelWatch
     checkpoints: Checkpoints
     versions: models.ModelVersions
     store: TableStore
@@ -137,11 +140,12 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
                                         s.gate_steady_examples) if s.quality_gate else None
     promotion = models.PromotionSettings(s.promote_window, s.promote_z_threshold, s.promote_min_discordant,
                                          s.promote_min_examples) if s.auto_promote else None
+    alerts = Alerts(topics.alerts, metrics.alerted)
     versions = models.ModelVersions(
         store, blobs,
         models.VersionSettings(s.snapshot_every_examples, s.snapshot_every_seconds, s.snapshot_keep, gate,
                                promotion),
-        on_snapshot=snapshot_metrics(metrics), on_alert=Alerts(topics.alerts, metrics.alerted).record)
+        on_snapshot=snapshot_metrics(metrics), on_alert=alerts.record)
     audit = Audit(topics.audit, metrics)
     warm = WarmStart(s.template_for, templates, blobs, audit)
     commit = BatchCommit(app, behind, CheckpointPolicy(s.checkpoint_every_examples, s.checkpoint_every_seconds,
@@ -179,12 +183,14 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     registry = ModelRegistry(factory, still_valid, max_live=s.max_live_models, on_evict=evicted,
                              evictable=lambda p, live: checkpoints.clean(live, commit.dirty(p)))
     inputs = codec.Inputs(s.default_model_key, s.max_message_bytes, s.command_key, specs)
+    labels = LabelWatch(LabelBook(LabelSettings(s.label_starvation_seconds, s.label_starvation_predictions), time.time),
+                        metrics, alerts.record)
     commands = Commands(versions, registry, checkpoints.restore, audit,
-                        Answers(topics.control_results, f"{s.web_host}:{s.web_port}", metrics), inputs)
+                        Answers(topics.control_results, f"{s.web_host}:{s.web_port}", metrics), inputs, labels)
     ownership = Ownership(s.partitions)
     dead = DeadLetters(topics.deadletter, metrics)
     live = LiveModels(registry, lambda key: specs[s.spec_for(key)], specs, metrics)
-    joins = Joins(inputs, pending, early, live, topics.training, dead, metrics)
+    joins = Joins(inputs, pending, early, live, topics.training, dead, labels)
     predict = Predict(inputs, live, topics.predictions, joins, dead, metrics)
     routers = Routers(topics, ownership, inputs, dead, commands, predict, joins)
     learning = Learning(live, versions, commit, commands, audit, dead, metrics)
@@ -200,7 +206,7 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
 
     control = ControlClient.of(s)
     worker = Worker(s, app, topics, registry, pending, early, metrics, ownership, loop, commit, live, dead, commands,
-                    checkpoints, versions, store, control)
+                    labels, checkpoints, versions, store, control)
     _bind_rebalance(worker)
     _bind_timers(worker)
     _bind_metrics(worker)
@@ -307,6 +313,7 @@ def _bind_rebalance(w: Worker) -> None:
         parked, dropped = w.registry.park(partitions)
         for state in (w.pending, w.early, w.commit):
             state.forget_partitions(set())
+        w.labels.book.keep_partitions(partitions)
         for table in (w.pending, w.early):   # kept partitions keep their join state: Faust recovers only the tail
             table.drop_other_partitions(partitions)
         w.versions.forget()

@@ -129,7 +129,6 @@ class QualityGate:
         self.test = PairedTest(self.settings.window)   # A: the reference, B: the live model
         self.alarmed = False
         self.steady_for = 0
-        self.rise: tuple[float, float] | None = None   # (error before, after) when the last example showed a rise
 
     def set_reference(self, reference: LiveModel, version: int) -> None:
         self.reference, self.reference_version = reference, version
@@ -149,10 +148,8 @@ class QualityGate:
         before = self.detector.estimation
         self.detector.update(live_err if math.isfinite(live_err) else 1.0)
         self.steady_for += 1
-        self.rise = None
         if self.detector.drift_detected and self.detector.estimation > before:
             # the error rose: compare the models on what comes after the change only
-            self.rise = (before, self.detector.estimation)
             self.test.clear()
             self.alarmed = True
             self.steady_for = 0

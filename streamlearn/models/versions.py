@@ -28,10 +28,11 @@ from typing import Any, Callable, Mapping, Protocol
 from streamlearn.core.cadence import Cadence
 
 from .blobs import Blobs, CheckpointError
-from .gate import GateSettings, QualityGate
+from .gate import GateSettings, QualityGate, error_of
 from .promotion import PromotionPolicy, PromotionSettings
 
 from .state import LiveModel, retire
+from .watch import Alert, Watch
 
 AUTO = "auto"          # taken by the snapshot policy
 MANUAL = "manual"      # asked for by an operator
@@ -187,23 +188,6 @@ class Change:
         return asdict(self)
 
 
-@dataclass
-class Alert:
-    """Something an operator should hear of (the alerts topic): ``degradation``, the live model's error rose
-    significantly against its own recent level (the quality gate's ADWIN), whether or not a rollback follows."""
-
-    kind: str
-    model: str
-    spec: str
-    version: int
-    detail: str
-    figures: dict[str, Any]
-    at: float = field(default_factory=time.time)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 class Store(Protocol):
     """Where snapshots live (a changelog-backed table on the Kafka side, a dict in tests)."""
 
@@ -242,6 +226,7 @@ class ModelVersions:
         self.clock = clock
         self.gates: dict[str, QualityGate] = {}
         self.promotions: dict[str, PromotionPolicy] = {}
+        self.watches: dict[str, Watch] = {}   # alert episodes, while someone listens (on_alert)
         self.cadence: Cadence[str] = Cadence(settings.snapshot_every_examples, settings.snapshot_every_seconds,
                                              clock)   # per model: automatic snapshots
 
@@ -297,7 +282,7 @@ class ModelVersions:
                                     reason=f"replaced by {action} to v{version}")
         new = idx.successor(live, restored, version)
         self.store.save_index(idx)
-        self._replaced(new)
+        self._replaced(new, action)
         return new, replaced, [Change(action, live.key, from_version, new.version, by,
                                       reason or f"{action} to v{version}", restored_version=version)]
 
@@ -319,13 +304,18 @@ class ModelVersions:
                                     reason=f"replaced by {action} of challenger {spec}")
         new = idx.promoted(live, spec)
         self.store.save_index(idx)
-        self._replaced(new)
+        self._replaced(new, action)
         return new, replaced, [Change(action, live.key, from_version, new.version, by,
                                       reason or f"{action} of challenger {spec} (champion {champion} "
                                                 f"v{replaced.version} retires as a challenger)", spec=spec)]
 
-    def _replaced(self, new: LiveModel) -> None:
-        """After a version change: the gate and the promotion windows start over."""
+    def _replaced(self, new: LiveModel, action: str) -> None:
+        """After a version change: the gate, the promotion windows and the alert episodes start over."""
+        watch = self.watches.get(new.key)
+        if watch is not None:
+            alert = watch.replaced(new, action)
+            if alert is not None and self.on_alert is not None:
+                self.on_alert(alert)
         gate = self.gates.get(new.key)
         if gate is not None:
             gate.reset()
@@ -356,16 +346,16 @@ class ModelVersions:
         new live model when the gate rolled back or a challenger was promoted
         (else None).
         """
+        if self.on_alert is not None:
+            watch = self.watches.get(live.key)
+            if watch is None:
+                watch = self.watches[live.key] = Watch()
+            alert = watch.observe(live, error_of(live.spec.is_classifier, y, y_pred))
+            if alert is not None:
+                self.on_alert(alert)
         gate = self._gate(live)
         if gate is not None:
             verdict = gate.observe(x, y, y_pred)
-            if gate.rise is not None and self.on_alert is not None:
-                before, after = gate.rise
-                what = "error rate" if live.spec.is_classifier else "mean absolute error"
-                self.on_alert(Alert(
-                    "degradation", live.key, live.spec.name, live.version,
-                    f"the live model's {what} rose from {before:.3f} to {after:.3f} (ADWIN, after "
-                    f"{live.learned} examples)", {"before": before, "after": after, "learned": live.learned}))
             if verdict is not None:
                 new, _, changes = self.restore(live, verdict.version, by="quality-gate", reason=verdict.reason,
                                                action="auto_rollback")
@@ -405,7 +395,7 @@ class ModelVersions:
 
     def forget_model(self, key: str) -> None:
         """Drop one model's in-memory state (it left memory): its gate restarts from the index's reference."""
-        for d in (self.gates, self.promotions):
+        for d in (self.gates, self.promotions, self.watches):
             d.pop(key, None)
         self.cadence.forget(key)
 
@@ -413,4 +403,5 @@ class ModelVersions:
         """Drop in-memory state (after a rebalance): gates restart from the index's reference."""
         self.gates.clear()
         self.promotions.clear()
+        self.watches.clear()
         self.cadence.clear()

@@ -24,7 +24,8 @@ import orjson
 from streamlearn.models import LiveModel
 from streamlearn.models.blobs import Blobs, CheckpointError
 from streamlearn.models.state import RecentEvents, new_metric
-from streamlearn.models.versions import Alert, Change, SnapshotInfo, VersionIndex
+from streamlearn.models.versions import Change, SnapshotInfo, VersionIndex
+from streamlearn.models.watch import Alert
 
 from . import codec
 
@@ -101,7 +102,7 @@ class Alerts:
 
     def record(self, alert: Alert) -> None:
         self.counted(alert.kind)
-        log.warning("alert %s model=%s v%d: %s", alert.kind, alert.model, alert.version, alert.detail,
+        log.warning("alert %s model=%s v%s: %s", alert.kind, alert.model, alert.version, alert.detail,
                     extra={"model": alert.model, "reason": alert.kind})
         self.topic.send_soon(key=alert.model.encode(), value=codec.dumps(alert.to_json()))
 

@@ -7,7 +7,8 @@ import faust
 from streamlearn.core import join
 
 from ..codec import FeatureEvent, Inputs, Label, Rejected, encode_example, key_text
-from ..deadletter import Counters, DeadLetters
+from ..deadletter import DeadLetters
+from ..labels import LabelWatch
 from ..outbox import Outbox
 from ..pending import BoundedTable, join_key
 from ..routing import is_tick, origin_of
@@ -16,10 +17,11 @@ from .loop import agent_log
 
 
 class Joins:
-    """Carries out the join's decisions: writes the join state, packs examples for the learner, refuses."""
+    """Carries out the join's decisions: writes the join state, packs examples for the learner, refuses; tells
+    ``labels`` of each prediction and label of a key."""
 
     def __init__(self, inputs: Inputs, pending: BoundedTable[join.Waiting], early: BoundedTable[join.Parked],
-                 live: LiveModels, training: faust.TopicT, dead: DeadLetters, metrics: Counters) -> None:
+                 live: LiveModels, training: faust.TopicT, dead: DeadLetters, labels: LabelWatch) -> None:
         self.inputs = inputs
         self.pending = pending
         self.early = early
@@ -27,10 +29,11 @@ class Joins:
         self.live = live
         self.training = training
         self.dead = dead
-        self.metrics = metrics
+        self.labels = labels
 
     async def message(self, msg, out: Outbox) -> None:
-        """A label routed to its owner's partition, or a timer's tick (evict what outlived its TTL)."""
+        """A label routed to its owner's partition, or a timer's tick (evict what outlived its TTL, see whose
+        labels stopped)."""
         if is_tick(msg.headers):
             await self._expire(msg.partition, out)
             return
@@ -43,6 +46,7 @@ class Joins:
 
     async def features(self, partition: int, ev: FeatureEvent, out: Outbox) -> None:
         """An event was answered: keep its features for the label; if the label came first, train now."""
+        self.labels.predicted(partition, ev.model)
         key = join_key(ev.model, ev.event_id)
         outcome = join.on_features(ev, self.pending.get(key), self.early.get(key), self.windows, self.pending.clock())
         await self._carry_out(partition, key, outcome, out)
@@ -58,9 +62,10 @@ class Joins:
         outcome = join.on_label(label, origin, self.pending.get(key), self.early.get(key), msg.value, self.windows,
                                 self.pending.clock())
         if isinstance(outcome, join.Refuse):
+            self.labels.refused(msg.partition, label.model, expired=True)
             await self.dead.send(outcome.rejected, msg, out, model=label.model)
         elif isinstance(outcome, join.DuplicateLabel):
-            self.metrics.duplicate_label()
+            self.labels.duplicate()
             agent_log().info("ignored a second label for event_id=%s model=%s", label.event_id, label.model)
         else:
             await self._carry_out(msg.partition, key, outcome, out)
@@ -70,26 +75,31 @@ class Joins:
         if isinstance(outcome, join.Keep):
             if isinstance(outcome.entry, join.Parked):
                 for parked in self.early.put(partition, key, outcome.entry):
-                    await self._refuse_parked(parked, out)
+                    await self._refuse_parked(partition, parked, out)
             else:
                 self.pending.put(partition, key, outcome.entry)
         elif isinstance(outcome, join.Learn):
             if outcome.entry is not None:   # a first join (a replay writes nothing): how long the label took
-                self.metrics.label_joined(0.0 if outcome.restamp else self.pending.clock() - outcome.entry.written)
+                example = outcome.example
+                self.labels.joined(partition, example.model,
+                                   0.0 if outcome.restamp else self.pending.clock() - outcome.entry.written,
+                                   self.live.registry.find)
                 self.pending.put(partition, key, outcome.entry, restamp=outcome.restamp)
             out.pack(self.training, partition, encode_example(outcome.example))
 
     async def _expire(self, partition: int, out: Outbox) -> None:
         self.pending.evict(partition)
         for parked in self.early.evict(partition):
-            await self._refuse_parked(parked, out)
+            await self._refuse_parked(partition, parked, out)
+        self.labels.tick(partition, self.live.registry.find)
 
-    async def _refuse_parked(self, parked: join.Parked, out: Outbox) -> None:
+    async def _refuse_parked(self, partition: int, parked: join.Parked, out: Outbox) -> None:
         """An evicted parked label: dead-lettered ``unknown_event``, unless its features came and released it."""
         rejected = join.on_parked_evicted(parked, self.pending.get(join_key(parked.model, parked.event_id)),
                                           self.windows)
         if rejected is None:
             return
-        topic, partition, offset = parked.origin
-        await self.dead.send_record(rejected, out, topic=topic, partition=partition, offset=offset,
+        self.labels.refused(partition, parked.model, expired=False)
+        topic, source, offset = parked.origin
+        await self.dead.send_record(rejected, out, topic=topic, partition=source, offset=offset,
                                     key=parked.model.encode(), value=parked.value, model=parked.model)

@@ -452,3 +452,47 @@ async def test_a_rebalance_while_the_learner_flushes_acks_nothing_a_checkpoint_l
     await worker.commit.settled()
     assert worker.registry.find("a").learned == 1
     assert acked == []             # learned, its checkpoint deferred: committing it would lose it in a crash
+
+
+async def test_a_keys_label_health_is_counted_and_its_starving_labels_alert_once_then_recover(worker):
+    """Predictions and labels of a key are counted on its owner (``models show``); when its labels stop while it
+    answers, one label_starvation alert; the next label, one recovered."""
+    from streamlearn.streams.commands import label_health
+
+    alerts, now = [], [1000.0]
+    worker.labels.on_alert = alerts.append
+    worker.labels.book.clock = lambda: now[0]
+    p = partition_for("m", 8)
+
+    async def predict(*ids: str) -> None:
+        async with worker.app.agents["predict"].test_context() as agent:
+            for eid in ids:
+                await agent.put(orjson.dumps({"event_id": eid, "features": {"a": 1.0}}), key=b"m", partition=p)
+
+    async def label(eid: str, offset: int) -> None:
+        async with worker.app.agents["join"].test_context() as agent:
+            await agent.put(orjson.dumps({"event_id": eid, "label": True}), key=b"m", partition=p,
+                            headers=origin(offset))
+
+    async def tick() -> None:
+        async with worker.app.agents["join"].test_context() as agent:
+            await agent.put(b"", key=None, partition=p, headers=[("streamlearn-tick", b"1")])
+
+    await predict("e0", "e1")
+    await label("e0", 1)
+    await label("nope", 2)                        # parked: its features never come (unknown, once evicted)
+    health = label_health("m", worker.labels)["labels"]
+    assert (health["predicted"], health["labelled"], health["coverage"]) == (2, 1, 0.5)
+    now[0] += 400
+    await predict(*(f"q{i}" for i in range(150)))
+    await tick()
+    [starving] = alerts
+    assert (starving.kind, starving.model, starving.spec) == ("label_starvation", "m", "logreg")
+    assert starving.figures["predicted"] == 150 and "no label for model 'm' in 400s" in starving.detail
+    await tick()
+    assert len(alerts) == 1                       # once per episode
+    assert label_health("m", worker.labels)["labels"]["starving"] is True
+    await label("q7", 3)
+    assert [a.kind for a in alerts] == ["label_starvation", "recovered"]
+    assert alerts[1].figures == {"of": "label_starvation", "predicted_meanwhile": 150}
+    assert label_health("other", worker.labels) == {}
