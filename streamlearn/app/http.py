@@ -151,7 +151,7 @@ def bind_views(w: Worker) -> None:
             if live is None:
                 return self.json({"error": "unknown_model", "detail": f"no model {key!r}", "model": key},
                                  status=404)
-            return self.json({**live.describe(), **label_health(key, w.labels), "live": True})
+            return self.json({**live.describe(), **label_health(key, w.health), "live": True})
 
     @app.page("/models/{key}/versions")
     class VersionsView(GatedView):

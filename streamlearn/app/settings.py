@@ -69,6 +69,7 @@ class Settings:
     label_wait_seconds: float = _setting(60.0, "How long a label that arrived before its event's features waits for them.")
     label_starvation_seconds: float = _setting(300.0, "A key that was receiving labels and got none for this long, while answering at least `STREAMLEARN_LABEL_STARVATION_PREDICTIONS` events, raises a `label_starvation` alert (0: never).")
     label_starvation_predictions: int = _setting(100, "Events a key must answer without a label, besides the wait, before its labels count as stopped.")
+    drift_alerts: bool = _setting(False, "Watch each key's input features for drift (a River ADWIN per numeric feature, category shares per string feature) and raise a `drift` alert naming the features that moved; costs a detector per feature per key.")
     pending_max_per_partition: int = _setting(100_000, "Most events waiting for a label (and labels waiting for an event), per partition; the oldest go first.")
     dedup_window: int = _setting(10_000, "Event ids each model remembers, inside its checkpoint, so that an example repeated after a crash is learned once (see docs/checkpoints.md).")
     max_message_bytes: int = _setting(1_000_000, "Input messages larger than this are dead-lettered as oversized.")

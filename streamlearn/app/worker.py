@@ -21,6 +21,7 @@ from streamlearn.models import LiveModel, Spec
 from streamlearn.models.blobs import Blobs
 from streamlearn.streams import codec
 from streamlearn.core.checkpointing import CheckpointPolicy
+from streamlearn.core.drift import DriftBook, DriftSettings
 from streamlearn.core.labels import LabelBook, LabelSettings
 from streamlearn.streams.agents.joins import Joins
 from streamlearn.streams.agents.learning import Learning
@@ -31,7 +32,7 @@ from streamlearn.streams.agents.routers import Routers
 from streamlearn.streams.checkpoints import Checkpoints
 from streamlearn.streams.commit import BatchCommit
 from streamlearn.streams.deadletter import DeadLetters
-from streamlearn.streams.labels import LabelWatch
+from streamlearn.streams.health import InputHealth
 from streamlearn.streams.outbox import Outbox, WriteBehind
 from streamlearn.streams.pending import BoundedTable, TableState
 from streamlearn.streams.stores import TableManager, count_restored
@@ -66,7 +67,7 @@ class Worker:
     live: LiveModels
     dead: DeadLetters
     commands: Commands
-    labels: LabelWatch
+    health: InputHealth
     checkpoints: Checkpoints
     versions: models.ModelVersions
     store: TableStore
@@ -105,7 +106,8 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         return Outbox(app, on_retry=lambda topic: metrics.error("send"))
 
     behind = WriteBehind(new_outbox())   # the tables' changelogs, written behind each batch
-    tables = _Tables(app, s, metrics, behind)
+    ownership = Ownership(s.partitions, lambda: app.assignor.assigned_actives())
+    tables = _Tables(app, s, metrics, behind, ownership)
     pending = tables.bounded("pending", "Features of predicted events waiting for their label.",
                              s.pending_ttl_seconds, codec.encode_waiting, codec.decode_waiting)
     early = tables.bounded("early-labels", "Labels that arrived before their event's features.",
@@ -183,14 +185,13 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     registry = ModelRegistry(factory, still_valid, max_live=s.max_live_models, on_evict=evicted,
                              evictable=lambda p, live: checkpoints.clean(live, commit.dirty(p)))
     inputs = codec.Inputs(s.default_model_key, s.max_message_bytes, s.command_key, specs)
-    labels = LabelWatch(LabelBook(LabelSettings(s.label_starvation_seconds, s.label_starvation_predictions), time.time),
-                        metrics, alerts.record)
+    labels_watched = LabelBook(LabelSettings(s.label_starvation_seconds, s.label_starvation_predictions), time.time)
+    health = InputHealth(labels_watched, metrics, alerts.record, DriftBook(DriftSettings()) if s.drift_alerts else None)
     commands = Commands(versions, registry, checkpoints.restore, audit,
-                        Answers(topics.control_results, f"{s.web_host}:{s.web_port}", metrics), inputs, labels)
-    ownership = Ownership(s.partitions)
+                        Answers(topics.control_results, f"{s.web_host}:{s.web_port}", metrics), inputs, health)
     dead = DeadLetters(topics.deadletter, metrics)
     live = LiveModels(registry, lambda key: specs[s.spec_for(key)], specs, metrics)
-    joins = Joins(inputs, pending, early, live, topics.training, dead, labels)
+    joins = Joins(inputs, pending, early, live, topics.training, dead, health)
     predict = Predict(inputs, live, topics.predictions, joins, dead, metrics)
     routers = Routers(topics, ownership, inputs, dead, commands, predict, joins)
     learning = Learning(live, versions, commit, commands, audit, dead, metrics)
@@ -206,7 +207,7 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
 
     control = ControlClient.of(s)
     worker = Worker(s, app, topics, registry, pending, early, metrics, ownership, loop, commit, live, dead, commands,
-                    labels, checkpoints, versions, store, control)
+                    health, checkpoints, versions, store, control)
     _bind_rebalance(worker)
     _bind_timers(worker)
     _bind_metrics(worker)
@@ -259,8 +260,9 @@ def _faust_app(s: Settings, overrides: dict[str, Any]) -> faust.App:
 class _Tables:
     """The worker's changelog-backed tables: bytes keys and values (the codec writes the JSON), written behind."""
 
-    def __init__(self, app: faust.App, s: Settings, metrics: Metrics, behind: WriteBehind) -> None:
-        self.app, self.s, self.metrics, self.behind = app, s, metrics, behind
+    def __init__(self, app: faust.App, s: Settings, metrics: Metrics, behind: WriteBehind,
+                 ownership: Ownership) -> None:
+        self.app, self.s, self.metrics, self.behind, self.ownership = app, s, metrics, behind, ownership
         half = s.rocksdb_memory_mb * 2**20 // 2
         # Faust's RocksDB defaults give each database (a table's partition) 3 x 64 MB of write buffers and a
         # 2 GB cache
@@ -273,19 +275,16 @@ class _Tables:
         count_restored(t, self.metrics.changelog_restored.labels(name))
         return t
 
-    def _actives(self) -> set:
-        return self.app.assignor.assigned_actives()
-
     def bounded(self, name: str, help: str, ttl: float, encode: Any, decode: Any) -> BoundedTable:
         """A table of the join state, keyed by event."""
-        state = TableState(self._table(name, help), self.behind, self._actives, self.s.partitions)
+        state = TableState(self._table(name, help), self.behind, self.ownership.assigned, self.s.partitions)
         return BoundedTable(state, self.s.partitions, ttl, self.s.pending_max_per_partition, encode, decode)
 
     def by_model(self, name: str, help: str, model_of: Any, **kwargs: Any) -> TableState:
         """A table of the learn agent, keyed by model: written behind like the join state, so a store never
         holds a checkpoint or snapshot its changelog lacks (the next owner of the partition would not have it)."""
-        return TableState(self._table(name, help), self.behind, self._actives, self.s.partitions, model_of,
-                          **kwargs)
+        return TableState(self._table(name, help), self.behind, self.ownership.assigned, self.s.partitions,
+                          model_of, **kwargs)
 
 
 def _bind_rebalance(w: Worker) -> None:
@@ -313,7 +312,7 @@ def _bind_rebalance(w: Worker) -> None:
         parked, dropped = w.registry.park(partitions)
         for state in (w.pending, w.early, w.commit):
             state.forget_partitions(set())
-        w.labels.book.keep_partitions(partitions)
+        w.health.keep_partitions(partitions)
         for table in (w.pending, w.early):   # kept partitions keep their join state: Faust recovers only the tail
             table.drop_other_partitions(partitions)
         w.versions.forget()
@@ -358,7 +357,7 @@ def _bind_metrics(w: Worker) -> None:
 
     def lags():
         consumer = app.consumer
-        for tp in app.assignor.assigned_actives():
+        for tp in w.ownership.assigned():
             try:
                 high = consumer.highwater(tp)
             except (AssertionError, KeyError, TypeError):  # consumer not started or tp not fetched yet

@@ -21,7 +21,7 @@ from streamlearn.models.versions import Change, ModelVersions, VersionError, Ver
 
 from . import codec
 from .codec import EXPIRED_COMMAND, UNKNOWN_MODEL, Command, Rejected
-from .labels import LabelWatch
+from .health import InputHealth
 from .snapshots import Audit, VersionCounters
 
 log = logging.getLogger("streamlearn.commands")
@@ -49,14 +49,14 @@ class Commands:
     """Operator commands, executed by the learn agent of the model's partition."""
 
     def __init__(self, versions: ModelVersions, registry: ModelRegistry, restore: Callable[[str], LiveModel | None],
-                 audit: Audit, answers: Answers, inputs: codec.Inputs, labels: LabelWatch | None = None) -> None:
+                 audit: Audit, answers: Answers, inputs: codec.Inputs, health: InputHealth | None = None) -> None:
         self.versions = versions
         self.registry = registry
         self.restore = restore
         self.audit = audit
         self.answers = answers
         self.inputs = inputs    # the router verified the signature; checked again: trust no topic blindly
-        self.labels = labels
+        self.health = health
 
     async def run(self, partition: int, msg) -> LiveModel | None:
         """Execute one command from the training topic; the live model when its version changed."""
@@ -95,7 +95,7 @@ class Commands:
     def _execute(self, cmd: Command, live: LiveModel) -> tuple[dict[str, Any], LiveModel | None, list[Change]]:
         v, by = self.versions, cmd.by
         if cmd.command == "status":
-            return status(live, v.index(live.key), v, self.labels), None, []
+            return status(live, v.index(live.key), v, self.health), None, []
         if cmd.command == "versions":
             return versions_of(live, v.index(live.key)), None, []
         if cmd.command == "snapshot":
@@ -116,19 +116,19 @@ class Commands:
 
 
 def status(live: LiveModel, index: VersionIndex, versions: ModelVersions,
-           labels: LabelWatch | None = None) -> dict[str, Any]:
+           health: InputHealth | None = None) -> dict[str, Any]:
     policy = versions.promotions.get(live.key)
-    return {**live.describe(), **label_health(live.key, labels), "snapshots": len(index.snapshots),
+    return {**live.describe(), **label_health(live.key, health), "snapshots": len(index.snapshots),
             "gate_reference": index.reference,
             "latest_snapshot": index.snapshots[-1].version if index.snapshots else None,
             # each challenger's sign-test z against the champion over the current window (> 0: it is better)
             "promotion_z": {name: policy.z_of(name) for name in live.challengers} if policy else {}}
 
 
-def label_health(key: str, labels: LabelWatch | None) -> dict[str, Any]:
+def label_health(key: str, health: InputHealth | None) -> dict[str, Any]:
     """``{"labels": ...}``: the key's label health on its owner (empty without one)."""
-    health = labels.health(key) if labels is not None else None
-    return {"labels": health.describe(time.time())} if health is not None else {}
+    found = health.labels(key) if health is not None else None
+    return {"labels": found.describe(time.time())} if found is not None else {}
 
 
 def versions_of(live: LiveModel | None, index: VersionIndex) -> dict[str, Any]:

@@ -75,14 +75,14 @@ class TableState:
     after the partition's next owner wrote further.
     """
 
-    def __init__(self, table: Any, behind: "WriteBehind", actives: Callable[[], set], partitions: int,
+    def __init__(self, table: Any, behind: "WriteBehind", assigned: Callable[[], set], partitions: int,
                  model_of: Callable[[bytes], str] = join_model, position: Callable[[bytes], float] | None = None,
                  on_stale: Callable[[bytes], None] = lambda key: None) -> None:
         self.store = table.data
         self.model_of = model_of   # a key's model key, whose partition owns it
         self.changelog = table.changelog_topic.get_topic_name()
         self.behind = behind
-        self.actives = actives   # the worker's assigned topic-partitions (the changelog's among them)
+        self.assigned = assigned   # the topic-partitions the worker holds now (Ownership.assigned)
         self.partitions = partitions
         # Faust's RocksDB store: a database per partition, open while assigned (revoked ones are closed, so
         # they hold nothing in memory). Read and written here by the key's partition: Faust's own path
@@ -158,11 +158,11 @@ class TableState:
         self.store.pop(key, None)
 
     def _delivered(self, writes: list[tuple[int, bytes, bytes | None, int]]) -> None:
-        actives = self.actives()
+        assigned = self.assigned()
         offsets: dict[Any, int] = {}
         for partition, key, value, offset in writes:
             tp = TP(self.changelog, partition)
-            if tp in actives and self._store(partition, key, value):
+            if tp in assigned and self._store(partition, key, value):
                 offsets[tp] = max(offset, offsets.get(tp, -1))
             if key in self._waiting and self._waiting[key] is value:   # not written again since
                 del self._waiting[key]

@@ -11,6 +11,7 @@ requests by key agrees with ours.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Callable
 
 from aiokafka.partitioner import murmur2
 
@@ -56,12 +57,20 @@ def origin_of(headers, topic: str, partition: int, offset: int) -> tuple[str, in
 
 
 class Ownership:
-    """Which partitions of the internal topics this worker owns now: set on each assignment, emptied on a
-    revocation (until the next assignment, everything is routed)."""
+    """The one record of what this worker owns.
 
-    def __init__(self, partitions: int) -> None:
+    ``owned``: the partitions of the internal topics, as the agents see
+    them: set on each assignment, emptied on a revocation (until the next
+    assignment, everything is routed). ``assigned()``: every topic-partition
+    the consumer holds now, as Faust's assignor has them (the tables'
+    changelog partitions among them: a delivered table write is stored only
+    while its partition is one; consumer lag is reported for each).
+    """
+
+    def __init__(self, partitions: int, assigned: Callable[[], set] = set) -> None:
         self.partitions = partitions
         self.owned: frozenset[int] = frozenset()
+        self.assigned = assigned
 
     def owner(self, model_key: str) -> int:
         """The partition of the internal topics that owns a model key."""

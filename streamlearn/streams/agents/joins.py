@@ -8,7 +8,7 @@ from streamlearn.core import join
 
 from ..codec import FeatureEvent, Inputs, Label, Rejected, encode_example, key_text
 from ..deadletter import DeadLetters
-from ..labels import LabelWatch
+from ..health import InputHealth
 from ..outbox import Outbox
 from ..pending import BoundedTable, join_key
 from ..routing import is_tick, origin_of
@@ -18,10 +18,10 @@ from .loop import agent_log
 
 class Joins:
     """Carries out the join's decisions: writes the join state, packs examples for the learner, refuses; tells
-    ``labels`` of each prediction and label of a key."""
+    ``health`` of each prediction and label of a key."""
 
     def __init__(self, inputs: Inputs, pending: BoundedTable[join.Waiting], early: BoundedTable[join.Parked],
-                 live: LiveModels, training: faust.TopicT, dead: DeadLetters, labels: LabelWatch) -> None:
+                 live: LiveModels, training: faust.TopicT, dead: DeadLetters, health: InputHealth) -> None:
         self.inputs = inputs
         self.pending = pending
         self.early = early
@@ -29,7 +29,7 @@ class Joins:
         self.live = live
         self.training = training
         self.dead = dead
-        self.labels = labels
+        self.health = health
 
     async def message(self, msg, out: Outbox) -> None:
         """A label routed to its owner's partition, or a timer's tick (evict what outlived its TTL, see whose
@@ -46,7 +46,7 @@ class Joins:
 
     async def features(self, partition: int, ev: FeatureEvent, out: Outbox) -> None:
         """An event was answered: keep its features for the label; if the label came first, train now."""
-        self.labels.predicted(partition, ev.model)
+        self.health.predicted(partition, ev.model, ev.features, self.live.registry.find)
         key = join_key(ev.model, ev.event_id)
         outcome = join.on_features(ev, self.pending.get(key), self.early.get(key), self.windows, self.pending.clock())
         await self._carry_out(partition, key, outcome, out)
@@ -62,10 +62,10 @@ class Joins:
         outcome = join.on_label(label, origin, self.pending.get(key), self.early.get(key), msg.value, self.windows,
                                 self.pending.clock())
         if isinstance(outcome, join.Refuse):
-            self.labels.refused(msg.partition, label.model, expired=True)
+            self.health.refused(msg.partition, label.model, expired=True)
             await self.dead.send(outcome.rejected, msg, out, model=label.model)
         elif isinstance(outcome, join.DuplicateLabel):
-            self.labels.duplicate()
+            self.health.duplicate()
             agent_log().info("ignored a second label for event_id=%s model=%s", label.event_id, label.model)
         else:
             await self._carry_out(msg.partition, key, outcome, out)
@@ -81,7 +81,7 @@ class Joins:
         elif isinstance(outcome, join.Learn):
             if outcome.entry is not None:   # a first join (a replay writes nothing): how long the label took
                 example = outcome.example
-                self.labels.joined(partition, example.model,
+                self.health.joined(partition, example.model,
                                    0.0 if outcome.restamp else self.pending.clock() - outcome.entry.written,
                                    self.live.registry.find)
                 self.pending.put(partition, key, outcome.entry, restamp=outcome.restamp)
@@ -91,7 +91,7 @@ class Joins:
         self.pending.evict(partition)
         for parked in self.early.evict(partition):
             await self._refuse_parked(partition, parked, out)
-        self.labels.tick(partition, self.live.registry.find)
+        self.health.tick(partition, self.live.registry.find)
 
     async def _refuse_parked(self, partition: int, parked: join.Parked, out: Outbox) -> None:
         """An evicted parked label: dead-lettered ``unknown_event``, unless its features came and released it."""
@@ -99,7 +99,7 @@ class Joins:
                                           self.windows)
         if rejected is None:
             return
-        self.labels.refused(partition, parked.model, expired=False)
+        self.health.refused(partition, parked.model, expired=False)
         topic, source, offset = parked.origin
         await self.dead.send_record(rejected, out, topic=topic, partition=source, offset=offset,
                                     key=parked.model.encode(), value=parked.value, model=parked.model)

@@ -32,7 +32,7 @@ async def worker(tmp_path, request):
         tps = {TP(table.changelog_topic.get_topic_name(), p) for p in range(8)}
         await table.data.assign_partitions(table, tps)      # as Faust does on an assignment: opens the databases
     for state in (w.pending.data, w.early.data, w.checkpoints.table, w.store.index_table, w.store.blobs):
-        state.actives = lambda changelog=state.changelog: {TP(changelog, p) for p in range(8)}
+        state.assigned = lambda changelog=state.changelog: {TP(changelog, p) for p in range(8)}
     return w
 
 
@@ -303,7 +303,7 @@ async def test_the_join_state_store_takes_a_write_once_its_changelog_has_it(work
     assert state.store.get(key) is None and state.store.persisted_offset(tp) == 1
     # delivered after its partition moved away: not stored, the offset stays (the next owner has the changelog)
     state.write(p, key, b'{"t": 2}')
-    state.actives = lambda: set()
+    state.assigned = lambda: set()
     await (await worker.commit.state.flush())
     assert state.store.get(key) is None and state.store.persisted_offset(tp) == 1
 
@@ -460,8 +460,8 @@ async def test_a_keys_label_health_is_counted_and_its_starving_labels_alert_once
     from streamlearn.streams.commands import label_health
 
     alerts, now = [], [1000.0]
-    worker.labels.on_alert = alerts.append
-    worker.labels.book.clock = lambda: now[0]
+    worker.health.on_alert = alerts.append
+    worker.health.book.clock = lambda: now[0]
     p = partition_for("m", 8)
 
     async def predict(*ids: str) -> None:
@@ -481,7 +481,7 @@ async def test_a_keys_label_health_is_counted_and_its_starving_labels_alert_once
     await predict("e0", "e1")
     await label("e0", 1)
     await label("nope", 2)                        # parked: its features never come (unknown, once evicted)
-    health = label_health("m", worker.labels)["labels"]
+    health = label_health("m", worker.health)["labels"]
     assert (health["predicted"], health["labelled"], health["coverage"]) == (2, 1, 0.5)
     now[0] += 400
     await predict(*(f"q{i}" for i in range(150)))
@@ -491,8 +491,8 @@ async def test_a_keys_label_health_is_counted_and_its_starving_labels_alert_once
     assert starving.figures["predicted"] == 150 and "no label for model 'm' in 400s" in starving.detail
     await tick()
     assert len(alerts) == 1                       # once per episode
-    assert label_health("m", worker.labels)["labels"]["starving"] is True
+    assert label_health("m", worker.health)["labels"]["starving"] is True
     await label("q7", 3)
     assert [a.kind for a in alerts] == ["label_starvation", "recovered"]
     assert alerts[1].figures == {"of": "label_starvation", "predicted_meanwhile": 150}
-    assert label_health("other", worker.labels) == {}
+    assert label_health("other", worker.health) == {}
