@@ -69,6 +69,8 @@ def show(model: str, r: dict[str, Any]) -> str:
         lines.append(f"  labels: {lab['labelled']} of {lab['predicted']} predictions ({coverage}); delay {delay}; "
                      f"{lab['expired']} expired, {lab['unknown']} unknown"
                      + ("; STARVING: none lately" if lab.get("starving") else ""))
+    for a in r.get("alerts") or []:
+        lines.append(f"  alert {when(a.get('at'))} UTC: {a['kind']}: {a['detail']}")
     if r.get("warm_start"):
         w = r["warm_start"]
         lines.append(f"  warm-started from {w.get('template')} v{w.get('version')} ({w.get('learned')} examples)")

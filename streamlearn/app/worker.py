@@ -186,7 +186,7 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
                              evictable=lambda p, live: checkpoints.clean(live, commit.dirty(p)))
     inputs = codec.Inputs(s.default_model_key, s.max_message_bytes, s.command_key, specs)
     labels_watched = LabelBook(LabelSettings(s.label_starvation_seconds, s.label_starvation_predictions), time.time)
-    health = InputHealth(labels_watched, metrics, alerts.record, DriftBook(DriftSettings()) if s.drift_alerts else None)
+    health = InputHealth(labels_watched, metrics, alerts, DriftBook(DriftSettings()) if s.drift_alerts else None)
     commands = Commands(versions, registry, checkpoints.restore, audit,
                         Answers(topics.control_results, f"{s.web_host}:{s.web_port}", metrics), inputs, health)
     dead = DeadLetters(topics.deadletter, metrics)

@@ -126,9 +126,8 @@ def status(live: LiveModel, index: VersionIndex, versions: ModelVersions,
 
 
 def label_health(key: str, health: InputHealth | None) -> dict[str, Any]:
-    """``{"labels": ...}``: the key's label health on its owner (empty without one)."""
-    found = health.labels(key) if health is not None else None
-    return {"labels": found.describe(time.time())} if found is not None else {}
+    """``{"labels": ..., "alerts": [...]}``: the key's label health and recent alerts on its owner."""
+    return health.describe(key, time.time()) if health is not None else {}
 
 
 def versions_of(live: LiveModel | None, index: VersionIndex) -> dict[str, Any]:

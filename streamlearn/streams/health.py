@@ -8,7 +8,7 @@ with its ``recovered``.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from streamlearn.core.drift import DriftBook
 from streamlearn.core.labels import LabelBook, LabelHealth
@@ -23,15 +23,22 @@ DRIFT = "drift"
 LiveOf = Callable[[str], "LiveModel | None"]
 
 
+class AlertSink(Protocol):
+    def record(self, alert: Alert) -> None: ...
+    def recent(self, key: str) -> list[dict]: ...
+
+
 class InputHealth:
     """What the join agent tells of a key's predictions and labels, and what follows from it."""
 
-    def __init__(self, book: LabelBook, metrics: Counters, on_alert: Callable[[Alert], None],
-                 drift: DriftBook | None = None) -> None:
+    def __init__(self, book: LabelBook, metrics: Counters, alerts: AlertSink, drift: DriftBook | None = None) -> None:
         self.book = book
         self.drift = drift           # None: input drift is not watched (STREAMLEARN_DRIFT_ALERTS)
         self.metrics = metrics
-        self.on_alert = on_alert
+        self.alerts = alerts
+
+    def on_alert(self, alert: Alert) -> None:
+        self.alerts.record(alert)
 
     def predicted(self, partition: int, key: str, features: dict[str, Any], live_of: LiveOf) -> None:
         """An event of ``key`` was answered."""
@@ -74,6 +81,12 @@ class InputHealth:
 
     def labels(self, key: str) -> LabelHealth | None:
         return self.book.get(key)
+
+    def describe(self, key: str, now: float) -> dict[str, Any]:
+        """The key's label health and recent alerts, for its status (empty for a key this worker never saw)."""
+        labels, alerts = self.book.get(key), self.alerts.recent(key)
+        return {**({"labels": labels.describe(now)} if labels is not None else {}),
+                **({"alerts": alerts} if alerts else {})}
 
     def keep_partitions(self, keep: set[int]) -> None:
         """After a rebalance: forget the keys of partitions moved away."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict, deque
 from typing import Callable, MutableMapping, Protocol
 
 import faust
@@ -94,13 +95,26 @@ class Audit:
 
 
 class Alerts:
-    """Alerts (``models.versions.Alert``): one record on the alerts topic, one log line and a count each."""
+    """Alerts (``models.watch.Alert``): one record on the alerts topic, one log line and a count each; the
+    last ``RECENT`` of each key kept for its status (of the last ``RECENT_KEYS`` keys alerted)."""
+
+    RECENT, RECENT_KEYS = 5, 10_000
 
     def __init__(self, topic: faust.TopicT, counted: Callable[[str], None]) -> None:
         self.topic = topic
         self.counted = counted
+        self._recent: OrderedDict[str, deque[Alert]] = OrderedDict()
+
+    def recent(self, key: str) -> list[dict]:
+        """The key's last alerts, newest last: kind, detail, at."""
+        return [{"kind": a.kind, "detail": a.detail, "at": a.at} for a in self._recent.get(key, ())]
 
     def record(self, alert: Alert) -> None:
+        kept = self._recent.pop(alert.model, None) or deque(maxlen=self.RECENT)
+        kept.append(alert)
+        self._recent[alert.model] = kept
+        if len(self._recent) > self.RECENT_KEYS:
+            self._recent.popitem(last=False)
         self.counted(alert.kind)
         log.warning("alert %s model=%s v%s: %s", alert.kind, alert.model, alert.version, alert.detail,
                     extra={"model": alert.model, "reason": alert.kind})

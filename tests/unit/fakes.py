@@ -156,3 +156,16 @@ def samples(metrics) -> dict[str, list]:
         for s in family.samples:
             out.setdefault(s.name, []).append(s)
     return out
+
+
+class AlertsKept:
+    """The alerts sink, recorded: ``kept`` in order."""
+
+    def __init__(self) -> None:
+        self.kept: list = []
+
+    def record(self, alert) -> None:
+        self.kept.append(alert)
+
+    def recent(self, key: str) -> list[dict]:
+        return [{"kind": a.kind, "detail": a.detail, "at": a.at} for a in self.kept if a.model == key][-5:]

@@ -92,3 +92,16 @@ def test_watch_tells_version_changes_from_the_audit_trail_and_keeps_quiet_on_rou
                     "demo: the quality gate rolled it back to v7 (v9 -> v10): z 4.1 over 500 examples",
                     "demo: challenger hoeffding_tree promoted by the promotion policy (v4 -> v5): did better",
                     "demo: restored v2 (v5 -> v6), by cli:ana: bad deploy"]
+
+
+def test_models_show_tells_a_keys_label_health_and_recent_alerts():
+    status = {"spec": "logreg", "version": 3, "learned": 120, "metric": {"name": "Accuracy", "value": 0.9},
+              "created_at": 0.0, "offset": 7, "challengers": [],
+              "labels": {"predicted": 400, "labelled": 120, "coverage": 0.3, "delay_p50_seconds": 2.5,
+                         "delay_p99_seconds": 31.0, "expired": 4, "unknown": 1, "since_last_label_seconds": 640.0,
+                         "starving": True},
+              "alerts": [{"kind": "label_starvation", "detail": "no label for model 'k' in 600s", "at": 60.0}]}
+    lines = present.show("k", status).splitlines()
+    assert "  labels: 120 of 400 predictions (30%); delay 2.5s p50, 31s p99; 4 expired, 1 unknown; STARVING: none " \
+           "lately" in lines
+    assert "  alert 1970-01-01 00:01:00 UTC: label_starvation: no label for model 'k' in 600s" in lines

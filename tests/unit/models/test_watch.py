@@ -67,3 +67,28 @@ def test_degradation_is_alerted_with_the_quality_gate_off_and_ends_after_good_la
     kinds = [(a.kind, a.figures["at"]) for a in alerts if a.model == "bad"]
     assert kinds[0][0] == DEGRADATION and 2000 <= kinds[0][1] < 3000, kinds
     assert kinds[-1][0] == RECOVERED and kinds[-1][1] >= 3000, kinds
+
+
+def test_on_rivers_sea_stream_a_key_whose_labels_invert_alerts_within_1000_events_the_other_never():
+    """Two keys learn River's SEA stream; after 2,000 events one key's labels are inverted."""
+    from river.datasets import synth
+
+    from streamlearn.models import learn
+
+    alerts = []
+    versions = ModelVersions(DictStore(), Blobs(KEY), VersionSettings(snapshot_every_examples=0, gate=None),
+                             on_alert=alerts.append)
+    keys = {"inverted": new_model("inverted", get_spec("logreg")), "steady": new_model("steady", get_spec("logreg"))}
+    streams = {"inverted": synth.SEA(variant=0, seed=11).take(4000), "steady": synth.SEA(variant=0, seed=12).take(4000)}
+    for i in range(4000):
+        for key, live in keys.items():
+            x, y = next(streams[key])
+            if key == "inverted" and i >= 2000:
+                y = not y
+            scored = learn(live, {f"x{k}": v for k, v in x.items()}, y)
+            versions.learned(live, {}, y, scored.y_pred)
+            for alert in alerts:
+                alert.figures.setdefault("at", i)
+    assert not [a for a in alerts if a.model == "steady"], alerts
+    first = next(a for a in alerts if a.model == "inverted")
+    assert first.kind == DEGRADATION and 2000 <= first.figures["at"] < 3000, first
