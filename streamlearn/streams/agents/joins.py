@@ -30,6 +30,7 @@ class Joins:
         self.training = training
         self.dead = dead
         self.health = health
+        self._live_of = live.registry.find   # a key's live model, for its alerts (bound once: asked per event)
 
     async def message(self, msg, out: Outbox) -> None:
         """A label routed to its owner's partition, or a timer's tick (evict what outlived its TTL, see whose
@@ -46,7 +47,7 @@ class Joins:
 
     async def features(self, partition: int, ev: FeatureEvent, out: Outbox) -> None:
         """An event was answered: keep its features for the label; if the label came first, train now."""
-        self.health.predicted(partition, ev.model, ev.features, self.live.registry.find)
+        self.health.predicted(partition, ev.model, ev.features, self._live_of)
         key = join_key(ev.model, ev.event_id)
         outcome = join.on_features(ev, self.pending.get(key), self.early.get(key), self.windows, self.pending.clock())
         await self._carry_out(partition, key, outcome, out)
@@ -83,7 +84,7 @@ class Joins:
                 example = outcome.example
                 self.health.joined(partition, example.model,
                                    0.0 if outcome.restamp else self.pending.clock() - outcome.entry.written,
-                                   self.live.registry.find)
+                                   self._live_of)
                 self.pending.put(partition, key, outcome.entry, restamp=outcome.restamp)
             out.pack(self.training, partition, encode_example(outcome.example))
 
@@ -91,7 +92,7 @@ class Joins:
         self.pending.evict(partition)
         for parked in self.early.evict(partition):
             await self._refuse_parked(partition, parked, out)
-        self.health.tick(partition, self.live.registry.find)
+        self.health.tick(partition, self._live_of)
 
     async def _refuse_parked(self, partition: int, parked: join.Parked, out: Outbox) -> None:
         """An evicted parked label: dead-lettered ``unknown_event``, unless its features came and released it."""
