@@ -18,12 +18,18 @@ consumer transport".
    before its first offset can be a gap.
 4. Recovery stalls (``stalled_recovery``): an active changelog partition
    with records left and no event for ``stall`` seconds, nothing queued.
+5. The training topic is handled in offset order without a gap
+   (``InOrder``): a model skips a message at or below its offset, so a
+   fetch handled past a skipped one would lose it for good. A fetch that
+   starts past the next offset due is not handled; the partition is read
+   again from the offset due.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from typing import Hashable, Iterable, Mapping, TypeVar
+from typing import Callable, Hashable, Iterable, Mapping, TypeVar
 
 TP = TypeVar("TP", bound=Hashable)
 
@@ -93,6 +99,57 @@ class Seeks:
             self._rereads[(tp, sought)] += 1
             return None
         return offset_from, offset_to
+
+
+class InOrder:
+    """Per partition of a topic handled in offset order with no gap: the next offset due.
+
+    Our training topic qualifies: only we write it, without transactions or
+    compaction, so its offsets are consecutive within a fetch and a fetch
+    that starts past the offset due means messages in between were skipped
+    (Faust drops a fetch of a stale generation or of a paused partition).
+    Only messages retention deleted before they were read are never read
+    again: after ``give_up_after`` asks in vain the gap is taken.
+    """
+
+    def __init__(self, reask_seconds: float = 5.0, give_up_after: int = 12,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.reask_seconds = reask_seconds
+        self.give_up_after = give_up_after
+        self._clock = clock
+        self._due: dict = {}
+        self._asked: dict = {}    # partition -> (offset asked to read again from, when, how often)
+
+    def check(self, tp: Hashable, first: int, last: int,
+              committed: int | None) -> tuple[bool, int | None, tuple[int, int] | None]:
+        """(handle, read_again_from, gap_taken) for a fetch of ``tp`` holding ``first..last``. ``committed``:
+        the group's committed offset, the offset due when none is known yet (None: the fetch starts).
+
+        Not handled when it starts past the offset due: the offset due is returned to read the partition
+        again from, once per ``reask_seconds`` (the fetches already under way come first). After
+        ``give_up_after`` asks, each given ``reask_seconds``, it is handled, and the offsets it jumps over are
+        ``gap_taken``."""
+        due = self._due.get(tp, committed)
+        gap = None
+        if due is not None and first > due:
+            now = self._clock()
+            at, when, asks = self._asked.get(tp, (None, 0.0, 0))
+            if at != due:
+                when, asks = -self.reask_seconds, 0
+            if now - when < self.reask_seconds:
+                return False, None, None
+            if asks < self.give_up_after:
+                self._asked[tp] = (due, now, asks + 1)
+                return False, due, None
+            gap = (due, first - 1)
+        self._due[tp] = last + 1 if due is None else max(due, last + 1)
+        self._asked.pop(tp, None)
+        return True, None, gap
+
+    def forget(self) -> None:
+        """After a rebalance: every partition is read again from its committed offset."""
+        self._due.clear()
+        self._asked.clear()
 
 
 def stalled_recovery(now: float, started: float | None, stall: float, queued: int, remaining: Mapping[TP, int],

@@ -4,6 +4,10 @@ Faust commits the offsets of acked events. ``BatchCommit`` decides which
 events are acked and when; nothing else acks. For each fetch an agent
 handled (the records of one partition, see transport.py), in this order:
 
+0. The learn agent handles its partitions in offset order with no gap
+   (``in_order``, ``core.offsets.InOrder``): a fetch that starts past the
+   next offset due is neither handled nor acked, and the consumer reads the
+   partition again from that offset.
 1. While the records were handled, what they produced was sent at once
    (answers, routed messages, dead letters: ``Outbox.send``), packed
    (training examples: ``Outbox.pack``) or staged (table changes:
@@ -38,6 +42,7 @@ from typing import Awaitable, Iterable
 import faust
 
 from streamlearn.core.checkpointing import CheckpointPolicy
+from streamlearn.core.offsets import InOrder
 from streamlearn.models import LiveModel
 
 from .checkpoints import Checkpoints, CheckpointTooLarge
@@ -55,7 +60,27 @@ class BatchCommit:
         self.policy = policy
         self.checkpoints = checkpoints
         self.held: dict[int, list] = {}    # partition -> training fetches learned, not yet covered by checkpoints
+        self.order = InOrder()
         self._deliveries: set[asyncio.Task] = set()
+
+    # ---- step 0 --------------------------------------------------------
+    def in_order(self, event: faust.EventT) -> bool:
+        """Whether the learn agent may handle this fetch now: not when it starts past the next offset due of
+        its partition (then the consumer is asked to read the partition again from there)."""
+        message = event.message
+        first = getattr(message, "first", message.offset)
+        consumer = getattr(self.app, "consumer", None)
+        committed = consumer.committed_offset(message.tp) if hasattr(consumer, "committed_offset") else None
+        handle, again, gap = self.order.check(message.tp, first, message.offset, committed)
+        if again is not None:
+            log.warning("%s: a fetch from offset %d came where offset %d is due (what lies between was skipped): "
+                        "reading the partition again from %d", message.tp, first, again, again)
+            if hasattr(consumer, "read_again"):
+                consumer.read_again(message.tp, again)
+        if gap is not None:
+            log.error("%s: offsets %d..%d were never read again (deleted by retention?): going on without them",
+                      message.tp, *gap)
+        return handle
 
     # ---- step 1, the learn agent's part --------------------------------
     def learned(self, partition: int, live: LiveModel) -> None:
@@ -131,3 +156,4 @@ class BatchCommit:
         for p in [p for p in self.held if p not in keep]:
             del self.held[p]
         self.policy.forget_partitions(keep)
+        self.order.forget()

@@ -169,7 +169,7 @@ class Consumer(faust_aiokafka.Consumer):
         low = (min(min(acked), gaps.begin()) if gaps else min(acked)) if acked else None
         wait, read_again = self._hold.check(tp, committed, low, tp.topic in getattr(self.app, "exact_topics", ()))
         if read_again:
-            self._read_again(tp, committed)
+            self.read_again(tp, committed)
         return None if wait else super()._new_offset(tp)
 
     async def perform_seek(self) -> None:
@@ -180,8 +180,13 @@ class Consumer(faust_aiokafka.Consumer):
         await super().seek(partition, offset)
         self._seeks.sought(partition, offset)
 
-    def _read_again(self, tp: Any, offset: int) -> None:
+    def read_again(self, tp: Any, offset: int) -> None:
+        """Read ``tp`` again from ``offset`` (at the next ``reread_skipped``)."""
         self._reread[tp] = min(self._reread.get(tp, offset), offset)
+
+    def committed_offset(self, tp: Any) -> int | None:
+        """The group's committed offset of ``tp`` as this consumer knows it (None: none yet, or 0)."""
+        return self._committed_offset.get(tp)
 
     async def reread_skipped(self) -> int:
         """Seek back to what Faust skipped or took for a gap; returns how many partitions."""
@@ -192,7 +197,7 @@ class Consumer(faust_aiokafka.Consumer):
         n = 0
         for tp, offset in todo.items():
             if tp in assigned:
-                log.warning("Faust skipped %s from offset %d without our agents handling it: reading the "
+                log.warning("%s: offset %d was skipped without our agents handling it: reading the "
                             "partition again from there", tp, offset)
                 await self.seek(tp, offset)
                 n += 1

@@ -7,6 +7,9 @@ Contract, per agent:
   began, another worker may own its partition and reads it again from the
   committed offset; handling it here too could write join state or a
   checkpoint into a partition we no longer own. It is skipped, not acked.
+  The learn agent's fetches are also handled only in offset order, with
+  no gap (``BatchCommit.in_order``): one skipped makes the partition be
+  read again from there.
 - Each record is handled under a guard: an unexpected exception (a bug of
   ours) dead-letters the record as ``internal_error`` and the fetch goes on.
 - A handled fetch goes to ``BatchCommit.finish``, which acks it once what it
@@ -87,7 +90,7 @@ class AgentLoop:
             agent_log().warning("agent %s restarted: handling the %d records it had taken first", name, len(left[2]))
             await self._fetch(name, *left, handle, out, learns, counts_input)
         async for event in stream.noack().events():
-            if current(stream.app, event):
+            if current(stream.app, event) and (not learns or self.commit.in_order(event)):
                 await self._fetch(name, stream, event, records_of(event.message), handle, out, learns, counts_input)
 
     async def _fetch(self, name: str, stream: faust.StreamT, event: faust.EventT, records: list, handle: Handler,

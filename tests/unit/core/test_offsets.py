@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streamlearn.core.offsets import MARKER_PATIENCE, REREAD_AFTER, CommitHold, Seeks, new_acks, stalled_recovery
+from streamlearn.core.offsets import (MARKER_PATIENCE, REREAD_AFTER, CommitHold, InOrder, Seeks, new_acks,
+                                     stalled_recovery)
 
 TP = ("t", 4)
 
@@ -80,3 +81,35 @@ def test_a_changelog_partition_recovery_waits_on_in_vain(started, stall, queued,
     received = {MOVING: NOW - 2}                          # events still arriving for this one
     assert stalled_recovery(NOW, started, stall, queued, remaining, {MOVING: 50, DONE: 7, **offsets},
                             received) == expected
+
+
+def test_a_training_fetch_past_the_offset_due_waits_for_the_partition_to_be_read_again_from_there():
+    """A model skips what lies at or below its offset: a fetch handled past a skipped one would lose it."""
+    now = [0.0]
+    order = InOrder(reask_seconds=5.0, clock=lambda: now[0])
+    assert order.check(TP, 100, 109, committed=100) == (True, None, None)      # from the committed offset
+    assert order.check(TP, 120, 129, committed=100) == (False, 110, None)      # 110..119 skipped: read again
+    assert order.check(TP, 130, 139, committed=100) == (False, None, None)     # fetched before that seek
+    now[0] = 6.0
+    assert order.check(TP, 140, 149, committed=100) == (False, 110, None)      # still not there: asked again
+    assert order.check(TP, 110, 119, committed=100) == (True, None, None)      # read again: in order
+    assert order.check(TP, 100, 114, committed=100) == (True, None, None)      # a seek further back: again
+    assert order.check(TP, 120, 129, committed=100) == (True, None, None)
+    assert order.check(("t", 5), 7, 9, committed=None) == (True, None, None)   # nothing committed: it starts
+    assert order.check(("t", 6), 8, 9, committed=3) == (False, 3, None)        # the first since the seek skipped
+    order.forget()                                                             # a rebalance: from the commit
+    assert order.check(TP, 60, 69, committed=60) == (True, None, None)
+
+
+def test_a_gap_that_is_never_read_again_is_taken_after_the_last_ask():
+    """Retention deleted the messages due before they were read: the partition must not stall for good."""
+    now = [0.0]
+    order = InOrder(reask_seconds=5.0, give_up_after=3, clock=lambda: now[0])
+    assert order.check(TP, 0, 9, committed=0) == (True, None, None)
+    verdicts = []
+    for t in range(0, 16):
+        now[0] = float(t)
+        verdicts.append(order.check(TP, 500, 509, committed=0))
+    assert [v for v in verdicts if v[1] is not None] == [(False, 10, None)] * 3   # at 0, 5 and 10 s
+    assert verdicts[-1] == (True, None, (10, 499)) and not any(v[0] for v in verdicts[:-1])   # taken at 15 s
+    assert order.check(TP, 510, 519, committed=0) == (True, None, None)

@@ -285,6 +285,32 @@ async def test_the_learner_skips_a_fetch_of_an_older_generation_and_writes_no_ch
     assert worker.registry.find("m").learned == 3 and list(written) == [b"m"]
 
 
+async def test_a_training_fetch_skipped_holds_back_the_later_ones_until_it_is_read_again(worker, monkeypatch):
+    """Faust skipped a fetch (a stale generation, a paused partition): the next one, handled, would move the
+    models past it, and its examples would be skipped as inside their checkpoints when read again (a CI run of
+    the three-host test lost one example of seven keys so). The later fetch waits for the partition to be read
+    again from the skipped one."""
+    p = partition_for("m", 8)
+    tp = TP("training", p)
+    asked: list = []
+    monkeypatch.setattr(worker.app.consumer, "read_again", lambda tp, offset: asked.append((tp, offset)))
+
+    def fetch(offset: int, generation: int = 0):
+        value = pack([orjson.dumps({"event_id": f"e{offset}", "model": "m", "features": {"a": 1.0}, "label": True})],
+                     1 << 20)[0]
+        record = SimpleNamespace(topic="training", partition=p, offset=offset, key=None, headers=[], value=value,
+                                 timestamp=0, timestamp_type=0)
+        return SimpleNamespace(message=Fetched(tp, [record], generation_id=generation))
+
+    acked: list[int] = []
+    learn = worker.loop.bodies["learn"]
+    await learn(FakeStream([fetch(0), fetch(1, generation=1), fetch(2)], acked))   # 1: of another generation
+    assert worker.registry.find("m").learned == 1 and asked == [(tp, 1)]
+    await learn(FakeStream([fetch(1), fetch(2)], acked))                           # read again from 1
+    await worker.commit.settled()
+    assert worker.registry.find("m").learned == 3 and asked == [(tp, 1)]
+
+
 @pytest.mark.parametrize("worker", ["rocksdb"], indirect=True)
 async def test_the_join_state_store_takes_a_write_once_its_changelog_has_it(worker):
     """RocksDB holds a prefix of the changelog, up to the offset it records: a restart reads only after it."""

@@ -46,7 +46,7 @@ async def test_what_faust_skipped_is_read_again_once_flow_control_is_active(monk
     monkeypatch.setattr(c, "seek", seek)
     monkeypatch.setattr(c, "assignment", lambda: {tp})
     c.app.flow_control.suspend()
-    c._read_again(tp, 277)                       # as _new_offset does when 277 stays missing
+    c.read_again(tp, 277)                        # as _new_offset does when 277 stays missing
     assert await c.reread_skipped() == 0 and sought == []     # kept until the flow resumes
     c.app.flow_control.resume()
     assert await c.reread_skipped() == 1 and sought == [(tp, 277)]
