@@ -66,6 +66,8 @@ class Result:
     ratio_to_keys: float | None = None       # events/s against the first key count's run
     bytes_per_model: float | None = None     # extra resident bytes per extra key, against that run
     stall_ms: float | None = None            # the workers' longest event-loop stall in the run was at most this
+    producers: str = "keyed"                 # keyed by model (the router's shortcut) or unkeyed (the hop)
+    waterfall: dict | None = None            # where a traced event's time went (``waterfall``)
 
 
 def _features(i: int) -> dict:
@@ -99,10 +101,10 @@ def _cpu_seconds(pids: list[int]) -> float:
 
 
 async def _send_paced(producer: AIOKafkaProducer, messages, rate: float) -> float:
-    """Send (topic, key, value-builder) triples, at ``rate`` per second (0: flat out); returns start time."""
+    """Send (topic, key, value-builder[, headers]), at ``rate`` per second (0: flat out); returns start time."""
     started = time.monotonic()
-    for i, (topic, key, build) in enumerate(messages):
-        await producer.send(topic, build(), key=key)
+    for i, (topic, key, build, *headers) in enumerate(messages):
+        await producer.send(topic, build(), key=key, headers=headers[0] if headers else None)
         if rate and i % 50 == 0:
             ahead = (i + 1) / rate - (time.monotonic() - started)
             if ahead > 0:
@@ -111,14 +113,15 @@ async def _send_paced(producer: AIOKafkaProducer, messages, rate: float) -> floa
     return started
 
 
-async def _collect(consumer: AIOKafkaConsumer, n: int, timeout: float) -> list[tuple[float, bytes]]:
-    got: list[tuple[float, bytes]] = []
+async def _collect(consumer: AIOKafkaConsumer, n: int, timeout: float) -> list[tuple[float, bytes, Any]]:
+    """(consumed at, value, headers) of up to ``n`` records."""
+    got: list[tuple[float, bytes, Any]] = []
     deadline = time.monotonic() + timeout
     while len(got) < n and time.monotonic() < deadline:
         batch = await consumer.getmany(timeout_ms=200)
         now = time.time()
         for msgs in batch.values():
-            got.extend((now, m.value) for m in msgs)
+            got.extend((now, m.value, m.headers) for m in msgs)
     return got
 
 
@@ -132,11 +135,36 @@ async def _create(bootstrap: str, names: list[str], partitions: int, kafka: Mapp
 
 
 def _stats(name, spec, workers, rate, n, first_sent, received, cpu) -> Result:
-    lat = np.array([(t - orjson.loads(v)["ts"]) * 1000 for t, v in received])
-    last = max(t for t, _ in received) if received else time.time()
+    lat = np.array([(t - orjson.loads(v)["ts"]) * 1000 for t, v, _ in received])
+    last = max(t for t, _, _ in received) if received else time.time()
     eps = len(received) / max(last - first_sent, 1e-9)
     p50, p95, p99 = (np.percentile(lat, q) if len(lat) else float("nan") for q in (50, 95, 99))
     return Result(name, spec, workers, rate, len(received), eps, p50, p95, p99, cpu / max(n, 1) * 1000)
+
+
+def waterfall(received: list[tuple[float, bytes, Any]]) -> dict:
+    """Where the time of the traced events went: per path (the steps an event took, e.g. routed or not), the
+    number of events and each step's p50 and p99 in ms, from the event's ``ts`` through the worker's stamps
+    (``streams.routing.trace_of``) to its prediction being consumed."""
+    from streamlearn.streams.routing import trace_of
+
+    paths: dict[tuple, list[list[float]]] = {}
+    for consumed, value, headers in received:
+        stamps = trace_of(headers)
+        if not stamps:
+            continue
+        steps = [("produced", orjson.loads(value)["ts"]), *((s, t) for s, t in stamps), ("consumed", consumed)]
+        names = tuple(name for name, _ in steps)
+        paths.setdefault(names, []).append([b - a for (_, a), (_, b) in zip(steps, steps[1:])])
+    out = {}
+    for names, rows in paths.items():
+        spans = np.array(rows) * 1000
+        out[" > ".join(names)] = {
+            "events": len(rows),
+            "steps": [{"from": a, "to": b, "p50_ms": float(np.percentile(spans[:, i], 50)),
+                       "p99_ms": float(np.percentile(spans[:, i], 99))}
+                      for i, (a, b) in enumerate(zip(names, names[1:]))]}
+    return out
 
 
 async def _hand_written(bootstrap: str, name: str, spec: str, n: int, rate: float, partitions: int,
@@ -190,20 +218,29 @@ async def baseline(bootstrap: str, n: int, rate: float, partitions: int,
                                msgs, forward, kafka or {})
 
 
-def _job_messages(prefix: str, n: int, keys: int = 20, tag: str = "") -> list:
+def _job_messages(prefix: str, n: int, keys: int = 20, tag: str = "", *, keyed: bool = True,
+                  trace_every: int = 0) -> list:
     """The pipeline's job: n feature events over ``keys`` model keys (round-robin), each followed by
-    its label; event ids are ``tag`` + the event's number."""
-    return list(itertools.islice(job_stream(prefix, keys, tag), 2 * n))
+    its label; event ids are ``tag`` + the event's number. ``keyed``: published with the model key as
+    the Kafka key, else without a key (the model named in the body); ``trace_every``: every so many
+    events ask the workers for latency stamps (0: none)."""
+    return list(itertools.islice(job_stream(prefix, keys, tag, keyed=keyed, trace_every=trace_every), 2 * n))
 
 
-def job_stream(prefix: str, keys: int = 20, tag: str = ""):
+def job_stream(prefix: str, keys: int = 20, tag: str = "", *, keyed: bool = True, trace_every: int = 0):
     """``_job_messages`` without an end, built as it is sent (a soak sends millions)."""
+    from streamlearn.streams.routing import TRACE_HEADER
+
+    traced = [(TRACE_HEADER, b"")]
     for i in itertools.count():
-        key = f"m{i % keys}".encode()
-        yield (f"{prefix}features", key, (lambda i=i: orjson.dumps(
-            {"event_id": f"{tag}{i}", "features": _features(i), "ts": time.time()})))
-        yield (f"{prefix}feedback", key, (lambda i=i: orjson.dumps(
-            {"event_id": f"{tag}{i}", "label": _features(i)["amount"] > 50})))
+        model = f"m{i % keys}"
+        key = model.encode() if keyed else None
+        named = {} if keyed else {"model": model}
+        headers = traced if trace_every and i % trace_every == 0 else None
+        yield (f"{prefix}features", key, (lambda i=i, named=named: orjson.dumps(
+            {"event_id": f"{tag}{i}", **named, "features": _features(i), "ts": time.time()})), headers)
+        yield (f"{prefix}feedback", key, (lambda i=i, named=named: orjson.dumps(
+            {"event_id": f"{tag}{i}", **named, "label": _features(i)["amount"] > 50})))
 
 
 async def _warm_up(sender: AIOKafkaProducer, out: AIOKafkaConsumer, messages: list) -> None:
@@ -257,10 +294,14 @@ async def loop_baseline(bootstrap: str, spec: str, n: int, rate: float, partitio
                                _job_messages(prefix, n), job, kafka or {}, warm=_job_messages(prefix, 20, 20, "warm-"))
 
 
+# One event in so many asks for latency stamps: the waterfall's sample, at a cost the run does not feel.
+TRACE_EVERY = 10
+
+
 async def pipeline(settings: Settings, spec: str, workers: int, n: int, rate: float, workdir: Path,
-                   keys: int = 20, warm: int = 20) -> Result:
+                   keys: int = 20, warm: int = 20, keyed: bool = True) -> Result:
     """``streamlearn worker`` processes on n events over ``keys`` keys, after ``warm`` untimed labelled
-    events over the same keys."""
+    events over the same keys; ``keyed``: producers key events by model (else the routers route each)."""
     tag = uuid.uuid4().hex[:6]
     prefix = f"bench-{tag}."
     procs, ports = start_workers(settings, spec, workers, tag, workdir)
@@ -277,7 +318,7 @@ async def pipeline(settings: Settings, spec: str, workers: int, n: int, rate: fl
         # which must not spill into the timed part
         await asyncio.to_thread(wait_metric, ports, "streamlearn_examples_learned_total", warm)
         await asyncio.sleep(settings.checkpoint_every_seconds + 1)
-        msgs = _job_messages(prefix, n, keys)
+        msgs = _job_messages(prefix, n, keys, keyed=keyed, trace_every=TRACE_EVERY)
         pids = [p.pid for p in procs]
         cpu0 = _cpu_seconds(pids)
         lag0 = [get_buckets(p, "streamlearn_event_loop_lag_seconds") for p in ports]
@@ -292,6 +333,7 @@ async def pipeline(settings: Settings, spec: str, workers: int, n: int, rate: fl
         await sender.stop()
         r = _stats("pipeline", spec, workers, rate, n, first, received, cpu)
         r.keys, r.rss_mb = keys, rss
+        r.producers, r.waterfall = "keyed" if keyed else "unkeyed", waterfall(received)
         known = [s for s in stalls if s is not None]
         r.stall_ms = max(known) * 1000 if known else None
         return r
@@ -316,8 +358,11 @@ def start_workers(settings: Settings, spec: str, workers: int, tag: str, workdir
 
 
 async def run_bench(settings: Settings, *, events: int, specs: list[str], workers: list[int],
-                    rates: list[float], as_json: bool, plot: Path | None = None,
-                    keys: list[int] = (20,)) -> int:
+                    rates: list[float | str], as_json: bool, plot: Path | None = None,
+                    keys: list[int] = (20,), producers: list[str] = ("keyed",)) -> int:
+    """Every run of the bench, in order: ``raw``; then per spec and rate, ``loop`` and the pipeline runs (per
+    worker count, producers and key count). A rate of ``"half"``: half the spec's first flat-out pipeline
+    run's events/s (so ``0`` must come before it)."""
     results: list[Result] = []
     table = Table(sys.stderr if as_json else sys.stdout)
     with tempfile.TemporaryDirectory() as d:
@@ -325,33 +370,45 @@ async def run_bench(settings: Settings, *, events: int, specs: list[str], worker
         results.append(base)
         table.row(base)
         for spec in specs:
-            loops = {}
-            for rate in rates:   # the hand-written loop at each rate, then the pipeline at each rate
-                loops[rate] = await loop_baseline(settings.bootstrap_servers, spec, events, rate,
-                                                  settings.partitions, settings.kafka_options)
-                results.append(loops[rate])
-                table.row(loops[rate])
-            for w in workers:
-                for rate in rates:
-                    reference = None
-                    for k in keys:
-                        r = await pipeline(settings, spec, w, events, rate, Path(d), keys=k, warm=max(keys))
-                        if rate == 0 and k == keys[0]:
-                            r.ratio_to_baseline = r.events_per_s / base.events_per_s
-                            r.ratio_to_loop = r.events_per_s / loops[rate].events_per_s
-                        if reference is None:
-                            reference = r
-                        else:
-                            r.ratio_to_keys = r.events_per_s / reference.events_per_s
-                            r.bytes_per_model = (r.rss_mb - reference.rss_mb) * 2**20 / (k - reference.keys)
-                        results.append(r)
-                        table.row(r)
+            flat_out = None
+            for asked in rates:   # the hand-written loop at each rate, then the pipeline at that rate
+                rate = resolve_rate(asked, flat_out)
+                loop = await loop_baseline(settings.bootstrap_servers, spec, events, rate, settings.partitions,
+                                           settings.kafka_options)
+                results.append(loop)
+                table.row(loop)
+                for w in workers:
+                    for keyed in (p == "keyed" for p in producers):
+                        reference = None
+                        for k in keys:
+                            r = await pipeline(settings, spec, w, events, rate, Path(d), keys=k, warm=max(keys),
+                                               keyed=keyed)
+                            if rate == 0 and k == keys[0]:
+                                r.ratio_to_baseline = r.events_per_s / base.events_per_s
+                                r.ratio_to_loop = r.events_per_s / loop.events_per_s
+                                flat_out = flat_out or r.events_per_s
+                            if reference is None:
+                                reference = r
+                            else:
+                                r.ratio_to_keys = r.events_per_s / reference.events_per_s
+                                r.bytes_per_model = (r.rss_mb - reference.rss_mb) * 2**20 / (k - reference.keys)
+                            results.append(r)
+                            table.row(r)
     if as_json:
         print(json.dumps({"machine": _machine(), "results": [asdict(r) for r in results]}, indent=2))
     if plot is not None:
         from .plot import render_bench
         print(f"wrote {render_bench(results, plot)}", file=sys.stderr if as_json else sys.stdout)
     return 0
+
+
+def resolve_rate(asked: float | str, flat_out: float | None) -> float:
+    """A ``--rates`` entry as events/s: a number, or ``half`` of the measured flat-out rate."""
+    if asked == "half":
+        if flat_out is None:
+            raise SystemExit("streamlearn bench --rates: 'half' needs a flat-out run (0) before it")
+        return round(flat_out / 2)
+    return float(asked)
 
 
 def _machine() -> dict:
@@ -378,3 +435,7 @@ class Table:
         print(f"{r.name:<9}{r.spec:<16}{r.workers:>8}{rate:>8}{r.keys:>8}{r.events:>8}{r.events_per_s:>10,.0f}"
               f"{r.p50_ms:>9.1f}{r.p95_ms:>9.1f}{r.p99_ms:>9.1f}{r.cpu_s_per_1k:>10.2f}{raw:>8}{loop:>9}"
               f"{rss:>8}{vs_keys:>9}{per_model:>9}{stall:>10}", file=self.out, flush=True)
+        for path, w in (r.waterfall or {}).items():
+            print(f"    {r.producers} producers, {w['events']} traced events: " + ", ".join(
+                f"{s['to']} +{s['p50_ms']:.1f}/{s['p99_ms']:.1f}" for s in w["steps"]) + " (ms, p50/p99)",
+                file=self.out, flush=True)

@@ -173,8 +173,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     return asyncio.run(run_bench(connected(args), events=args.events, specs=args.specs.split(","),
                                  workers=[int(w) for w in args.workers.split(",")],
-                                 rates=[float(r) for r in args.rates.split(",")], as_json=args.json,
-                                 plot=args.plot, keys=_key_counts(args.keys)))
+                                 rates=_rates(args.rates), as_json=args.json, plot=args.plot,
+                                 keys=_key_counts(args.keys), producers=_producers(args.producers)))
+
+
+def _rates(text: str) -> list[float | str]:
+    """``--rates``: events/s per run (0: flat out), or ``half`` (of the flat-out run before it)."""
+    rates: list[float | str] = []
+    for r in text.split(","):
+        if r == "half":
+            if 0.0 not in rates:
+                raise SystemExit("streamlearn bench --rates: 'half' needs a flat-out run (0) before it")
+            rates.append(r)
+        else:
+            try:
+                rates.append(float(r))
+            except ValueError:
+                raise SystemExit(f"streamlearn bench --rates: {r!r} is neither a number nor 'half'") from None
+    return rates
+
+
+def _producers(text: str) -> list[str]:
+    kinds = text.split(",")
+    if not kinds or any(k not in ("keyed", "unkeyed") for k in kinds):
+        raise SystemExit("streamlearn bench --producers: 'keyed', 'unkeyed' or both, comma-separated")
+    return kinds
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
@@ -294,7 +317,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--events", type=int, default=10_000, help="labelled events per run")
     b.add_argument("--specs", default="logreg,hoeffding_tree,arf", help="model specs, comma-separated")
     b.add_argument("--workers", default="1,2", help="worker counts, comma-separated")
-    b.add_argument("--rates", default="0,1000,5000", help="events/s per run, comma-separated (0: flat out)")
+    b.add_argument("--rates", default="0,1000,5000",
+                   help="events/s per run, comma-separated (0: flat out; half: half the flat-out run's)")
+    b.add_argument("--producers", default="keyed", help="how producers publish events, comma-separated: keyed "
+                                                      "(by model: the router's shortcut) or unkeyed (routed)")
     b.add_argument("--keys", default="20", help="model key counts, comma-separated (a 20-key reference run "
                                                "comes first); events are spread over the keys")
     b.add_argument("--json", action="store_true", help="also print the results as JSON (table on stderr)")

@@ -13,11 +13,14 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Callable
 
+import orjson
 from aiokafka.partitioner import murmur2
 
 ORIGIN_HEADER = "streamlearn-origin"
 TICK_HEADER = "streamlearn-tick"
 COMMAND_HEADER = "streamlearn-command"
+# An event that carries this header is stamped at each step (``trace_of``); its prediction carries the stamps.
+TRACE_HEADER = "streamlearn-trace"
 
 
 @lru_cache(maxsize=1 << 16)   # murmur2 in Python costs ~10 µs; agents ask it for every event
@@ -42,6 +45,29 @@ def is_tick(headers) -> bool:
 def is_command(headers) -> bool:
     """Whether a message on the training topic is an operator's command, not an example."""
     return any(name == COMMAND_HEADER for name, _ in _items(headers))
+
+
+def trace_of(headers) -> list | None:
+    """The latency stamps an event carries, ``[[step, wall-clock seconds], ...]``; None: it asks for none.
+
+    An event asks for stamps with a ``streamlearn-trace`` header (any value; a list of stamps when routed).
+    Each step that handles it appends one: ``fetched`` (its fetch handed to the agent), ``handled`` (the
+    agent began on it), ``routed`` (sent to its owner's partition), ``predicted``, ``sent`` (its prediction
+    handed to the producer). ``streamlearn bench`` turns them into a waterfall (docs/benchmarks.md)."""
+    if not headers:
+        return None
+    for name, value in _items(headers):
+        if name == TRACE_HEADER:
+            try:
+                stamps = orjson.loads(value) if value else []
+            except orjson.JSONDecodeError:
+                return []
+            return stamps if isinstance(stamps, list) else []
+    return None
+
+
+def trace_header(stamps: list) -> tuple[str, bytes]:
+    return TRACE_HEADER, orjson.dumps(stamps)
 
 
 def origin_of(headers, topic: str, partition: int, offset: int) -> tuple[str, int, int]:

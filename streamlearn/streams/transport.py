@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from time import monotonic
+from time import monotonic, time
 from typing import Any
 
 from faust.transport.consumer import notify
@@ -63,6 +63,7 @@ class Fetched(ConsumerMessage):
                          None, b"", None, 0, 0, tp, generation_id=generation_id)
         self.records = records          # aiokafka ConsumerRecords: topic, partition, offset, key, value, headers
         self.first = records[0].offset
+        self.fetched_at = time()        # wall clock: when the consumer handed the fetch over
 
 
 def records_of(message: Any) -> list:

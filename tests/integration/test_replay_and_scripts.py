@@ -146,20 +146,30 @@ def test_kafka_script_runs_brokers_side_by_side(bootstrap, tmp_path):
 def test_bench_command_measures_baselines_and_pipeline(cluster):
     """`streamlearn bench` runs end to end and reports every figure (values are for docs, not asserted)."""
     r = subprocess.run([sys.executable, "-m", "streamlearn.app.cli", "bench", "--events", "200", "--specs", "logreg",
-                        "--workers", "1", "--rates", "0", "--json"], env=cluster.env(partitions=8),
-                       capture_output=True, text=True, timeout=300)
+                        "--workers", "1", "--rates", "0,half", "--producers", "keyed,unkeyed", "--json"],
+                       env=cluster.env(partitions=8), capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-2000:]
     report = orjson.loads(r.stdout)
     assert report["machine"]["cpus"] >= 1
-    raw, loop, pipe = report["results"]
-    assert raw["name"] == "raw" and loop["name"] == "loop" and pipe["name"] == "pipeline"
-    assert loop["spec"] == pipe["spec"] == "logreg"
-    assert raw["events"] == loop["events"] == pipe["events"] == 200    # every prediction came
-    for res in (raw, loop, pipe):
+    raw, loop, keyed, unkeyed, half_loop, half_keyed, half_unkeyed = report["results"]
+    assert raw["name"] == "raw" and loop["name"] == half_loop["name"] == "loop" and keyed["name"] == "pipeline"
+    assert loop["spec"] == keyed["spec"] == "logreg"
+    assert raw["events"] == loop["events"] == keyed["events"] == unkeyed["events"] == 200  # every prediction came
+    for res in (raw, loop, keyed):
         assert res["events_per_s"] > 0 and 0 <= res["p50_ms"] <= res["p95_ms"] <= res["p99_ms"]
-    assert pipe["ratio_to_baseline"] == pytest.approx(pipe["events_per_s"] / raw["events_per_s"])
-    assert pipe["ratio_to_loop"] == pytest.approx(pipe["events_per_s"] / loop["events_per_s"])
+    assert keyed["ratio_to_baseline"] == pytest.approx(keyed["events_per_s"] / raw["events_per_s"])
+    assert keyed["ratio_to_loop"] == pytest.approx(keyed["events_per_s"] / loop["events_per_s"])
+    assert half_loop["target_rate"] == half_keyed["target_rate"] == half_unkeyed["target_rate"] == round(
+        keyed["events_per_s"] / 2)
     assert "events/s" in r.stderr and "vs loop" in r.stderr  # the table
+    # the waterfall: one event in ten stamped; keyed, every event is answered where it arrives
+    shortcut = "produced > fetched > handled > predicted > sent > consumed"
+    routed = "produced > fetched > handled > routed > fetched > handled > predicted > sent > consumed"
+    assert list(keyed["waterfall"]) == [shortcut] and keyed["waterfall"][shortcut]["events"] == 20
+    assert sum(w["events"] for w in unkeyed["waterfall"].values()) == 20 and routed in unkeyed["waterfall"]
+    for step in unkeyed["waterfall"][routed]["steps"]:
+        assert 0 <= step["p50_ms"] <= step["p99_ms"]
+    assert "traced events" in r.stderr
 
 
 @pytest.mark.timeout(600)

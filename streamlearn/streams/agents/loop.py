@@ -36,6 +36,7 @@ from ..transport import records_of
 
 log = logging.getLogger("streamlearn.agents")   # what no agent does (ticks, rebalances)
 _running: ContextVar[str] = ContextVar("agent", default="")   # each agent runs as a task of its own
+_fetched: ContextVar[float] = ContextVar("fetched", default=0.0)   # when the fetch being handled was handed over
 
 Handler = Callable[[Any, Outbox], Awaitable[None]]
 
@@ -44,6 +45,11 @@ def agent_log() -> logging.Logger:
     """The logger of the agent running now: ``streamlearn.agent.predict``, ``streamlearn.agent.join``, ..."""
     name = _running.get()
     return logging.getLogger(f"streamlearn.agent.{name}") if name else log
+
+
+def fetched_at() -> float:
+    """Wall-clock time the consumer handed over the fetch the running agent handles (0.0: unknown)."""
+    return _fetched.get()
 
 
 def current(app: faust.App, event: faust.EventT) -> bool:
@@ -96,6 +102,7 @@ class AgentLoop:
     async def _fetch(self, name: str, stream: faust.StreamT, event: faust.EventT, records: list, handle: Handler,
                      out: Outbox, learns: bool, counts_input: bool) -> None:
         i = 0
+        _fetched.set(getattr(event.message, "fetched_at", 0.0))
         try:
             for i, record in enumerate(records):
                 if counts_input:

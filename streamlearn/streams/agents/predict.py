@@ -9,8 +9,10 @@ import faust
 from ..codec import FeatureEvent, Inputs, Rejected, encode_prediction, key_text
 from ..deadletter import Counters, DeadLetters
 from ..outbox import Outbox
+from ..routing import trace_header, trace_of
 from .joins import Joins
 from .live import LiveModels
+from .loop import fetched_at
 
 
 class Predict:
@@ -32,10 +34,14 @@ class Predict:
         except Rejected as rejected:
             await self.dead.send(rejected, msg, out, model=key_text(msg.key))
             return
-        await self.answer(msg, ev, out)
+        stamps = trace_of(msg.headers)
+        if stamps is not None:
+            stamps += [["fetched", fetched_at()], ["handled", time.time()]]
+        await self.answer(msg, ev, out, stamps)
 
-    async def answer(self, msg, ev: FeatureEvent, out: Outbox) -> None:
-        """Answer an event in the partition that owns its model (``msg.partition``)."""
+    async def answer(self, msg, ev: FeatureEvent, out: Outbox, stamps: list | None = None) -> None:
+        """Answer an event in the partition that owns its model (``msg.partition``); ``stamps``: its latency
+        stamps so far, when it asked for them (``routing.trace_of``): its prediction carries them on."""
         started = time.perf_counter()
         try:
             live = self.live.for_event(msg.partition, ev.model, ev.spec, ev.event_id)
@@ -44,8 +50,11 @@ class Predict:
             await self.dead.send(rejected, msg, out, model=ev.model)
             return
         predicted_at = time.time()
-        await out.send(self.predictions, key=ev.model.encode(), value=encode_prediction(
-            ev, prediction.label, prediction.proba, prediction.version, prediction.learned, predicted_at))
+        value = encode_prediction(ev, prediction.label, prediction.proba, prediction.version, prediction.learned,
+                                  predicted_at)
+        headers = None if stamps is None else [trace_header([*stamps, ["predicted", predicted_at],
+                                                             ["sent", time.time()]])]
+        await out.send(self.predictions, key=ev.model.encode(), value=value, headers=headers)
         self.metrics.predicted(ev.model, time.perf_counter() - started, None if ev.ts is None else predicted_at - ev.ts)
         await self.joins.features(msg.partition, ev, out)
 

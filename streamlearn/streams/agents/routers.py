@@ -11,15 +11,18 @@ the model's learn agent, in order with its learning.
 
 from __future__ import annotations
 
+import time
+
 import faust
 
 from ..codec import SIGNATURE_HEADER, Inputs, Rejected, request_id_of, signature_of
 from ..deadletter import DeadLetters
 from ..outbox import Outbox
-from ..routing import COMMAND_HEADER, Ownership, origin_header
+from ..routing import COMMAND_HEADER, Ownership, origin_header, trace_header, trace_of
 from ..topics import Topics
 from ..commands import Commands
 from .joins import Joins
+from .loop import fetched_at
 from .predict import Predict
 
 
@@ -48,10 +51,16 @@ class Routers:
             await self.dead.send(refused, msg, out, model=ev.model)
             return
         owner = self.ownership.owner(ev.model)
+        stamps = trace_of(msg.headers)
+        if stamps is not None:
+            stamps += [["fetched", fetched_at()], ["handled", time.time()]]
         if self.ownership.here(msg.partition, owner):
-            await self.predict.answer(msg, ev, out)
-        else:
+            await self.predict.answer(msg, ev, out, stamps)
+        elif stamps is None:
             await self._route(out, self.topics.events, ev.model, owner, msg)
+        else:
+            await self._route(out, self.topics.events, ev.model, owner, msg,
+                              trace_header([*stamps, ["routed", time.time()]]))
 
     async def feedback(self, msg, out: Outbox) -> None:
         """Labels: joined here when their partition is their owner's on this worker, else routed."""

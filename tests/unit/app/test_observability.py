@@ -1,10 +1,12 @@
-"""Metrics exposition with a cap on per-model series, JSON logs."""
+"""Metrics exposition with a cap on per-model series, JSON logs, the bench's table and waterfall."""
 
 from __future__ import annotations
 
 import json
 import logging
 
+import orjson
+import pytest
 
 from streamlearn.app.logs import JsonFormatter, logging_config
 from streamlearn.app.metrics import Metrics, StateCollector
@@ -92,3 +94,36 @@ def test_bench_table_shows_key_counts_memory_and_the_ratio_to_the_first_key_coun
     assert first.split()[-4:] == ["200", "-", "-", "-"] and " 20 " in first
     assert second.split()[-4:] == ["300", "0.80", "10,506", "250"] and " 10000 " in second
     assert _key_counts("10000,100000") == [20, 10_000, 100_000] and _key_counts("20,5") == [20, 5]
+
+
+def test_the_bench_waterfall_splits_each_traced_prediction_by_path_and_step():
+    import io
+
+    from streamlearn.app.bench import Result, Table, resolve_rate, waterfall
+    from streamlearn.app.cli import _rates
+
+    def prediction(ts: float, consumed: float, *steps: tuple[str, float]):
+        headers = [("streamlearn-trace", orjson.dumps([list(s) for s in steps]))] if steps else []
+        return consumed, orjson.dumps({"event_id": "e", "ts": ts}), headers
+
+    received = [prediction(100.0, 100.030, ("fetched", 100.010), ("handled", 100.012), ("predicted", 100.013),
+                           ("sent", 100.014)) for _ in range(9)]
+    received.append(prediction(100.0, 100.5, ("fetched", 100.010), ("handled", 100.2), ("predicted", 100.201),
+                               ("sent", 100.202)))                    # one waited 190 ms behind its fetch
+    received.append(prediction(100.0, 100.1))                         # not traced: not in the waterfall
+    received.append(prediction(100.0, 100.1, ("fetched", 100.01), ("handled", 100.02), ("routed", 100.03),
+                               ("fetched", 100.05), ("handled", 100.06), ("predicted", 100.07), ("sent", 100.08)))
+    w = waterfall(received)
+    direct = w["produced > fetched > handled > predicted > sent > consumed"]
+    assert direct["events"] == 10
+    queued = direct["steps"][1]
+    assert (queued["from"], queued["to"]) == ("fetched", "handled")
+    assert queued["p50_ms"] == pytest.approx(2.0) and queued["p99_ms"] > 150
+    routed = w["produced > fetched > handled > routed > fetched > handled > predicted > sent > consumed"]
+    assert routed["events"] == 1 and routed["steps"][3]["p50_ms"] == pytest.approx(20.0)   # the hop
+    out = io.StringIO()
+    Table(out).row(Result("pipeline", "logreg", 1, 1000, 12, 1000.0, 1, 2, 3, 0.1, waterfall=w))
+    assert "10 traced events: fetched +10.0/10.0, handled +2.0/" in out.getvalue()
+    assert _rates("0,1000,half") == [0.0, 1000.0, "half"] and resolve_rate("half", 4001.0) == 2000
+    with pytest.raises(SystemExit):
+        _rates("1000,half")        # half of no flat-out run

@@ -68,6 +68,28 @@ async def test_routers_answer_at_once_what_already_sits_in_its_owners_partition(
     assert len(worker.sent.predictions.sent) == 1 and len(worker.sent.events.sent) == 2
 
 
+async def test_an_event_that_asks_for_latency_stamps_gets_them_on_its_prediction_and_others_none(worker):
+    """The bench's waterfall: each step stamps a traced event; routed, the stamps travel with it."""
+    p = partition_for("tenant-7", 8)
+    asked = {"streamlearn-trace": b""}
+    async with worker.app.agents["route-features"].test_context() as agent:
+        await agent.put(orjson.dumps({"event_id": "e1", "model": "tenant-7", "features": {"a": 1.0}}), key=None,
+                        partition=(p + 1) % 8, headers=asked)
+    [routed] = worker.sent.events.sent
+    [(name, value)] = [h for h in routed["headers"] if h[0] == "streamlearn-trace"]
+    assert [step for step, _ in orjson.loads(value)] == ["fetched", "handled", "routed"]
+    async with worker.app.agents["predict"].test_context() as predict:
+        await predict.put(routed["value"], key=b"tenant-7", partition=p, headers=dict(routed["headers"]))
+        await predict.put(orjson.dumps({"event_id": "e2", "features": {"a": 1.0}}), key=b"tenant-7", partition=p)
+    traced, plain = worker.sent.predictions.sent
+    stamps = orjson.loads(dict(traced["headers"])["streamlearn-trace"])
+    assert [step for step, _ in stamps] == ["fetched", "handled", "routed", "fetched", "handled", "predicted",
+                                            "sent"]
+    times = [t for step, t in stamps if step != "fetched"]   # (Faust's test context hands over no fetch time)
+    assert times == sorted(times) and times[0] > time.time() - 60
+    assert plain["headers"] is None
+
+
 def counted(worker, name: str, **labels: str) -> float:
     """A counter's value, read as Prometheus would (0 for a series not yet there)."""
     return worker.metrics.registry.get_sample_value(name, labels) or 0.0
