@@ -7,12 +7,14 @@ import logging
 import os
 import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faust
 import uvloop
 
-from streamlearn.streams.topics import ensure_committed
+from streamlearn.streams.stores import keep_tables_of
+from streamlearn.streams.topics import cluster_id, ensure_committed
 
 from .logs import logging_config
 
@@ -23,7 +25,8 @@ log = logging.getLogger("streamlearn")
 
 
 async def prepare(worker: Worker) -> None:
-    """What must exist before the worker consumes: its topics, and committed start offsets.
+    """What must exist before the worker consumes: its topics, committed start offsets, and (on RocksDB) tables
+    on disk that belong to this Kafka cluster.
 
     First a connection check: Kafka refusing our credentials, or a broker
     certificate we do not trust, stops the worker here (``KafkaAuthError``),
@@ -32,6 +35,9 @@ async def prepare(worker: Worker) -> None:
     """
     s = worker.settings
     await s.kafka_auth.check(s.bootstrap_servers, s.kafka_connect_timeout_seconds)
+    if s.table_store == "rocksdb":   # tables on disk: only those of this Kafka cluster (``keep_tables_of``)
+        keep_tables_of(await cluster_id(s.bootstrap_servers, s.kafka_options), Path(s.data_dir),
+                       Path(worker.app.conf.tabledir))
     created = await worker.ensure_topics()
     if created:
         log.info("created %d topics", len(created))

@@ -172,6 +172,17 @@ async def ensure_topics(bootstrap_servers: str, names: TopicNames, partitions: i
         await admin.close()
 
 
+async def cluster_id(bootstrap_servers: str, kafka: Mapping[str, Any] | None = None, timeout: float = 30.0) -> str:
+    """The Kafka cluster's id (a new cluster, say a broker started on fresh storage, has a new one)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout * 1000),
+                                **(kafka or {}))
+    await admin.start()
+    try:
+        return str((await admin.describe_cluster())["cluster_id"])
+    finally:
+        await admin.close()
+
+
 async def _partition_counts(admin: AIOKafkaAdminClient, topics: list[str],
                             with_leaders: bool = False) -> dict[str, int]:
     """Partition count of each existing topic (only those whose partitions all have a leader)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -46,6 +47,8 @@ def test_the_readme_quick_start_runs_as_written(tmp_path):
     env["PATH"] = ":".join(p for p in env.get("PATH", "").split(":") if ".venv" not in p)
     log = ROOT / "worker.log"
     assert not log.exists(), "a worker.log in the checkout would be overwritten"
+    data = ROOT / "streamlearn-data"      # the worker's data directory (its tables): the test's, unless one was there
+    data_before = data.exists()
 
     def run(lang: str, code: str, timeout: float) -> subprocess.CompletedProcess:
         if lang == "bash":
@@ -87,3 +90,5 @@ def test_the_readme_quick_start_runs_as_written(tmp_path):
             subprocess.run(["kill", "-9", pid], capture_output=True)
         netns.sh("ip", "netns", "del", ns, check=False)
         log.unlink(missing_ok=True)
+        if not data_before:
+            shutil.rmtree(data, ignore_errors=True)
