@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from faust.web import Request, Response, View
@@ -28,6 +29,9 @@ log = logging.getLogger("streamlearn")
 
 # An agent that crashed within this many seconds makes /ready answer 503 (it may be crash-looping).
 CRASH_WINDOW_SECONDS = 30.0
+
+
+FORWARDED_HEADER = "X-Streamlearn-Forwarded"   # a predict request forwarded to the key's owner
 
 
 class Unsettled(Exception):
@@ -112,8 +116,10 @@ def bind_views(w: Worker) -> None:
     class GatedView(View):
         """A view whose requests pass the API gate first: commands need the token, reads when protected."""
 
+        reads = False    # a POST that only reads (answers), gated as the reads are
+
         async def dispatch(self, request: Any) -> Any:
-            refused = gate.refuse(request, command=request.method not in ("GET", "HEAD"))
+            refused = gate.refuse(request, command=not self.reads and request.method not in ("GET", "HEAD"))
             if refused:
                 return self.json(refused[1], status=refused[0])
             try:
@@ -165,6 +171,47 @@ def bind_views(w: Worker) -> None:
                                  status=404)
             return self.json(versions_of(live, index or models.versions.VersionIndex(key)))
 
+    @app.page("/models/{key}/predict")
+    class PredictView(GatedView):
+        reads = True
+
+        async def post(self, request: Request, key: str) -> Response:
+            """Answers from the key's live model, on its owner: ``{"features": {...}}`` (or a list of them); with
+            an ``event_id`` (``event_ids``, one per features) the features then wait for the label, as a topic
+            event's do. Each answer is the JSON of the predictions topic."""
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None
+            try:
+                owner = str(app.router.external_topic_key_store(w.topics.events, key)).rstrip("/")
+            except KeyError:
+                raise Unsettled(key) from None
+            if owner != str(app.conf.canonical_url).rstrip("/"):
+                if request.headers.get(FORWARDED_HEADER):
+                    raise Unsettled(key)       # forwarded here as the owner, but the key moved meanwhile
+                # Faust's own forwarding (topic_route) drops a POST's body: forwarded here with it
+                async with app.http_client.post(f"{owner}/models/{key}/predict", json=body, timeout=10,
+                                                headers={**gate.peer_headers(), FORWARDED_HEADER: "1"}) as response:
+                    return self.json(await response.json(), status=response.status)
+            try:
+                events = http_events(body, key, w.settings.max_message_bytes)
+                if not settled():
+                    raise Unsettled(key)
+                answers = [await answer(key, ev, keep) for ev, keep in events]
+            except codec.Rejected as rejected:
+                status = 422 if rejected.reason in (codec.MODEL_ERROR, codec.SPEC_MISMATCH) else 400
+                return self.json({"ok": False, "error": rejected.reason, "detail": rejected.detail, "model": key,
+                                  "event_id": rejected.event_id}, status=status)
+            many = isinstance(body, dict) and isinstance(body.get("features"), list)
+            return self.json(answers if many else answers[0])
+
+    async def answer(key: str, ev: codec.FeatureEvent, keep: bool) -> Any:
+        partition = w.ownership.owner(key)
+        if partition not in w.ownership.owned:
+            raise Unsettled(key)     # forwarded here as its owner, but a rebalance moved it meanwhile
+        return codec.loads(await w.predict.answer_request(partition, ev, keep))
+
     def command_view(command: str) -> type:
         class CommandView(GatedView):
             async def post(self, request: Request, key: str) -> Response:
@@ -192,3 +239,24 @@ def bind_views(w: Worker) -> None:
 
     for command in ("snapshot", "restore", "rollback", "pin", "unpin", "promote"):
         app.page(f"/models/{{key}}/{command}")(command_view(command))
+
+
+def http_events(body: Any, key: str, max_bytes: int) -> list[tuple[codec.FeatureEvent, bool]]:
+    """The events of a predict request, validated as the codec validates a topic's (each with whether its
+    features wait for a label: it has an event id)."""
+    if not isinstance(body, dict) or "features" not in body:
+        raise codec.Rejected(codec.MISSING_FIELD, 'the body must be a JSON object with "features"')
+    many = isinstance(body["features"], list)
+    features = body["features"] if many else [body["features"]]
+    ids = body.get("event_ids") if many else [body.get("event_id")]
+    if ids is None:
+        ids = [None] * len(features)
+    if not isinstance(ids, list) or len(ids) != len(features):
+        raise codec.Rejected(codec.BAD_FIELD, "event_ids must be a list as long as features")
+    events = []
+    for f, eid in zip(features, ids):
+        raw = codec.dumps({"event_id": eid if eid is not None else f"http-{uuid.uuid4().hex}", "model": key,
+                           "features": f, "ts": body.get("ts") or time.time(), "spec": body.get("spec")})
+        events.append((codec.decode_event(raw, key.encode(), default_model=key, max_bytes=max_bytes),
+                       eid is not None))
+    return events

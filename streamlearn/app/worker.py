@@ -65,6 +65,7 @@ class Worker:
     loop: AgentLoop
     commit: BatchCommit
     live: LiveModels
+    predict: Predict
     dead: DeadLetters
     commands: Commands
     health: InputHealth
@@ -192,7 +193,7 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     dead = DeadLetters(topics.deadletter, metrics)
     live = LiveModels(registry, lambda key: specs[s.spec_for(key)], specs, metrics)
     joins = Joins(inputs, pending, early, live, topics.training, dead, health)
-    predict = Predict(inputs, live, topics.predictions, joins, dead, metrics)
+    predict = Predict(inputs, live, topics.predictions, topics.events, joins, dead, metrics)
     routers = Routers(topics, ownership, inputs, dead, commands, predict, joins)
     learning = Learning(live, versions, commit, commands, audit, dead, metrics)
     loop = AgentLoop(commit, dead, metrics, new_outbox)
@@ -206,8 +207,8 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
         metrics.agent_crashes.labels(name)   # a series at 0 from the start, for dashboards and alerts
 
     control = ControlClient.of(s)
-    worker = Worker(s, app, topics, registry, pending, early, metrics, ownership, loop, commit, live, dead, commands,
-                    health, checkpoints, versions, store, control)
+    worker = Worker(s, app, topics, registry, pending, early, metrics, ownership, loop, commit, live, predict, dead,
+                    commands, health, checkpoints, versions, store, control)
     _bind_rebalance(worker)
     _bind_timers(worker)
     _bind_metrics(worker)

@@ -19,6 +19,7 @@ from aiokafka.partitioner import murmur2
 ORIGIN_HEADER = "streamlearn-origin"
 TICK_HEADER = "streamlearn-tick"
 COMMAND_HEADER = "streamlearn-command"
+ANSWERED_HEADER = "streamlearn-answered"   # an event answered over HTTP: only its features are kept
 # An event that carries this header is stamped at each step (``trace_of``); its prediction carries the stamps.
 TRACE_HEADER = "streamlearn-trace"
 
@@ -40,6 +41,11 @@ def _items(headers) -> list[tuple[str, bytes]]:
 def is_tick(headers) -> bool:
     """Whether a message on an internal topic is a timer's tick, not data."""
     return any(name == TICK_HEADER for name, _ in _items(headers))
+
+
+def is_answered(headers) -> bool:
+    """Whether an event on the internal events topic was answered already (over HTTP)."""
+    return any(name == ANSWERED_HEADER for name, _ in _items(headers))
 
 
 def is_command(headers) -> bool:

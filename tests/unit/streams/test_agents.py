@@ -544,3 +544,16 @@ async def test_a_keys_label_health_is_counted_and_its_starving_labels_alert_once
     assert [a.kind for a in alerts] == ["label_starvation", "recovered"]
     assert alerts[1].figures == {"of": "label_starvation", "predicted_meanwhile": 150}
     assert label_health("other", worker.health) == {}
+
+
+async def test_an_event_answered_over_http_is_not_answered_again_its_features_wait_for_the_label(worker):
+    p = partition_for("m", 8)
+    async with worker.app.agents["predict"].test_context() as agent:
+        await agent.put(orjson.dumps({"event_id": "h1", "features": {"a": 1.0}}), key=b"m", partition=p,
+                        headers=[("streamlearn-answered", b"1")])
+    assert worker.sent.predictions.sent == []                       # answered over HTTP already
+    assert worker.pending.get(b"m\x1fh1").features == {"a": 1.0}    # kept for the label
+    async with worker.app.agents["join"].test_context() as agent:
+        await agent.put(orjson.dumps({"event_id": "h1", "label": True}), key=b"m", partition=p, headers=origin(4))
+    [example] = worker.sent.training.values()
+    assert example[0]["event_id"] == "h1" and example[0]["label"] is True
