@@ -15,7 +15,9 @@ consumer transport".
 3. A jump in offsets right after a seek is not a gap (``Seeks``): the
    offsets in between were fetched before the seek, real messages, read
    again (twice at most, then taken for a gap). Of a fetch, only what lies
-   before its first offset can be a gap.
+   before its first offset can be a gap. A topic only we write (``exact``:
+   every offset a message) has no gaps at all: a jump there is messages the
+   consumer dropped, read again through rule 2.
 4. Recovery stalls (``stalled_recovery``): an active changelog partition
    with records left and no event for ``stall`` seconds, nothing queued.
 5. The training topic is handled in offset order without a gap
@@ -86,10 +88,12 @@ class Seeks:
     def fetching(self, tp: Hashable, first: int) -> None:
         self._fetching[tp] = first
 
-    def gap(self, tp: Hashable, offset_from: int, offset_to: int) -> tuple[int, int] | None:
+    def gap(self, tp: Hashable, offset_from: int, offset_to: int, exact: bool = False) -> tuple[int, int] | None:
         """Faust's drain loop saw ``tp``'s offsets jump over ``offset_from..offset_to``: the gap to commit
-        as read (None: none; what it skipped is read again)."""
+        as read (None: none; what it skipped is read again). ``exact``: a topic only we write, never a gap."""
         first = self._fetching.pop(tp, None)
+        if exact:
+            return None
         if first is not None:     # the drain loop saw the fetch's last offset: only before its first is a gap
             offset_to = first - 1
             if offset_to < offset_from:

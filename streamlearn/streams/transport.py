@@ -11,8 +11,9 @@ on Faust's bookkeeping:
   every step tolerates (predictions are at-least-once; the join and the
   learner recognise repeats).
 - A jump in offsets right after a seek is not taken for a gap (transaction
-  markers, compaction). One unacked message at the committed offset never
-  slips through (``_new_offset``).
+  markers, compaction), nor any jump in a topic only we write
+  (``app.exact_topics``: every offset a message). One unacked message at
+  the committed offset never slips through (``_new_offset``).
 - A stop commits every ack, also while a timed commit is under way
   (``commit_and_end_transactions``).
 - For the topics our agents read (``app.batched_topics``), ``getmany`` hands
@@ -154,10 +155,15 @@ class Consumer(faust_aiokafka.Consumer):
                 yield tp, self._to_message(tp, record)
 
     async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
-        """Faust's drain loop saw offsets jump: acked as a gap, unless the jump follows a seek (``Seeks``)."""
-        gap = self._seeks.gap(tp, offset_from, offset_to)
+        """Faust's drain loop saw offsets jump: acked as a gap, unless the jump follows a seek or lies in a
+        topic only we write (``Seeks``)."""
+        exact = tp.topic in getattr(self.app, "exact_topics", ())
+        gap = self._seeks.gap(tp, offset_from, offset_to, exact)
         if gap is not None:
             await super()._add_gap(tp, *gap)
+        elif exact:
+            log.info("%s: offsets from %d were not handed to an agent (a dropped fetch): not committed, read "
+                     "again from the committed offset", tp, offset_from)
 
     def _new_offset(self, tp: Any) -> int | None:
         """The offset to commit, only when everything from the committed offset on was handled (``CommitHold``).

@@ -73,3 +73,11 @@ async def test_the_stop_commits_what_was_acked_during_a_timed_commit(monkeypatch
     monkeypatch.setattr(faust_aiokafka.Consumer, "commit_and_end_transactions", commit_everything)
     await c.commit_and_end_transactions()
     assert steps == ["waited", "waited", "committed"]
+
+
+async def test_a_jump_in_an_internal_topic_is_never_committed_as_a_gap():
+    c = worker_consumer()
+    c.app.exact_topics = frozenset({"internal"})
+    await c._add_gap(TP("internal", 0), 110, 119)      # as Faust's drain loop does on a jump in offsets
+    await c._add_gap(TP("input", 0), 110, 119)
+    assert not c._gap[TP("internal", 0)] and c._gap[TP("input", 0)]
