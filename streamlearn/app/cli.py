@@ -169,35 +169,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from .bench import parse_producers, parse_rates, run_bench
 
     return asyncio.run(run_bench(connected(args), events=args.events, specs=args.specs.split(","),
                                  workers=[int(w) for w in args.workers.split(",")],
-                                 rates=_rates(args.rates), as_json=args.json, plot=args.plot,
-                                 keys=_key_counts(args.keys), producers=_producers(args.producers)))
-
-
-def _rates(text: str) -> list[float | str]:
-    """``--rates``: events/s per run (0: flat out), or ``half`` (of the flat-out run before it)."""
-    rates: list[float | str] = []
-    for r in text.split(","):
-        if r == "half":
-            if 0.0 not in rates:
-                raise SystemExit("streamlearn bench --rates: 'half' needs a flat-out run (0) before it")
-            rates.append(r)
-        else:
-            try:
-                rates.append(float(r))
-            except ValueError:
-                raise SystemExit(f"streamlearn bench --rates: {r!r} is neither a number nor 'half'") from None
-    return rates
-
-
-def _producers(text: str) -> list[str]:
-    kinds = text.split(",")
-    if not kinds or any(k not in ("keyed", "unkeyed") for k in kinds):
-        raise SystemExit("streamlearn bench --producers: 'keyed', 'unkeyed' or both, comma-separated")
-    return kinds
+                                 rates=parse_rates(args.rates), as_json=args.json, plot=args.plot,
+                                 keys=_key_counts(args.keys), producers=parse_producers(args.producers)))
 
 
 def cmd_soak(args: argparse.Namespace) -> int:

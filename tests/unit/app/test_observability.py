@@ -81,7 +81,8 @@ def test_the_accuracy_plot_marks_promotions_with_the_spec_promoted(tmp_path):
 def test_bench_table_shows_key_counts_memory_and_the_ratio_to_the_first_key_count():
     import io
 
-    from streamlearn.app.bench import Result, Table
+    from streamlearn.app.bench import Result
+    from streamlearn.app.benchreport import Table
     from streamlearn.app.cli import _key_counts
 
     out = io.StringIO()
@@ -99,8 +100,8 @@ def test_bench_table_shows_key_counts_memory_and_the_ratio_to_the_first_key_coun
 def test_the_bench_waterfall_splits_each_traced_prediction_by_path_and_step():
     import io
 
-    from streamlearn.app.bench import Result, Table, resolve_rate, waterfall
-    from streamlearn.app.cli import _rates
+    from streamlearn.app.bench import Result, parse_rates, resolve_rate
+    from streamlearn.app.benchreport import Table, waterfall
 
     def prediction(ts: float, consumed: float, *steps: tuple[str, float]):
         headers = [("streamlearn-trace", orjson.dumps([list(s) for s in steps]))] if steps else []
@@ -124,6 +125,6 @@ def test_the_bench_waterfall_splits_each_traced_prediction_by_path_and_step():
     out = io.StringIO()
     Table(out).row(Result("pipeline", "logreg", 1, 1000, 12, 1000.0, 1, 2, 3, 0.1, waterfall=w))
     assert "10 traced events: fetched +10.0/10.0, handled +2.0/" in out.getvalue()
-    assert _rates("0,1000,half") == [0.0, 1000.0, "half"] and resolve_rate("half", 4001.0) == 2000
+    assert parse_rates("0,1000,half") == [0.0, 1000.0, "half"] and resolve_rate("half", 4001.0) == 2000
     with pytest.raises(SystemExit):
-        _rates("1000,half")        # half of no flat-out run
+        parse_rates("1000,half")        # half of no flat-out run
