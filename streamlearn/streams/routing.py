@@ -11,7 +11,7 @@ requests by key agrees with ours.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Callable
+from typing import Callable, Iterable
 
 import orjson
 from aiokafka.partitioner import murmur2
@@ -34,8 +34,9 @@ def origin_header(topic: str, partition: int, offset: int) -> tuple[str, bytes]:
     return ORIGIN_HEADER, f"{topic}/{partition}/{offset}".encode()
 
 
-def _items(headers) -> list[tuple[str, bytes]]:
-    return list(headers.items()) if isinstance(headers, dict) else list(headers or ())
+def _items(headers) -> Iterable[tuple[str, bytes]]:
+    """A message's headers as (name, value) pairs, without copying them (each event's are looked through)."""
+    return headers.items() if isinstance(headers, dict) else (headers or ())
 
 
 def is_tick(headers) -> bool:

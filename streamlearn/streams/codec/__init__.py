@@ -183,7 +183,7 @@ def encode_prediction(event: FeatureEvent, label: Any, proba: dict[Any, float] |
 
 # The join state, kept by the million: short keys, the same in both entries. f: features, t: when written,
 # o: the label's origin, y: the label, lt: the label's ts, early: a parked label released by these features;
-# a parked label: id, m (model), v (the producer's message, base64). Entries written before 2026-12-06 had
+# a parked label: id, m (model), v (the producer's message, base64). Entries written before 2026-12-07 had
 # "l" for the origin, and parked labels long keys: both are still read.
 
 def encode_waiting(w: Waiting) -> bytes:
@@ -208,7 +208,7 @@ def encode_parked(p: Parked) -> bytes:
 
 def decode_parked(raw: bytes) -> Parked:
     o = orjson.loads(raw)
-    if "id" not in o:   # written before 2026-12-06
+    if "id" not in o:   # written before 2026-12-07
         return Parked(o["event_id"], o["model"], o["label"], o.get("ts"), o["src"], unb64(o.get("value")), o["t"])
     return Parked(o["id"], o["m"], o["y"], o.get("lt"), o["o"], unb64(o.get("v")), o["t"])
 
