@@ -73,6 +73,9 @@ class Metrics:
             "streamlearn_changelog_records_restored_total", "Changelog records read back into a table at "
             "recovery: a worker restarting on its data directory (RocksDB) reads only what the changelog gained "
             "since it stopped.", ["table"], registry=r)
+        self.changelog_read_rate = Gauge(
+            "streamlearn_changelog_read_records_per_second", "Of the last recovery's changelog read (records "
+            "behind their highwater, read in batches before the worker serves): records per second.", registry=r)
         self.checkpoints_restored = Counter(
             "streamlearn_checkpoints_restored_total", "Models restored from their checkpoint.", registry=r)
         self.restore_seconds = Histogram(
@@ -145,6 +148,10 @@ class Metrics:
 
     def alerted(self, kind: str) -> None:
         self.alerts.labels(kind).inc()
+
+    def changelog_read(self, records: int, seconds: float) -> None:
+        if records:
+            self.changelog_read_rate.set(records / max(seconds, 1e-6))
 
     def recovery_stalled(self, partitions: int) -> None:
         self.recovery_stalls.inc(partitions)

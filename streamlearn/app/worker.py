@@ -100,6 +100,9 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     app.batched_topics = frozenset([names.features, names.feedback, names.control, *names.internal()])
     metrics = Metrics()
     app.on_recovery_stall = metrics.recovery_stalled   # the consumer's recovery watchdog counts here
+    # recovery's batched changelog read (streams/stores.py): its client, and its pace
+    app.changelog_client_options = {"bootstrap_servers": s.bootstrap_servers, **s.kafka_options}
+    app.on_changelog_read = metrics.changelog_read
     specs, params = s.registry, s.params
     blobs = Blobs(s.signing_secret, specs)
 

@@ -25,6 +25,9 @@ consumer transport".
    fetch handled past a skipped one would lose it for good. A fetch that
    starts past the next offset due is not handled; the partition is read
    again from the offset due.
+6. Changelogs are read back in batches (``ChangelogRead``): each active
+   changelog partition behind its highwater, from the record after the
+   one its store holds to the highwater, and what was applied of it.
 """
 
 from __future__ import annotations
@@ -167,3 +170,45 @@ def stalled_recovery(now: float, started: float | None, stall: float, queued: in
         return {}
     return {tp: max(0, offsets[tp] + 1) for tp, left in remaining.items()
             if left > 0 and now - received.get(tp, started) >= stall}
+
+
+class ChangelogRead:
+    """What a batched read of changelogs has left: per partition, the offsets from the one after the last
+    applied to the highwater (the last offset when the read began; Faust's convention: -1 for an empty
+    partition, ``applied`` -1 or the earliest offset less one for a store holding nothing).
+
+    Records past the highwater are not this read's (they came later: the partition's owner wrote them, and
+    its store has them). A partition is done once its record at the highwater was applied, or the reader's
+    position passed the highwater (a compacted log has gaps: the position, not a record, is the sure sign).
+    """
+
+    def __init__(self, applied: Mapping[TP, int | None], highwaters: Mapping[TP, int]) -> None:
+        self.applied: dict[TP, int] = {tp: offset for tp, offset in applied.items()
+                                       if offset is not None and highwaters.get(tp, -1) > offset}
+        self.highwaters = {tp: highwaters[tp] for tp in self.applied}
+        self.records = 0
+
+    def start(self) -> dict[TP, int]:
+        """Where each partition's read begins: partition -> its first offset."""
+        return {tp: max(0, offset + 1) for tp, offset in self.applied.items()}
+
+    def wanted(self, tp: TP, offsets: Iterable[int]) -> int:
+        """How many of a fetch's records (their offsets, in order) this read applies: those up to the highwater."""
+        hw, n = self.highwaters[tp], 0
+        for offset in offsets:
+            if offset > hw:
+                break
+            n += 1
+        return n
+
+    def applied_up_to(self, tp: TP, offset: int, records: int) -> None:
+        self.applied[tp] = max(offset, self.applied[tp])
+        self.records += records
+
+    def passed(self, tp: TP, position: int) -> None:
+        """The reader's next offset for ``tp`` is ``position``: what lies before it was read."""
+        if position > self.highwaters[tp]:
+            self.applied[tp] = max(self.applied[tp], self.highwaters[tp])
+
+    def left(self) -> set[TP]:
+        return {tp for tp, hw in self.highwaters.items() if self.applied[tp] < hw}

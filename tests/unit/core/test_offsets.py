@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streamlearn.core.offsets import (MARKER_PATIENCE, REREAD_AFTER, CommitHold, InOrder, Seeks, new_acks,
-                                     stalled_recovery)
+from streamlearn.core.offsets import (MARKER_PATIENCE, REREAD_AFTER, ChangelogRead, CommitHold, InOrder, Seeks,
+                                     new_acks, stalled_recovery)
 
 TP = ("t", 4)
 
@@ -123,3 +123,20 @@ def test_a_gap_that_is_never_read_again_is_taken_after_the_last_ask():
     assert [v for v in verdicts if v[1] is not None] == [(False, 10, None)] * 3   # at 0, 5 and 10 s
     assert verdicts[-1] == (True, None, (10, 499)) and not any(v[0] for v in verdicts[:-1])   # taken at 15 s
     assert order.check(TP, 510, 519, committed=0) == (True, None, None)
+
+
+def test_a_changelog_read_covers_each_partition_behind_its_highwater_from_the_record_after_its_store():
+    """Faust's offsets: the last applied (-1 or the earliest less one: nothing held), the last in the log."""
+    applied = {("c", 0): 41, ("c", 1): -1, ("c", 2): 9, ("c", 3): None, ("c", 4): 99}
+    highwaters = {("c", 0): 50, ("c", 1): 3, ("c", 2): 9, ("c", 3): 5, ("c", 4): 80}
+    read = ChangelogRead(applied, highwaters)
+    assert read.start() == {("c", 0): 42, ("c", 1): 0}   # caught up (2, 4) or unknown (3): not read
+    assert read.left() == {("c", 0), ("c", 1)}
+    assert read.wanted(("c", 0), [42, 45, 50, 51, 60]) == 3   # what the owner wrote since is not this read's
+    read.applied_up_to(("c", 0), 50, 3)
+    read.applied_up_to(("c", 1), 2, 2)                        # offset 3 still to come
+    assert read.left() == {("c", 1)} and read.records == 5
+    read.passed(("c", 1), 3)                                  # the reader stands at 3: not past it yet
+    assert read.left() == {("c", 1)}
+    read.passed(("c", 1), 4)                                  # 3 compacted away: the position says it was read
+    assert read.left() == set() and read.applied == {("c", 0): 50, ("c", 1): 3}
