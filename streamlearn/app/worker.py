@@ -113,7 +113,7 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     ownership = Ownership(s.partitions, lambda: app.assignor.assigned_actives())
     tables = _Tables(app, s, metrics, behind, ownership)
     pending = tables.bounded("pending", "Features of predicted events waiting for their label.",
-                             s.pending_ttl_seconds, codec.encode_waiting, codec.decode_waiting)
+                             s.pending_ttl_seconds, codec.encode_waiting, codec.decode_waiting, codec.waiting_written)
     early = tables.bounded("early-labels", "Labels that arrived before their event's features.",
                            s.label_wait_seconds, codec.encode_parked, codec.decode_parked)
 
@@ -279,10 +279,12 @@ class _Tables:
         count_restored(t, self.metrics.changelog_restored.labels(name))
         return t
 
-    def bounded(self, name: str, help: str, ttl: float, encode: Any, decode: Any) -> BoundedTable:
+    def bounded(self, name: str, help: str, ttl: float, encode: Any, decode: Any,
+                written: Any = None) -> BoundedTable:
         """A table of the join state, keyed by event."""
         state = TableState(self._table(name, help), self.behind, self.ownership.assigned, self.s.partitions)
-        return BoundedTable(state, self.s.partitions, ttl, self.s.pending_max_per_partition, encode, decode)
+        return BoundedTable(state, self.s.partitions, ttl, self.s.pending_max_per_partition, encode, decode,
+                            written=written)
 
     def by_model(self, name: str, help: str, model_of: Any, **kwargs: Any) -> TableState:
         """A table of the learn agent, keyed by model: written behind like the join state, so a store never

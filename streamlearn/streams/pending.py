@@ -127,7 +127,9 @@ class TableState:
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every entry, one at a time (a million of them would take 300 MB as a list); do not write meanwhile."""
         waiting = self._waiting
-        for key, value in self.store.items():
+        # RocksDB: its databases' bytes as they are (Faust's ``items`` decodes each through its codec registry)
+        stored = self.store.items() if self._dbs is None else self.store._iteritems()
+        for key, value in stored:
             if key not in waiting:
                 yield key, value
         for key in list(waiting):
@@ -237,13 +239,14 @@ class BoundedTable(Generic[E]):
 
     def __init__(self, data: "TableState | MutableMapping[bytes, Any]", partitions: int, ttl: float,
                  max_per_partition: int, encode: Callable[[E], bytes], decode: Callable[[bytes], E],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, written: Callable[[bytes], float] | None = None) -> None:
         self.data = data   # a TableState; a plain dict in tests
         self.write: Write = getattr(data, "write", None) or dict_writer(data)
         self.partitions = partitions
         self.ttl = ttl
         self.max_per_partition = max_per_partition
         self.encode, self.decode = encode, decode
+        self.written = written or (lambda raw: decode(raw).written)   # an encoded entry's stamp
         self.clock = clock
         # partition -> keys in insertion (= time) order, built lazily
         self._index: dict[int, OrderedDict[bytes, float]] = {}
@@ -318,10 +321,15 @@ class BoundedTable(Generic[E]):
         """Index what the changelog restored, for ``partition`` and every other partition not indexed yet
         (one pass: after a restart the store holds every owned partition's entries)."""
         found: dict[int, list[tuple[float, bytes]]] = {partition: []}
+        written, indexed, partitions = self.written, self._index, self.partitions
+        partition_of: dict[bytes, int] = {}   # a model key's partition: a few keys, a million entries
         for key, value in self.data.items():
-            p = partition_for(join_model(key), self.partitions)
-            if p not in self._index:
-                found.setdefault(p, []).append((self.decode(value).written, key))
+            model = key.split(SEP, 1)[0]
+            p = partition_of.get(model)
+            if p is None:
+                p = partition_of[model] = partition_for(model.decode(), partitions)
+            if p not in indexed:
+                found.setdefault(p, []).append((written(value), key))
         for p, entries in found.items():
             entries.sort()
             self._index[p] = OrderedDict((k, t) for t, k in entries)

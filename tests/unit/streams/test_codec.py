@@ -145,3 +145,11 @@ def test_join_state_entries_round_trip_and_entries_of_the_previous_format_still_
     old_parked = orjson.dumps({"label": "yes", "ts": 7.0, "event_id": "e1", "model": "m", "src": ["feedback", 3, 10],
                                "value": codec.b64(b"\x00raw"), "t": 6.0})
     assert codec.decode_parked(old_parked) == parked
+
+
+@pytest.mark.parametrize("written", [1765000000.123456, 5.0, 1e-7, 0.0])
+def test_a_waiting_entry_gives_its_stamp_without_decoding_its_features(written):
+    """A restart indexes every entry by its stamp: read where it leads, or from the whole entry before that."""
+    w = Waiting({"t": 3.0, "z": "},\"t\":9"}, written, ["feedback", 3, 10], True, 7.0)   # features that look alike
+    assert codec.waiting_written(codec.encode_waiting(w)) == written
+    assert codec.waiting_written(orjson.dumps({"f": w.features, "t": written, "o": None})) == written
