@@ -33,10 +33,11 @@ whose tombstone was never sent, which would lose a replayed label's join).
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, MutableMapping, Protocol, TypeVar
 
 from faust.types import TP
+
+from streamlearn.core.eviction import EvictionIndex
 
 from .routing import partition_for
 
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from .outbox import WriteBehind
 
 SEP = b"\x1f"
+INDEX_STEP = 5_000   # entries of the store a step of the eviction index's build reads
 
 
 def join_key(model: str, event_id: str) -> bytes:
@@ -139,6 +141,43 @@ class TableState:
 
     def __iter__(self) -> Iterator[bytes]:
         return (key for key, _ in self.items())
+
+    def scan(self, limit: int) -> Iterator[list[tuple[bytes, bytes]]]:
+        """Every entry, ``limit`` at a time, the store's bytes as they are. Writes and rebalances may come
+        between chunks: an entry written meanwhile may be read with either value, or not at all (whoever
+        scans learns of writes from its own), and a partition revoked meanwhile is read no further."""
+        waiting = self._waiting
+        if self._dbs is None:   # the memory store: a copy of its keys
+            keys = list(self.store.keys())
+            for i in range(0, len(keys), limit):
+                yield [(key, value) for key in keys[i:i + limit]
+                       if key not in waiting and (value := self.store.get(key)) is not None]
+        else:                   # RocksDB: each database from the key after the last one read
+            offset_key = self.store.offset_key
+            for partition in sorted(self._dbs):
+                after = None
+                while (db := self._dbs.get(partition)) is not None:
+                    it = db.iter()
+                    if after is None:
+                        it.seek_to_first()
+                    else:
+                        it.seek(after)
+                        if it.valid() and it.key() == after:
+                            it.next()
+                    chunk = []
+                    while len(chunk) < limit and it.valid():
+                        key = it.key()
+                        if key != offset_key and key not in waiting:
+                            chunk.append((key, it.value()))
+                        it.next()
+                    ended = not it.valid()
+                    del it
+                    if chunk:
+                        after = chunk[-1][0]
+                        yield chunk
+                    if ended:
+                        break
+        yield [(key, value) for key, value in list(waiting.items()) if value is not None]
 
     def partition_of(self, key: bytes) -> int:
         return partition_for(self.model_of(key), self.partitions)
@@ -248,8 +287,8 @@ class BoundedTable(Generic[E]):
         self.encode, self.decode = encode, decode
         self.written = written or (lambda raw: decode(raw).written)   # an encoded entry's stamp
         self.clock = clock
-        # partition -> keys in insertion (= time) order, built lazily
-        self._index: dict[int, OrderedDict[bytes, float]] = {}
+        self._index = EvictionIndex()   # built from the store a step at a time (``_ready``)
+        self._scan: Iterator[tuple[Callable[[bytes], int], list[tuple[bytes, bytes]]]] | None = None
 
     def get(self, key: bytes) -> E | None:
         value = self.data.get(key)
@@ -257,21 +296,22 @@ class BoundedTable(Generic[E]):
 
     def put(self, partition: int, key: bytes, entry: E, *, restamp: bool = True) -> list[E]:
         """Write an entry (``restamp``: its stamp is new, it is indexed as the newest); return those evicted."""
-        index = self._partition_index(partition)
         if restamp:
-            index.pop(key, None)
-            index[key] = entry.written
+            self._index.stamped(partition, key, entry.written)
         self.write(partition, key, self.encode(entry))  # write back, or the changelog misses it
         return self.evict(partition)
 
     def delete(self, partition: int, key: bytes) -> None:
-        self._partition_index(partition).pop(key, None)
+        self._index.removed(partition, key)
         if key in self.data:
             self.write(partition, key, None)
 
     def evict(self, partition: int) -> list[E]:
-        """Remove the partition's expired entries and those over the size bound, oldest first."""
-        index = self._partition_index(partition)
+        """Remove the partition's expired entries and those over the size bound, oldest first (none while its
+        index is being built)."""
+        if not self._ready(partition):
+            return []
+        index = self._index.of(partition)
         cutoff = self.clock() - 2 * self.ttl  # expired entries linger one more TTL to tell late from unknown
         evicted = []
         while index:
@@ -286,10 +326,9 @@ class BoundedTable(Generic[E]):
         return evicted
 
     def forget_partitions(self, keep: set[int]) -> None:
-        """Drop the eviction index of partitions no longer assigned."""
-        for p in list(self._index):
-            if p not in keep:
-                del self._index[p]
+        """After a rebalance: the index of other partitions is built again from the store."""
+        self._index.forget(keep)
+        self._scan = None
 
     def drop_other_partitions(self, keep: set[int]) -> int:
         """Drop from memory (not from the changelog) the entries of partitions this worker no longer owns.
@@ -308,28 +347,47 @@ class BoundedTable(Generic[E]):
         return len(gone)
 
     def size(self) -> int:
-        return sum(len(i) for i in self._index.values())
+        return self._index.size()
 
-    def _partition_index(self, partition: int) -> OrderedDict[bytes, float]:
-        index = self._index.get(partition)
-        if index is None:
-            self._index_partitions(partition)
-            index = self._index[partition]
-        return index
+    def _ready(self, partition: int) -> bool:
+        """Whether the partition's index is built; if not, one more step of building it: ``INDEX_STEP`` entries
+        of the store read and their stamps indexed (a restart's million entries take 200 calls, each a few
+        milliseconds, instead of one pass of seconds before the first answer)."""
+        if self._index.ready(partition):
+            return True
+        if self._scan is None:
+            self._scan = self._steps()
+        budget, written = INDEX_STEP, self.written
+        while budget > 0:
+            step = next(self._scan, None)
+            if step is None:
+                self._index.finish()
+                self._scan = None
+                return True
+            partition_of, chunk = step
+            self._index.found((partition_of(key), written(value), key) for key, value in chunk)
+            budget -= max(1, len(chunk))
+        return self._index.ready(partition)
 
-    def _index_partitions(self, partition: int) -> None:
-        """Index what the changelog restored, for ``partition`` and every other partition not indexed yet
-        (one pass: after a restart the store holds every owned partition's entries)."""
-        found: dict[int, list[tuple[float, bytes]]] = {partition: []}
-        written, indexed, partitions = self.written, self._index, self.partitions
-        partition_of: dict[bytes, int] = {}   # a model key's partition: a few keys, a million entries
-        for key, value in self.data.items():
+    def _steps(self) -> Iterator[tuple[Callable[[bytes], int], list[tuple[bytes, bytes]]]]:
+        partitions, known = self.partitions, {}   # a model key's partition: a few keys, a million entries
+
+        def partition_of(key: bytes) -> int:
             model = key.split(SEP, 1)[0]
-            p = partition_of.get(model)
+            p = known.get(model)
             if p is None:
-                p = partition_of[model] = partition_for(model.decode(), partitions)
-            if p not in indexed:
-                found.setdefault(p, []).append((written(value), key))
-        for p, entries in found.items():
-            entries.sort()
-            self._index[p] = OrderedDict((k, t) for t, k in entries)
+                p = known[model] = partition_for(model.decode(), partitions)
+            return p
+        for chunk in scan(self.data, INDEX_STEP):
+            yield partition_of, chunk
+
+
+def scan(data: "TableState | MutableMapping[bytes, Any]", limit: int) -> Iterator[list[tuple[bytes, bytes]]]:
+    """A table's entries, ``limit`` at a time (``TableState.scan``; a plain mapping's from a copy of its keys)."""
+    scan_state = getattr(data, "scan", None)
+    if scan_state is not None:
+        yield from scan_state(limit)
+        return
+    keys = list(data)
+    for i in range(0, len(keys), limit):
+        yield [(key, value) for key in keys[i:i + limit] if (value := data.get(key)) is not None]

@@ -557,3 +557,24 @@ async def test_an_event_answered_over_http_is_not_answered_again_its_features_wa
         await agent.put(orjson.dumps({"event_id": "h1", "label": True}), key=b"m", partition=p, headers=origin(4))
     [example] = worker.sent.training.values()
     assert example[0]["event_id"] == "h1" and example[0]["label"] is True
+
+
+async def test_a_scan_of_the_join_state_reads_every_entry_once_and_survives_a_revoke_between_chunks(worker):
+    """The eviction index is built from ``scan`` a chunk at a time while the worker writes and rebalances."""
+    state = worker.pending.data
+    stored = {join_key(f"m{i % 9}", f"e{i}"): b'{"t":%d,"f":{}}' % i for i in range(60)}
+    for key, value in stored.items():
+        state[key] = value
+    await (await worker.commit.state.flush())                          # in the store ...
+    staged = {join_key("m1", "late"): b'{"t":99,"f":{}}'}
+    state[join_key("m1", "late")] = staged[join_key("m1", "late")]    # ... and one on its way to it
+    read = [entry for chunk in state.scan(7) for entry in chunk]
+    assert sorted(read) == sorted({**stored, **staged}.items())        # each once, the store's bytes
+    if state._dbs is None:
+        return
+    chunks = state.scan(4)
+    first = next(chunks)
+    gone = state.partition_of(first[0][0])
+    state.store.revoke_partitions(worker.app.tables["pending"], {TP(state.changelog, gone)})  # closed
+    rest = [key for chunk in chunks for key, _ in chunk if key not in staged]   # (staged: read from memory)
+    assert {state.partition_of(k) for k in rest} == {state.partition_of(k) for k in stored} - {gone}

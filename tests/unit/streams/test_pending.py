@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
 import time
 
 
 from streamlearn.core.join import Waiting
 from streamlearn.streams import codec
+from streamlearn.streams import pending
 from streamlearn.streams.pending import BoundedTable, join_key
 from streamlearn.streams.routing import partition_for
 
@@ -87,3 +89,46 @@ def test_the_join_state_is_kept_as_json_of_its_own_size():
     assert all(type(v) is bytes for v in data.values())
     assert table.get(join_key("m", "e7")).features == {"amount": 0.7, "country": "FR"}
     assert per_entry < 600, per_entry      # key, JSON, index and dict slots; orjson's own bytes took 4 KB each
+
+
+def test_an_index_built_a_step_at_a_time_while_entries_are_written_ends_as_one_built_at_once(monkeypatch):
+    """A restart's million entries are indexed a few thousand per call while the worker writes; every
+    interleaving of writes with the build's steps must end with the order a single pass would find."""
+    monkeypatch.setattr(pending, "INDEX_STEP", 3)
+    for seed in range(200):
+        rng, clock, data = random.Random(seed), Clock(), {}
+        models = [f"m{i}" for i in range(6)]
+        for i in range(rng.randrange(0, 40)):                     # restored: stamps from before the restart
+            data[join_key(rng.choice(models), f"e{i}")] = codec.encode_waiting(Waiting({}, clock.now - rng.random()))
+        table = waiting_table(data, clock, ttl=10**6, max_per_partition=10**6)
+        for n in range(rng.randrange(0, 60)):
+            clock.now += 0.001
+            model = rng.choice(models)
+            key, p = join_key(model, f"e{rng.randrange(0, 60)}"), partition_for(model, 8)
+            op = rng.random()
+            if op < 0.35:
+                table.put(p, key, Waiting({}, clock.now))                         # new, or restamped
+            elif op < 0.5 and table.get(key) is not None:
+                table.put(p, key, table.get(key), restamp=False)                 # rewritten, same stamp
+            elif op < 0.75:
+                table.delete(p, key)
+            else:
+                assert table.evict(p) == []                                       # a step of the build
+        monkeypatch.setattr(pending, "INDEX_STEP", 10**6)
+        once = waiting_table(dict(data), clock, ttl=10**6, max_per_partition=10**6)   # one pass
+        assert once.evict(0) == [] and table.evict(0) == []                     # (the build's last step)
+        monkeypatch.setattr(pending, "INDEX_STEP", 3)
+        for p in range(8):
+            assert list(table._index.of(p).items()) == list(once._index.of(p).items()), seed
+        assert table.size() == len(data)
+
+
+def test_nothing_is_evicted_before_the_index_is_built_and_everything_due_after(monkeypatch):
+    monkeypatch.setattr(pending, "INDEX_STEP", 10)
+    clock, data = Clock(), {}
+    for i in range(100):
+        data[join_key("m", f"e{i}")] = codec.encode_waiting(Waiting({"i": i}, clock.now + i))
+    clock.now += 1000                                                # every entry past twice its TTL
+    table, p = waiting_table(data, clock), partition_for("m", 8)
+    calls = [table.evict(p) for _ in range(11)]
+    assert not any(calls[:10]) and [e.features["i"] for e in calls[10]] == list(range(100)) and not data
