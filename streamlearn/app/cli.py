@@ -171,6 +171,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import parse_producers, parse_rates, run_bench
 
+    if args.http:
+        from .benchhttp import run_http_bench
+        return asyncio.run(run_http_bench(connected(args), events=args.events, specs=args.specs.split(","),
+                                          rate=args.http, as_json=args.json))
+
     return asyncio.run(run_bench(connected(args), events=args.events, specs=args.specs.split(","),
                                  workers=[int(w) for w in args.workers.split(",")],
                                  rates=parse_rates(args.rates), as_json=args.json, plot=args.plot,
@@ -300,6 +305,8 @@ def parser() -> argparse.ArgumentParser:
                                                       "(by model: the router's shortcut) or unkeyed (routed)")
     b.add_argument("--keys", default="20", help="model key counts, comma-separated (a 20-key reference run "
                                                "comes first); events are spread over the keys")
+    b.add_argument("--http", type=float, default=0, help="instead: predictions over HTTP at this many requests/s, "
+                                                        "against a hand-written server")
     b.add_argument("--json", action="store_true", help="also print the results as JSON (table on stderr)")
     b.add_argument("--plot", type=Path, help="also write a PNG of throughput and p99 against the offered rate")
     b.set_defaults(func=cmd_bench)

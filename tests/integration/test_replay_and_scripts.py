@@ -172,6 +172,20 @@ def test_bench_command_measures_baselines_and_pipeline(cluster):
     assert "traced events" in r.stderr
 
 
+def test_bench_http_asks_a_worker_and_a_hand_written_server_for_predictions(cluster):
+    """`streamlearn bench --http RATE`: every request answered by both (figures are for docs, not asserted)."""
+    r = subprocess.run([sys.executable, "-m", "streamlearn.app.cli", "bench", "--http", "200", "--events", "300",
+                        "--specs", "logreg", "--json"], env=cluster.env(partitions=8), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    loop, served = orjson.loads(r.stdout)["results"]
+    assert (loop["name"], served["name"]) == ("http-loop", "http") and served["producers"] == "http"
+    for res in (loop, served):
+        assert res["events"] == 300 and res["target_rate"] == 200 and 0 < res["p50_ms"] <= res["p99_ms"]
+    assert served["ratio_to_loop"] == pytest.approx(served["events_per_s"] / loop["events_per_s"])
+    assert "http-loop" in r.stderr
+
+
 @pytest.mark.timeout(600)
 def test_soak_for_two_minutes_loses_nothing_and_stays_within_memory(cluster):
     """`streamlearn soak`, 2 minutes at half the measured maximum: every event answered, every label learned
