@@ -8,6 +8,7 @@
     streamlearn status [URL ...]                       are the workers alive and ready
     streamlearn bench [--events N] [--specs ...] [--keys 20,100000]   throughput and latency against baselines
     streamlearn soak [--minutes 30] [--share 0.5]          a long labelled stream, reported once a minute
+    streamlearn whatif --spec SPEC [--keys PATTERN]    a spec replayed on the keys' history, against the live models
     streamlearn settings                               every setting, its env var and value
     streamlearn specs list|check [SPEC|mod:factory]    the model specs; the contract suite a spec must pass
     streamlearn models list                            the cluster's models: key, spec, version, learned, metric, worker
@@ -29,6 +30,7 @@ from typing import Sequence
 
 from streamlearn.streams.connection import KafkaAuthError, KafkaUnreachable
 
+from . import whatif
 from .settings import Settings, SettingsError
 
 
@@ -294,6 +296,7 @@ def parser() -> argparse.ArgumentParser:
 
     t = common(command("topics", help="create missing topics and check partition counts"))
     t.set_defaults(func=cmd_topics)
+    whatif.add_command(command, common)
 
     b = common(command("bench", help="benchmark the pipeline against a hand-written loop and a raw passthrough"))
     b.add_argument("--events", type=int, default=10_000, help="labelled events per run")

@@ -40,10 +40,12 @@ class Series:
     changes: list[dict[str, Any]] = field(default_factory=list)
 
 
-async def read_topics(settings: Settings) -> dict[str, list[Any]]:
-    """Every JSON record of the predictions, feedback and audit topics, up to their current ends."""
+async def read_topics(settings: Settings, which: tuple[str, ...] = ("predictions", "feedback", "audit"),
+                      stamped: bool = False) -> dict[str, list[Any]]:
+    """Every JSON record of the topics ``which`` (``TopicNames`` fields), up to their current ends, each
+    partition's in offset order; ``stamped``: each as (its Kafka timestamp in seconds, the record)."""
     names = TopicNames.with_prefix(settings.topic_prefix)
-    topics = {"predictions": names.predictions, "feedback": names.feedback, "audit": names.audit}
+    topics = {name: getattr(names, name) for name in which}
     consumer = AIOKafkaConsumer(*topics.values(), bootstrap_servers=settings.bootstrap_servers, group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False, **settings.kafka_options)
     await consumer.start()
@@ -57,9 +59,10 @@ async def read_topics(settings: Settings) -> dict[str, list[Any]]:
                 for m in messages:
                     if end is None or m.offset < end.get(tp, 0):
                         try:
-                            out[by_topic[tp.topic]].append(orjson.loads(m.value))
+                            value = orjson.loads(m.value)
                         except orjson.JSONDecodeError:
-                            pass
+                            continue
+                        out[by_topic[tp.topic]].append((m.timestamp / 1000, value) if stamped else value)
             if end is None and consumer.assignment():
                 end = await consumer.end_offsets(list(consumer.assignment()))
             if end is not None:

@@ -35,7 +35,7 @@ __all__ = [
     "MISSING_FIELD", "MODEL_ERROR", "NON_FINITE", "NOT_JSON", "NOT_OBJECT", "OVERSIZED", "SPEC_MISMATCH",
     "UNAUTHENTICATED", "UNKNOWN_COMMAND", "UNKNOWN_EVENT", "UNKNOWN_MODEL", "UNKNOWN_SPEC",
     # what goes out
-    "encode_prediction", "encode_waiting", "decode_waiting", "waiting_written", "encode_parked", "decode_parked", "encode_example",
+    "encode_prediction", "encode_waiting", "decode_waiting", "waiting_written", "examples_of", "encode_parked", "decode_parked", "encode_example",
     "pack", "encode_deadletter", "encode_command", "encode_result", "DEADLETTER_VALUE_MAX",
     "dumps", "dumps_kept", "loads", "b64", "unb64", "key_text",
 ]
@@ -131,7 +131,11 @@ def decode_label(raw: bytes | None, key: bytes | None, *, default_model: str, ma
 
 def decode_examples(raw: bytes) -> list[Example]:
     """The training examples of one message of our own training topic: a pack (see ``pack``), or one."""
-    obj = orjson.loads(raw)
+    return examples_of(orjson.loads(raw))
+
+
+def examples_of(obj: Any) -> list[Example]:
+    """``decode_examples`` of a training message already parsed from its JSON."""
     return [Example(o["event_id"], o["model"], o["features"], o["label"], o.get("ts"), o.get("origin"))
             for o in (obj if isinstance(obj, list) else [obj])]
 
