@@ -364,7 +364,7 @@ async def test_sigkill_mid_stream_loses_and_repeats_nothing(cluster):
         await wait_learning([w0, w1], n // 5)
         w1.stop(signal.SIGKILL)
         w1b = cluster.start_worker("w1b", **SETTINGS)
-        cluster.wait_ready([w0, w1b], timeout=90)
+        await cluster.ready([w0, w1b], timeout=90)
         await publishing
         # 2. right after a checkpoint (of whichever worker writes one first: the other may have caught up)
         await wait_learning([w0, w1b], 2 * n // 5)
@@ -372,13 +372,13 @@ async def test_sigkill_mid_stream_loses_and_repeats_nothing(cluster):
         killed.stop(signal.SIGKILL)
         survivor = w1b if killed is w0 else w0
         again = cluster.start_worker(f"{killed.name}-again", **SETTINGS)
-        cluster.wait_ready([survivor, again], timeout=90)
+        await cluster.ready([survivor, again], timeout=90)
         # 3. during a rebalance: a worker joins, and one of the others dies while partitions move
         await wait_learning([survivor, again], 3 * n // 5)
         w2 = cluster.start_worker("w2", **SETTINGS)
         await asyncio.sleep(2.0)
         survivor.stop(signal.SIGKILL)
-        cluster.wait_ready([again, w2], timeout=90)
+        await cluster.ready([again, w2], timeout=90)
     await assert_exact(cluster, [again, w2], sent, crashes=3)
     restored = sum(w.metric("streamlearn_checkpoints_restored_total") for w in (again, w2))
     assert restored > 0  # the new owners did start from checkpoints
@@ -399,7 +399,7 @@ async def test_sigkill_with_thousands_of_keys_and_a_cap_on_live_models(cluster):
         await wait_learning([w0, w1], n // 3, timeout=300)
         w1.stop(signal.SIGKILL)
         w1b = cluster.start_worker("w1b", **many)
-        cluster.wait_ready([w0, w1b], timeout=90)
+        await cluster.ready([w0, w1b], timeout=90)
         await publishing
     await assert_exact(cluster, [w0, w1b], sent, crashes=1, n_probes=2)
     for w in (w0, w1b):
@@ -581,7 +581,7 @@ async def test_a_worker_restarted_on_its_data_directory_reads_only_the_changelog
             await wait_learning([w], 3000 + 1200 * (k + 1), timeout=300)
             w.stop(signal.SIGKILL)
             w = cluster.start_worker(f"w0-killed{k}", data_of="w0", **rocks)
-            cluster.wait_ready([w], timeout=90)
+            await cluster.ready([w], timeout=90)
             tail = w.metric(restored, 'table="pending"')
             print(f"killed {k + 1}: the restarted worker read back {tail:.0f} of the pending changelog's "
                   f"{await changelog_records(cluster, 'pending')} records")
@@ -641,9 +641,9 @@ async def test_a_rolling_restart_answers_every_event_and_learns_exactly(cluster,
         await asyncio.sleep(5)
         began = time.monotonic()
         for k, n in enumerate(names):
-            workers[n].stop()                                    # SIGTERM, as a deploy does
+            await asyncio.to_thread(workers[n].stop)             # SIGTERM, as a deploy does
             workers[n] = cluster.start_worker(f"{n}-r{k}", data_of=n, port=workers[n].port, **ids[n], **rolling)
-            cluster.wait_ready(list(workers.values()), timeout=90)
+            await cluster.ready(list(workers.values()), timeout=90)
             await asyncio.sleep(3)
         ended = time.monotonic()
         await asyncio.sleep(3)
