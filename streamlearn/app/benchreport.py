@@ -41,7 +41,7 @@ class Table:
 
     def __init__(self, out) -> None:
         self.out = out
-        print(f"{'run':<9}{'spec':<16}{'workers':>8}{'rate':>8}{'keys':>8}{'events':>8}{'events/s':>10}"
+        print(f"{'run':<10}{'spec':<16}{'workers':>8}{'rate':>8}{'keys':>8}{'events':>8}{'events/s':>10}"
               f"{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'cpu s/1k':>10}{'vs raw':>8}{'vs loop':>9}"
               f"{'rss MB':>8}{'vs keys':>9}{'B/model':>9}{'stall<=ms':>10}", file=out, flush=True)
 
@@ -53,7 +53,7 @@ class Table:
         vs_keys = f"{r.ratio_to_keys:.2f}" if r.ratio_to_keys is not None else "-"
         per_model = f"{r.bytes_per_model:,.0f}" if r.bytes_per_model is not None else "-"
         stall = f"{r.stall_ms:g}" if r.stall_ms is not None else "-"
-        print(f"{r.name:<9}{r.spec:<16}{r.workers:>8}{rate:>8}{r.keys:>8}{r.events:>8}{r.events_per_s:>10,.0f}"
+        print(f"{r.name:<10}{r.spec:<16}{r.workers:>8}{rate:>8}{r.keys:>8}{r.events:>8}{r.events_per_s:>10,.0f}"
               f"{r.p50_ms:>9.1f}{r.p95_ms:>9.1f}{r.p99_ms:>9.1f}{r.cpu_s_per_1k:>10.2f}{raw:>8}{loop:>9}"
               f"{rss:>8}{vs_keys:>9}{per_model:>9}{stall:>10}", file=self.out, flush=True)
         for path, w in (r.waterfall or {}).items():
