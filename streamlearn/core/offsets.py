@@ -17,7 +17,12 @@ consumer transport".
    again (twice at most, then taken for a gap). Of a fetch, only what lies
    before its first offset can be a gap. A topic only we write (``exact``:
    every offset a message) has no gaps at all: a jump there is messages the
-   consumer dropped, read again through rule 2.
+   consumer dropped, read again through rule 2. A fetch wholly behind
+   Faust's read offset is let through (``read_offset_for``): records
+   fetched before a seek, handled after it, move the read offset past the
+   sought offset, and Faust would drop the fetch from there as old, leaving
+   what the seek was to read again unread (on an input topic, until rule 2
+   gives up: lost).
 4. Recovery stalls (``stalled_recovery``): an active changelog partition
    with records left and no event for ``stall`` seconds, nothing queued.
 5. The training topic is handled in offset order without a gap
@@ -28,6 +33,9 @@ consumer transport".
 6. Changelogs are read back in batches (``ChangelogRead``): each active
    changelog partition behind its highwater, from the record after the
    one its store holds to the highwater, and what was applied of it.
+7. A store's changelog offset moves over its own delivered writes only
+   while they follow one another (``held_through``): a jump is records of
+   another writer, which the store lacks.
 """
 
 from __future__ import annotations
@@ -91,21 +99,33 @@ class Seeks:
     def fetching(self, tp: Hashable, first: int) -> None:
         self._fetching[tp] = first
 
-    def gap(self, tp: Hashable, offset_from: int, offset_to: int, exact: bool = False) -> tuple[int, int] | None:
-        """Faust's drain loop saw ``tp``'s offsets jump over ``offset_from..offset_to``: the gap to commit
-        as read (None: none; what it skipped is read again). ``exact``: a topic only we write, never a gap."""
+    def jumped(self, tp: Hashable, offset_from: int, offset_to: int) -> tuple[int, int] | None:
+        """Faust's drain loop saw ``tp``'s offsets jump over ``offset_from..offset_to``: the offsets it was not
+        handed (those before the first of the fetch it saw; None: none, the jump is the fetch's own records)."""
         first = self._fetching.pop(tp, None)
-        if exact:
-            return None
-        if first is not None:     # the drain loop saw the fetch's last offset: only before its first is a gap
+        if first is not None:     # the drain loop saw the fetch's last offset: only before its first is a jump
             offset_to = first - 1
-            if offset_to < offset_from:
-                return None
+        return (offset_from, offset_to) if offset_to >= offset_from else None
+
+    def gap(self, tp: Hashable, offset_from: int, offset_to: int, exact: bool = False) -> tuple[int, int] | None:
+        """Of a jump the drain loop saw (``jumped``), the gap to commit as read (None: none; what it skipped is
+        read again). ``exact``: a topic only we write, never a gap."""
+        jump = self.jumped(tp, offset_from, offset_to)
+        if jump is None or exact:
+            return None
+        offset_from, offset_to = jump
         sought = self._sought.pop(tp, None)
         if sought is not None and offset_from - 1 <= sought and self._rereads[(tp, sought)] < 2:
             self._rereads[(tp, sought)] += 1
             return None
         return offset_from, offset_to
+
+
+def read_offset_for(first: int, last: int, read: int | None) -> int | None:
+    """The read offset that lets a fetch of ``first..last`` through Faust's drain loop, which drops a message
+    below the read offset (``read``, its last message's) as old: None to leave it. A fetch wholly below it is
+    a seek's (records fetched before the seek, handled after it, set the read offset past the sought one)."""
+    return first - 1 if read is not None and last < read else None
 
 
 class InOrder:
@@ -212,3 +232,19 @@ class ChangelogRead:
 
     def left(self) -> set[TP]:
         return {tp for tp, hw in self.highwaters.items() if self.applied[tp] < hw}
+
+
+def held_through(held: int | None, offsets: Iterable[int]) -> int | None:
+    """The changelog offset a store holds its partition through, once it took its own writes delivered at
+    ``offsets`` (``held``: through where it held it before; None: nothing). None: no further.
+
+    Only a run right after ``held`` counts. A jump means another writer's records lie in between: a worker
+    cut off from the group, whose producer delivers once its link mends, writes after the partition's next
+    owner did, and while it still counts the partition as its own. Moved past them, its store would skip
+    them when it reads the changelog again (RocksDB: a restart, or the partition coming back)."""
+    start = at = -1 if held is None else held
+    for offset in sorted(offsets):
+        if offset > at + 1:
+            break
+        at = max(at, offset)
+    return at if at > start else None

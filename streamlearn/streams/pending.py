@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, MutableMappi
 from faust.types import TP
 
 from streamlearn.core.eviction import EvictionIndex
+from streamlearn.core.offsets import held_through
 
 from .routing import partition_for
 
@@ -68,7 +69,9 @@ class TableState:
     once. A write whose partition has moved away by the time it is delivered
     is not stored: the partition's next owner reads it from the changelog.
     The store's persisted offset (RocksDB: where a restart resumes reading
-    the changelog) follows the delivered writes it took.
+    the changelog) follows the delivered writes it took, while they follow
+    one another in the changelog (``core.offsets.held_through``): a jump
+    is another writer's records, read back at the next recovery.
 
     With ``position`` (a value's place in its key's history), a value never
     replaces one further on: not when delivered, not when recovered, not when
@@ -200,15 +203,19 @@ class TableState:
 
     def _delivered(self, writes: list[tuple[int, bytes, bytes | None, int]]) -> None:
         assigned = self.assigned()
-        offsets: dict[Any, int] = {}
+        offsets: dict[Any, list[int]] = {}
         for partition, key, value, offset in writes:
             tp = TP(self.changelog, partition)
             if tp in assigned and self._store(partition, key, value):
-                offsets[tp] = max(offset, offsets.get(tp, -1))
+                offsets.setdefault(tp, []).append(offset)
             if key in self._waiting and self._waiting[key] is value:   # not written again since
                 del self._waiting[key]
-        for tp, offset in offsets.items():
-            self.store.set_persisted_offset(tp, offset)
+        if self._dbs is None:   # the memory store keeps no offset
+            return
+        for tp, taken in offsets.items():
+            through = held_through(self.store.persisted_offset(tp), taken)
+            if through is not None:
+                self.store.set_persisted_offset(tp, through)
 
     def _store(self, partition: int, key: bytes, value: bytes | None) -> bool:
         """Put a delivered write in the store; False if its partition's database is not open (revoked)."""

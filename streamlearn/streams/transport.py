@@ -14,6 +14,8 @@ on Faust's bookkeeping:
   markers, compaction), nor any jump in a topic only we write
   (``app.exact_topics``: every offset a message). One unacked message at
   the committed offset never slips through (``_new_offset``).
+- A fetch is never dropped as older than Faust's read offset: reading a
+  partition again from an offset reads it (``read_offset_for``).
 - A stop commits every ack, also while a timed commit is under way
   (``commit_and_end_transactions``).
 - For the topics our agents read (``app.batched_topics``), ``getmany`` hands
@@ -45,7 +47,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.tuples import ConsumerMessage, ack_lock
 from mode import Service
 
-from streamlearn.core.offsets import CommitHold, Seeks, new_acks, stalled_recovery
+from streamlearn.core.offsets import CommitHold, Seeks, new_acks, read_offset_for, stalled_recovery
 
 log = logging.getLogger("streamlearn.transport")
 
@@ -146,6 +148,12 @@ class Consumer(faust_aiokafka.Consumer):
             if active is None or tp in active or tp in self._buffered_partitions:
                 self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                 self._seeks.fetching(tp, rs[0].offset)   # for _add_gap: the drain loop checks the last offset
+                read = read_offset_for(rs[0].offset, rs[-1].offset, self._read_offset.get(tp))
+                if read is not None:
+                    log.info("%s: the fetch of offsets %d-%d lay behind the read offset %d (set past a seek by "
+                             "records fetched before it): let through", tp, rs[0].offset, rs[-1].offset,
+                             self._read_offset.get(tp))
+                    self._read_offset[tp] = read
                 yield tp, Fetched(tp, rs, generation)
         for tp, record in self.scheduler.iterate(singles):
             if not self.flow_active or self.app.consumer_generation_id != generation:
@@ -157,13 +165,15 @@ class Consumer(faust_aiokafka.Consumer):
     async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
         """Faust's drain loop saw offsets jump: acked as a gap, unless the jump follows a seek or lies in a
         topic only we write (``Seeks``)."""
-        exact = tp.topic in getattr(self.app, "exact_topics", ())
-        gap = self._seeks.gap(tp, offset_from, offset_to, exact)
+        if tp.topic in getattr(self.app, "exact_topics", ()):
+            jump = self._seeks.jumped(tp, offset_from, offset_to)
+            if jump is not None:
+                log.info("%s: offsets %d-%d were not handed to an agent (a dropped fetch): not committed, read "
+                         "again from the committed offset", tp, *jump)
+            return
+        gap = self._seeks.gap(tp, offset_from, offset_to)
         if gap is not None:
             await super()._add_gap(tp, *gap)
-        elif exact:
-            log.info("%s: offsets from %d were not handed to an agent (a dropped fetch): not committed, read "
-                     "again from the committed offset", tp, offset_from)
 
     def _new_offset(self, tp: Any) -> int | None:
         """The offset to commit, only when everything from the committed offset on was handled (``CommitHold``).

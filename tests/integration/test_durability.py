@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streamlearn.models import get_spec
 from streamlearn.streams.codec import decode_examples
+from streamlearn.streams.routing import partition_for
 
 from .harness import PARTITIONS, Cluster, Collector, Producer, fresh_broker
 
@@ -112,6 +113,28 @@ async def delivered(p: Producer, sending: list, sent: Sent) -> None:
             sending.append((await p._p.send(topic, raw, key=k), topic, raw, k))
 
 
+async def unanswered(cluster, sent: Sent, predictions: list) -> str:
+    """Which events have no answer: how many per partition, and where the first sit on the features topic,
+    against the group's committed offset there (below it: taken as handled)."""
+    have = Counter(p["event_id"] for p in predictions)
+    missing = {eid for eid in sent.events if not have[eid]}
+    lines = [f"{len(missing)} events unanswered, {sum(n > 1 for n in have.values())} answered more than once; "
+             f"unanswered per partition: {dict(Counter(partition_for(sent.events[e][0], PARTITIONS) for e in missing))}"]
+    c = AIOKafkaConsumer(bootstrap_servers=cluster.bootstrap, group_id=cluster.app_id, enable_auto_commit=False)
+    await c.start()
+    try:
+        shown = 0
+        for m in await read_topic(cluster.bootstrap, cluster.topics.features):
+            eid = orjson.loads(m.value).get("event_id")
+            if eid in missing and shown < 20:
+                shown += 1
+                committed = await c.committed(TopicPartition(cluster.topics.features, m.partition))
+                lines.append(f"  {eid} at features {m.partition}/{m.offset} (group committed {committed})")
+    finally:
+        await c.stop()
+    return "\n".join(lines)
+
+
 async def read_topic(bootstrap: str, topic: str) -> list:
     """Every record of a topic, partition by partition, each in its order."""
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
@@ -196,7 +219,6 @@ async def diagnose(cluster, sent: Sent, have: dict, expected: dict) -> str:
         lines += [f"  {eid}: {table} changelog {v}" for eid, v in sorted(history.items())]
     lines.append(f"all deadletters: {Counter(d['reason'] for d in dead)}")
     from streamlearn.models.blobs import read_header
-    from streamlearn.streams.routing import partition_for
     latest = {}
     for m in await read_topic(cluster.bootstrap, f"{cluster.app_id}-checkpoints-changelog"):
         if m.value:
@@ -649,8 +671,11 @@ async def test_a_rolling_restart_answers_every_event_and_learns_exactly(cluster,
         await asyncio.sleep(3)
         stop.set()
         await streaming
-        await preds.wait_for(lambda v: set(sent.events) <= {x["event_id"] for x in v}, timeout=120,
-                             what="an answer to every event")
+        try:
+            await preds.wait_for(lambda v: set(sent.events) <= {x["event_id"] for x in v}, timeout=120,
+                                 what="an answer to every event")
+        except AssertionError as timed_out:
+            raise AssertionError(f"{timed_out}\n{await unanswered(cluster, sent, preds.values())}") from None
         answered: dict[str, float] = {}
         by_key: dict[str, list[float]] = defaultdict(list)
         for value, at in zip(preds.values(), preds.arrived):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from streamlearn.core.offsets import (MARKER_PATIENCE, REREAD_AFTER, ChangelogRead, CommitHold, InOrder, Seeks,
-                                     new_acks, stalled_recovery)
+                                     held_through, new_acks, read_offset_for, stalled_recovery)
 
 TP = ("t", 4)
 
@@ -75,6 +75,21 @@ def test_a_topic_only_we_write_has_no_gaps_a_jump_there_is_read_again():
     assert seeks.gap(TP, 30, 40, exact=False) == (30, 40)     # an input topic: transaction markers may sit there
 
 
+def test_a_jump_is_what_lies_before_the_fetch_the_drain_loop_saw():
+    seeks = Seeks()
+    seeks.fetching(TP, 21)
+    assert seeks.jumped(TP, 21, 29) is None    # 21..29 is the fetch itself
+    seeks.fetching(TP, 33)
+    assert seeks.jumped(TP, 30, 40) == (30, 32)
+    assert seeks.jumped(TP, 30, 40) == (30, 40)   # no fetch known: the whole jump
+
+
+def test_a_fetch_behind_the_read_offset_is_let_through():
+    assert read_offset_for(40, 42, 52) == 39   # read offset set past the seek by a fetch handed over before it
+    assert read_offset_for(53, 60, 52) is None and read_offset_for(50, 55, 52) is None
+    assert read_offset_for(0, 3, None) is None
+
+
 NOW = 1000.0
 STUCK, MOVING, DONE = "cl/0", "cl/1", "cl/2"
 
@@ -140,3 +155,11 @@ def test_a_changelog_read_covers_each_partition_behind_its_highwater_from_the_re
     assert read.left() == {("c", 1)}
     read.passed(("c", 1), 4)                                  # 3 compacted away: the position says it was read
     assert read.left() == set() and read.applied == {("c", 0): 50, ("c", 1): 3}
+
+
+def test_a_store_holds_its_changelog_through_its_own_writes_while_they_follow_one_another():
+    assert held_through(None, [0, 1, 2]) == 2          # a fresh partition: from the start
+    assert held_through(41, [44, 42, 43]) == 44        # delivered in any order within a flush
+    assert held_through(41, [42, 45]) == 42            # 43..44: another writer's records
+    assert held_through(41, [45, 46]) is None          # a worker cut off, delivering after the next owner wrote
+    assert held_through(41, [40, 41]) is None          # nothing past what it holds

@@ -349,11 +349,17 @@ async def test_the_join_state_store_takes_a_write_once_its_changelog_has_it(work
     assert state.get(key) is None and key not in state and state.store.get(key) == b'{"t": 1}'
     await (await worker.commit.state.flush())
     assert state.store.get(key) is None and state.store.persisted_offset(tp) == 1
+    # delivered after another writer's records (a worker cut off from the group, delivering once its link
+    # mends, after the partition's next owner wrote): stored, the offset stays before them (read back later)
+    worker.sent.offsets[tp.topic, p] += 2
+    state.write(p, key, b'{"t": 3}')
+    await (await worker.commit.state.flush())
+    assert state.store.get(key) == b'{"t": 3}' and state.store.persisted_offset(tp) == 1
     # delivered after its partition moved away: not stored, the offset stays (the next owner has the changelog)
     state.write(p, key, b'{"t": 2}')
     state.assigned = lambda: set()
     await (await worker.commit.state.flush())
-    assert state.store.get(key) is None and state.store.persisted_offset(tp) == 1
+    assert state.store.get(key) == b'{"t": 3}' and state.store.persisted_offset(tp) == 1
 
 
 async def test_a_store_holds_no_checkpoint_or_snapshot_its_changelog_lacks(worker):
