@@ -154,6 +154,9 @@ class Network:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
+            # the pair's end here first, at once: a namespace's deletion removes it only later (the kernel
+            # cleans up behind), and the next network of this process, named alike, would find it there
+            sh("ip", "link", "del", host.link, check=False)
             sh("ip", "netns", "del", host.ns, check=False)
         sh("ip", "link", "del", self.bridge, check=False)
         self.hosts.clear()
