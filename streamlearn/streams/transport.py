@@ -17,7 +17,9 @@ on Faust's bookkeeping:
 - A fetch is never dropped as older than Faust's read offset: reading a
   partition again from an offset reads it (``read_offset_for``).
 - A stop commits every ack, also while a timed commit is under way
-  (``commit_and_end_transactions``).
+  (``commit_and_end_transactions``); a commit whose partitions all left in
+  a rebalance commits nothing instead of crashing the consumer
+  (``ConsumerThread``).
 - For the topics our agents read (``app.batched_topics``), ``getmany`` hands
   Faust one ``Fetched`` message per partition per fetch: one Faust event
   whose ``records`` are the fetched Kafka records, in offset order; acking it
@@ -83,6 +85,9 @@ class Consumer(faust_aiokafka.Consumer):
         self._reread: dict[Any, int] = {}         # partition -> lowest offset to read again
         self._seeks = Seeks()
         self._hold = CommitHold()
+
+    def _new_consumer_thread(self) -> "ConsumerThread":
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def handled(self, message: Any) -> None:
         """An agent handled ``message``: its ack may be committed."""
@@ -262,6 +267,22 @@ class Consumer(faust_aiokafka.Consumer):
         if count is not None:
             count(len(stuck))
         return len(stuck)
+
+
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread, without its crash on a commit whose partitions all left in a rebalance.
+
+    Faust commits only the offsets of partitions still assigned; when none
+    is left, it hands aiokafka an empty commit, which aiokafka refuses with a
+    ValueError, and Faust crashes the consumer on it: the worker stops (a
+    fresh-clone CI run lost a worker of the SIGKILL test so, right as it was
+    assigned new partitions).
+    """
+
+    async def _commit(self, offsets: Any) -> bool:
+        if not any(tp in self.assignment() for tp in offsets):
+            return False   # nothing of ours left to commit
+        return await super()._commit(offsets)
 
 
 class Transport(faust_aiokafka.Transport):

@@ -107,3 +107,30 @@ async def test_a_fetch_behind_the_read_offset_after_a_seek_is_let_through(monkey
     handed = [(tp, fetched.first, fetched.offset) async for tp, fetched in c.getmany(timeout=1.0)]
     assert handed == [(b, 40, 42)]
     assert c._read_offset[b] == 39          # so the drain loop hands it on, a jump of no offset unread
+
+
+async def test_a_commit_whose_partitions_all_left_commits_nothing_and_keeps_the_consumer(monkeypatch):
+    """Faust commits only the partitions still assigned; with none left it handed aiokafka an empty commit,
+    which aiokafka refuses (ValueError), and crashed the consumer: the worker stopped."""
+    thread = worker_consumer()._new_consumer_thread()
+    commits: list = []
+
+    class Kafka:
+        async def commit(self, offsets):
+            if not offsets:
+                raise ValueError(offsets)          # as aiokafka's commit_structure_validate does
+            commits.append(offsets)
+
+    crashed: list = []
+
+    async def crash(exc):
+        crashed.append(exc)
+
+    monkeypatch.setattr(thread, "_ensure_consumer", lambda: Kafka())
+    monkeypatch.setattr(thread, "crash", crash)
+    monkeypatch.setattr(thread, "assignment", lambda: set())          # every partition revoked meanwhile
+    assert await thread._commit({TP("t", 4): 10}) is False
+    assert commits == [] and crashed == []
+    monkeypatch.setattr(thread, "assignment", lambda: {TP("t", 4)})
+    assert await thread._commit({TP("t", 4): 10, TP("t", 5): 3})
+    assert [{(tp.topic, tp.partition): o.offset for tp, o in c.items()} for c in commits] == [{("t", 4): 10}]
