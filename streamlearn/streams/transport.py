@@ -153,11 +153,11 @@ class Consumer(faust_aiokafka.Consumer):
             if active is None or tp in active or tp in self._buffered_partitions:
                 self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                 self._seeks.fetching(tp, rs[0].offset)   # for _add_gap: the drain loop checks the last offset
-                read = read_offset_for(rs[0].offset, rs[-1].offset, self._read_offset.get(tp))
+                behind = self._read_offset.get(tp)
+                read = read_offset_for(rs[0].offset, rs[-1].offset, behind)
                 if read is not None:
                     log.info("%s: the fetch of offsets %d-%d lay behind the read offset %d (set past a seek by "
-                             "records fetched before it): let through", tp, rs[0].offset, rs[-1].offset,
-                             self._read_offset.get(tp))
+                             "records fetched before it): let through", tp, rs[0].offset, rs[-1].offset, behind)
                     self._read_offset[tp] = read
                 yield tp, Fetched(tp, rs, generation)
         for tp, record in self.scheduler.iterate(singles):
@@ -280,7 +280,8 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """
 
     async def _commit(self, offsets: Any) -> bool:
-        if not any(tp in self.assignment() for tp in offsets):
+        assigned = self.assignment()   # a set built anew per call
+        if not any(tp in assigned for tp in offsets):
             return False   # nothing of ours left to commit
         return await super()._commit(offsets)
 
