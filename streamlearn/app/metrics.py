@@ -35,6 +35,9 @@ class Metrics:
             "streamlearn_deadletters_total", "Messages sent to the deadletter topic.", ["reason"], registry=r)
         self.duplicate_labels = Counter(
             "streamlearn_duplicate_labels_total", "Labels ignored because the event already had one.", registry=r)
+        self.default_labels = Counter(
+            "streamlearn_default_labels_total", "Events that learned a rule's default label (no label came within "
+            "its wait: STREAMLEARN_DEFAULT_LABEL_RULES).", registry=r)
         self.errors = Counter(
             "streamlearn_processing_errors_total", "Exceptions raised while processing an event.", ["stage"],
             registry=r)

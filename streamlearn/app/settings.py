@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import orjson
 
+from streamlearn.core.defaults import DefaultRule, parse_rules
 from streamlearn.models.specs import SPECS, SpecError, Specs
 from streamlearn.streams.connection import KafkaAuth
 
@@ -67,6 +68,7 @@ class Settings:
     spec_params: str = _setting("", "Hyperparameters per spec as JSON, e.g. `{\"hoeffding_tree\": {\"grace_period\": 100}}`.")
     pending_ttl_seconds: float = _setting(3600.0, "How long an event's features wait for their label.")
     label_wait_seconds: float = _setting(60.0, "How long a label that arrived before its event's features waits for them.")
+    default_label_rules: str = _setting("", "Implicit feedback: `pattern=label@wait,...` (e.g. `clicks-*=false@30s`; fnmatch, first match wins; the label as JSON, the wait in ms, s, m or h, at most `STREAMLEARN_PENDING_TTL_SECONDS`). An event of a matching key that got no label within the wait learns the label, exactly once; a label that comes after is dead-lettered `late_label`.")
     label_starvation_seconds: float = _setting(300.0, "A key that was receiving labels and got none for this long, while answering at least `STREAMLEARN_LABEL_STARVATION_PREDICTIONS` events, raises a `label_starvation` alert (0: never).")
     label_starvation_predictions: int = _setting(100, "Events a key must answer without a label, besides the wait, before its labels count as stopped.")
     drift_alerts: bool = _setting(False, "Watch each key's input features for drift (a River ADWIN per numeric feature, category shares per string feature) and raise a `drift` alert naming the features that moved; costs a detector per feature per key.")
@@ -182,6 +184,10 @@ class Settings:
                      *(c for _, cs in self.challenger_specs for c in cs)]:
             if spec not in self.registry:
                 raise SettingsError(f"unknown model spec {spec!r}; known: {', '.join(sorted(self.registry))}")
+        for rule in self.default_labels:
+            if rule.wait > self.pending_ttl_seconds:
+                raise SettingsError(f"default label rule {rule.pattern!r} waits {rule.wait:g}s, longer than "
+                                    f"pending_ttl_seconds ({self.pending_ttl_seconds:g}s) keeps an event's features")
         for spec, params in self.params.items():
             if spec not in self.registry:
                 raise SettingsError(f"spec_params names unknown spec {spec!r}")
@@ -259,6 +265,13 @@ class Settings:
             if fnmatch.fnmatchcase(model_key, pattern):
                 return specs
         return []
+
+    @cached_property
+    def default_labels(self) -> list[DefaultRule]:
+        try:
+            return parse_rules(self.default_label_rules)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
 
     @cached_property
     def warm_starts(self) -> list[tuple[str, str]]:

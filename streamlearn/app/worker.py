@@ -21,6 +21,7 @@ from streamlearn.models import LiveModel, Spec
 from streamlearn.models.blobs import Blobs
 from streamlearn.streams import codec
 from streamlearn.core.checkpointing import CheckpointPolicy
+from streamlearn.core.defaults import DefaultLabels
 from streamlearn.core.drift import DriftBook, DriftSettings
 from streamlearn.core.labels import LabelBook, LabelSettings
 from streamlearn.streams.agents.joins import Joins
@@ -195,7 +196,8 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
                         Answers(topics.control_results, f"{s.web_host}:{s.web_port}", metrics), inputs, health)
     dead = DeadLetters(topics.deadletter, metrics)
     live = LiveModels(registry, lambda key: specs[s.spec_for(key)], specs, metrics)
-    joins = Joins(inputs, pending, early, live, topics.training, dead, health)
+    joins = Joins(inputs, pending, early, live, topics.training, dead, health,
+                  DefaultLabels(s.default_labels) if s.default_labels else None)
     predict = Predict(inputs, live, topics.predictions, topics.events, joins, dead, metrics)
     routers = Routers(topics, ownership, inputs, dead, commands, predict, joins)
     learning = Learning(live, versions, commit, commands, audit, dead, metrics)
@@ -316,7 +318,7 @@ def _bind_rebalance(w: Worker) -> None:
         """
         partitions = {tp.partition for tp in assigned if tp.topic in owned_topics}
         parked, dropped = w.registry.park(partitions)
-        for state in (w.pending, w.early, w.commit):
+        for state in (w.pending, w.early, w.commit, w.predict.joins):
             state.forget_partitions(set())
         w.health.keep_partitions(partitions)
         for table in (w.pending, w.early):   # kept partitions keep their join state: Faust recovers only the tail
@@ -340,15 +342,18 @@ def _bind_timers(w: Worker) -> None:
             w.metrics.loop_lag.observe(max(0.0, time.monotonic() - asked - LOOP_PROBE_SECONDS))
 
     s = w.settings
-    @w.app.timer(max(0.5, min(s.label_wait_seconds / 4, s.pending_ttl_seconds / 4, s.checkpoint_every_seconds / 2)))
+    @w.app.timer(max(0.5, min(s.label_wait_seconds / 4, s.pending_ttl_seconds / 4, s.checkpoint_every_seconds / 2,
+                              *(rule.wait / 4 for rule in s.default_labels))))
     async def tick_partitions() -> None:
-        """Tick our partitions: join evicts expired join state, learn checkpoints and snapshots on time, each in order with its partition's messages."""
+        """Tick our partitions: join evicts expired join state and gives default labels, learn checkpoints and
+        snapshots on time, each in order with its partition's messages."""
         for p in w.ownership.owned:
             for topic in (w.topics.labels, w.topics.training):
                 await topic.send(key=None, value=b"", partition=p, headers=[(TICK_HEADER, b"1")])
         reread = getattr(w.app.consumer, "reread_skipped", None)
         if reread is not None:
             await reread()
+        await w.predict.joins.find_waiting(w.app.flow_control.is_active)   # after a rebalance, with default labels
 
     if s.model_idle_seconds:
         @w.app.timer(max(1.0, s.model_idle_seconds / 4))

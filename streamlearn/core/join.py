@@ -25,6 +25,9 @@ The invariants:
 3. A label is refused as expired when its event's features waited longer
    than ``features_ttl``; an evicted parked label is refused as unknown
    unless its features released it.
+4. An event of a key with a default-label rule (``core.defaults``) that got
+   no label within the rule's wait learns the rule's label
+   (``on_wait_over``); a label that comes after is refused as late.
 
 No I/O and no clock: ``now`` is passed in.
 """
@@ -34,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Union
 
-from .messages import BAD_LABEL, EXPIRED_EVENT, UNKNOWN_EVENT, Example, FeatureEvent, Label, Rejected
+from .messages import BAD_LABEL, EXPIRED_EVENT, LATE_LABEL, UNKNOWN_EVENT, Example, FeatureEvent, Label, Rejected
 
 Origin = list   # [topic, partition, offset] of the producer's message that carried a label
 
@@ -49,6 +52,7 @@ class Waiting:
     label: Any = None
     label_ts: float | None = None
     released: bool = False             # the label came first and was parked; these features released it
+    defaulted: bool = False            # no label came in time: the label is a rule's default (origin: its tick)
 
     def example(self, event_id: str, model: str) -> Example:
         return Example(event_id, model, self.features, self.label, self.label_ts, self.origin)
@@ -119,6 +123,8 @@ Outcome = Union[Keep, Learn, Skip, DuplicateLabel, Refuse]
 
 FEATURES_AGAIN = "features again of an event already labelled"
 LABEL_WAITS = "the label is parked already, waiting for its features"
+LABELLED = "the event has its label, or left the join state"
+NOT_YET = "the event's wait is not over"
 
 
 def expired(entry: Waiting | Parked, ttl: float, now: float) -> bool:
@@ -146,6 +152,9 @@ def on_label(label: Label, origin: Origin, waiting: Waiting | None, parked: Park
              value: bytes | None, windows: Windows, now: float) -> Outcome:
     """A label came (from ``origin``; ``value``: its message): join it, park it, or refuse it."""
     if waiting is not None and waiting.origin is not None:
+        if waiting.defaulted:
+            return Refuse(Rejected(LATE_LABEL, f"event {label.event_id!r} got no label within its wait and "
+                                               f"learned the default label {waiting.label!r}", label.event_id))
         if waiting.origin != origin:
             return DuplicateLabel()
         return Learn(waiting.example(label.event_id, label.model))     # a replay: send its example again
@@ -162,6 +171,18 @@ def on_label(label: Label, origin: Origin, waiting: Waiting | None, parked: Park
                                               f"(older than {windows.features_ttl:g}s)", label.event_id))
     entry = Waiting(waiting.features, waiting.written, origin, label.label, label.ts)
     return Learn(entry.example(label.event_id, label.model), entry)
+
+
+def on_wait_over(event_id: str, model: str, waiting: Waiting | None, label: Any, wait: float, origin: Origin,
+                 now: float) -> Learn | Skip:
+    """An event's wait for its label may be over (a tick at ``now``, at ``origin``): learn the default
+    ``label`` if no label came. ``Skip(NOT_YET)``: its features came again since, and it waits on."""
+    if waiting is None or waiting.origin is not None:
+        return Skip(LABELLED)
+    if now - waiting.written < wait:
+        return Skip(NOT_YET)
+    entry = Waiting(waiting.features, waiting.written, origin, label, now, defaulted=True)
+    return Learn(entry.example(event_id, model), entry)
 
 
 def on_parked_evicted(parked: Parked, waiting: Waiting | None, windows: Windows) -> Rejected | None:

@@ -32,11 +32,12 @@ class LabelSettings:
 class LabelHealth:
     """One key's labels."""
 
-    __slots__ = ("predicted", "labelled", "expired", "unknown", "last_label_at", "since_label", "starving",
-                 "_delays", "_next")
+    __slots__ = ("predicted", "labelled", "expired", "unknown", "defaulted", "late", "last_label_at", "since_label",
+                 "starving", "_delays", "_next")
 
     def __init__(self) -> None:
         self.predicted = self.labelled = self.expired = self.unknown = 0
+        self.defaulted = self.late = 0   # events that learned a rule's default label; labels that came after
         self.last_label_at: float | None = None
         self.since_label = 0           # predictions answered since the last label
         self.starving = False          # a label_starvation episode is open
@@ -62,7 +63,7 @@ class LabelHealth:
         return {"predicted": self.predicted, "labelled": self.labelled,
                 "coverage": round(self.labelled / self.predicted, 4) if self.predicted else None,
                 "delay_p50_seconds": quantile(0.5), "delay_p99_seconds": quantile(0.99),
-                "expired": self.expired, "unknown": self.unknown,
+                "expired": self.expired, "unknown": self.unknown, "defaulted": self.defaulted, "late": self.late,
                 "since_last_label_seconds": None if self.last_label_at is None else round(now - self.last_label_at, 1),
                 "starving": self.starving}
 
@@ -107,13 +108,16 @@ class LabelBook:
         health.delay(delay)
         return ended
 
-    def refused(self, partition: int, key: str, expired: bool) -> None:
-        """A label refused: its event's features expired, or none ever came (unknown)."""
+    def refused(self, partition: int, key: str, why: str) -> None:
+        """A label refused (``why``: ``expired``, its event's features are too old; ``unknown``, none ever came;
+        ``late``, its event learned a default label)."""
         health = self._of(partition, key)
-        if expired:
-            health.expired += 1
-        else:
-            health.unknown += 1
+        setattr(health, why, getattr(health, why) + 1)
+
+    def defaulted(self, partition: int, key: str) -> None:
+        """An event learned its rule's default label: no label came within the wait (not a label: the
+        coverage and starvation count real ones)."""
+        self._of(partition, key).defaulted += 1
 
     def starving(self, partition: int) -> list[tuple[str, LabelHealth]]:
         """The partition's keys whose labels stopped, each once per episode (see the module's doc)."""

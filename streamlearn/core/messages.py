@@ -22,6 +22,7 @@ SPEC_MISMATCH = "spec_mismatch"
 BAD_LABEL = "bad_label"
 UNKNOWN_EVENT = "unknown_event"
 EXPIRED_EVENT = "expired_event"
+LATE_LABEL = "late_label"   # the event learned its default label (no label came within the rule's wait)
 MODEL_ERROR = "model_error"
 INTERNAL_ERROR = "internal_error"
 UNKNOWN_COMMAND = "unknown_command"

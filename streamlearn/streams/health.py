@@ -66,8 +66,14 @@ class InputHealth:
     def duplicate(self) -> None:
         self.metrics.duplicate_label()
 
-    def refused(self, partition: int, key: str, expired: bool) -> None:
-        self.book.refused(partition, key, expired)
+    def refused(self, partition: int, key: str, why: str) -> None:
+        """A label of ``key`` refused: ``expired``, ``unknown`` or ``late`` (``LabelBook.refused``)."""
+        self.book.refused(partition, key, why)
+
+    def defaulted(self, partition: int, key: str) -> None:
+        """An event of ``key`` learned its rule's default label."""
+        self.metrics.default_label()
+        self.book.defaulted(partition, key)
 
     def tick(self, partition: int, live_of: LiveOf) -> None:
         """The partition's keys whose labels stopped: one alert each, per episode."""

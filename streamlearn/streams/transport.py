@@ -46,7 +46,7 @@ from typing import Any
 
 from faust.transport.consumer import notify
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types.tuples import ConsumerMessage, ack_lock
+from faust.types.tuples import ConsumerMessage, Message, ack_lock
 from mode import Service
 
 from streamlearn.core.offsets import CommitHold, Seeks, new_acks, read_offset_for, stalled_recovery
@@ -74,6 +74,11 @@ class Fetched(ConsumerMessage):
 def records_of(message: Any) -> list:
     """The Kafka records a Faust message carries: a fetch's, or the message itself."""
     return message.records if isinstance(message, Fetched) else [message]
+
+
+def record_time(record: Any) -> float:
+    """A record's timestamp in seconds (aiokafka's records count milliseconds, Faust's messages seconds)."""
+    return record.timestamp if isinstance(record, Message) else record.timestamp / 1000.0
 
 
 class Consumer(faust_aiokafka.Consumer):

@@ -78,6 +78,8 @@ class Producer:
         self.names = names
         self.topics: dict[str, Recorder] = {}
         self.offsets: dict[tuple, int] = {}
+        self.order: list[tuple[str, bytes | None]] = []   # (topic, key) of every send, in order
+        self._held: dict[str, list] = {}                    # topic -> deliveries held back (``hold``)
 
     def __getattr__(self, short: str) -> Recorder:     # sent.training: what went to the training topic
         name = getattr(self.__dict__["names"], short)
@@ -86,10 +88,29 @@ class Producer:
     async def send(self, topic, key, value, partition, timestamp, headers):
         self.topics.setdefault(topic, Recorder(topic)).sent.append(
             {"key": key, "value": value, "partition": partition, "headers": headers})
+        self.order.append((topic, key))
         offset = self.offsets[topic, partition] = self.offsets.get((topic, partition), -1) + 1
         done = asyncio.get_running_loop().create_future()
-        done.set_result(SimpleNamespace(topic=topic, partition=partition, offset=offset))
+        delivery = SimpleNamespace(topic=topic, partition=partition, offset=offset)
+        if topic in self._held:
+            self._held[topic].append((done, delivery))
+        else:
+            done.set_result(delivery)
         return done
+
+    def hold(self, topic: str) -> "Held":
+        """Deliver nothing sent to ``topic`` from now until ``release()``."""
+        self._held[topic] = []
+        return Held(self, topic)
+
+
+class Held:
+    def __init__(self, producer: Producer, topic: str) -> None:
+        self.producer, self.topic = producer, topic
+
+    def release(self) -> None:
+        for done, delivery in self.producer._held.pop(self.topic):
+            done.set_result(delivery)
 
 
 class FlakyProducer:

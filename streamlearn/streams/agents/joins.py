@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Callable
+
 import faust
 
 from streamlearn.core import join
+from streamlearn.core.defaults import DefaultLabels
 
-from ..codec import FeatureEvent, Inputs, Label, Rejected, encode_example, key_text
+from ..codec import EXPIRED_EVENT, FeatureEvent, Inputs, Label, Rejected, encode_example, key_text
 from ..deadletter import DeadLetters
 from ..health import InputHealth
 from ..outbox import Outbox
-from ..pending import BoundedTable, join_key
-from ..routing import is_tick, origin_of
+from ..pending import INDEX_STEP, SEP, BoundedTable, join_key, join_model, scan
+from ..routing import is_tick, origin_of, partition_for
+from ..transport import record_time
 from .live import LiveModels
 from .loop import agent_log
 
 
 class Joins:
     """Carries out the join's decisions: writes the join state, packs examples for the learner, refuses; tells
-    ``health`` of each prediction and label of a key."""
+    ``health`` of each prediction and label of a key. With ``defaults``, an event of a key with a default-label
+    rule that got no label within its wait learns the rule's label."""
 
     def __init__(self, inputs: Inputs, pending: BoundedTable[join.Waiting], early: BoundedTable[join.Parked],
-                 live: LiveModels, training: faust.TopicT, dead: DeadLetters, health: InputHealth) -> None:
+                 live: LiveModels, training: faust.TopicT, dead: DeadLetters, health: InputHealth,
+                 defaults: DefaultLabels | None = None) -> None:
         self.inputs = inputs
         self.pending = pending
         self.early = early
@@ -31,12 +38,14 @@ class Joins:
         self.dead = dead
         self.health = health
         self._live_of = live.registry.find   # a key's live model, for its alerts (bound once: asked per event)
+        self.defaults = defaults
+        self._giving: dict[bytes, join.Waiting] = {}   # defaulted entries whose examples are on their way
 
     async def message(self, msg, out: Outbox) -> None:
         """A label routed to its owner's partition, or a timer's tick (evict what outlived its TTL, see whose
         labels stopped)."""
         if is_tick(msg.headers):
-            await self._expire(msg.partition, out)
+            await self._tick(msg, out)
             return
         try:
             label = self.inputs.label(msg.value, msg.key)
@@ -49,8 +58,10 @@ class Joins:
         """An event was answered: keep its features for the label; if the label came first, train now."""
         self.health.predicted(partition, ev.model, ev.features, self._live_of)
         key = join_key(ev.model, ev.event_id)
-        outcome = join.on_features(ev, self.pending.get(key), self.early.get(key), self.windows, self.pending.clock())
+        outcome = join.on_features(ev, self._waiting(key), self.early.get(key), self.windows, self.pending.clock())
         await self._carry_out(partition, key, outcome, out)
+        if self.defaults is not None and isinstance(outcome, join.Keep):
+            self.defaults.waiting(partition, key, ev.model, outcome.entry.written)
 
     async def label(self, msg, label: Label, out: Outbox) -> None:
         """Join a label with its event's features in the partition that owns its model (``msg.partition``)."""
@@ -60,10 +71,11 @@ class Joins:
             return
         key = join_key(label.model, label.event_id)
         origin = list(origin_of(msg.headers, msg.topic, msg.partition, msg.offset))
-        outcome = join.on_label(label, origin, self.pending.get(key), self.early.get(key), msg.value, self.windows,
+        outcome = join.on_label(label, origin, self._waiting(key), self.early.get(key), msg.value, self.windows,
                                 self.pending.clock())
         if isinstance(outcome, join.Refuse):
-            self.health.refused(msg.partition, label.model, expired=True)
+            self.health.refused(msg.partition, label.model,
+                                "expired" if outcome.rejected.reason == EXPIRED_EVENT else "late")
             await self.dead.send(outcome.rejected, msg, out, model=label.model)
         elif isinstance(outcome, join.DuplicateLabel):
             self.health.duplicate()
@@ -88,11 +100,85 @@ class Joins:
                 self.pending.put(partition, key, outcome.entry, restamp=outcome.restamp)
             out.pack(self.training, partition, encode_example(outcome.example))
 
-    async def _expire(self, partition: int, out: Outbox) -> None:
+    async def _tick(self, msg, out: Outbox) -> None:
+        partition = msg.partition
         self.pending.evict(partition)
         for parked in self.early.evict(partition):
             await self._refuse_parked(partition, parked, out)
+        if self.defaults is not None:
+            await self._give_defaults(msg, out)
         self.health.tick(partition, self._live_of)
+
+    async def _give_defaults(self, tick, out: Outbox) -> None:
+        """The events whose wait ended by the tick's time (its record's timestamp: the same when it is read
+        again) learn their rule's label. Their examples are delivered before their entries are written: the
+        changelog never says ``defaulted`` of an example the learner may lack (docs/checkpoints.md)."""
+        defaults, partition = self.defaults, tick.partition
+        assert defaults is not None
+        now, origin = record_time(tick), [tick.topic, partition, tick.offset]
+        given: dict[bytes, tuple[str, join.Waiting]] = {}
+        for key in defaults.due(partition, now):
+            if key in given:    # queued twice (found by a scan, and written since): given once
+                continue
+            model, _, event_id = key.partition(SEP)
+            model_key = model.decode()
+            rule = defaults.rule_for(model_key)
+            if rule is None:
+                continue
+            waiting = self.pending.get(key)
+            outcome = join.on_wait_over(event_id.decode(), model_key, waiting, rule.label, rule.wait, origin, now)
+            if isinstance(outcome, join.Learn):
+                out.pack(self.training, partition, encode_example(outcome.example))
+                given[key] = (model_key, outcome.entry)
+            elif outcome.why is join.NOT_YET:
+                assert waiting is not None
+                defaults.waiting(partition, key, model_key, waiting.written)
+        if not given:
+            return
+        self._giving.update((key, entry) for key, (_, entry) in given.items())   # meanwhile, a label is late
+        try:
+            await out.send_packs()
+            await out.deliver(out.handover())
+        finally:
+            for key in given:
+                self._giving.pop(key, None)
+        for key, (model, entry) in given.items():
+            self.pending.put(partition, key, entry, restamp=False)
+            self.health.defaulted(partition, model)
+
+    def _waiting(self, key: bytes) -> join.Waiting | None:
+        """An event's entry in the join state, or the default it is being given."""
+        return self._giving.get(key) or self.pending.get(key)
+
+    def forget_partitions(self, keep: set[int]) -> None:
+        """A rebalance: the events waiting for a default label are found again (``find_waiting``)."""
+        if self.defaults is not None:
+            self.defaults.forget_partitions(keep)
+
+    async def find_waiting(self, active: Callable[[], bool]) -> bool:
+        """After a rebalance: find the events that wait for a default label in the join state, a chunk at a
+        time while ``active()`` (streams run: recovery is over); begins again if a rebalance comes meanwhile.
+        True once complete."""
+        defaults = self.defaults
+        if defaults is None or defaults.scanned:
+            return True
+        generation, partitions = defaults.generation, self.pending.partitions
+        found: list[tuple[int, bytes, str, float]] = []
+        for chunk in scan(self.pending.data, INDEX_STEP):
+            for key, raw in chunk:
+                model = join_model(key)
+                if defaults.rule_for(model) is None:
+                    continue
+                entry = self.pending.decode(raw)
+                if entry.origin is None:
+                    found.append((partition_for(model, partitions), key, model, entry.written))
+            await asyncio.sleep(0)
+            if defaults.generation != generation or not active():
+                return False
+        for partition, key, model, written in found:
+            defaults.found(partition, key, model, written)
+        defaults.scanned = True
+        return True
 
     async def _refuse_parked(self, partition: int, parked: join.Parked, out: Outbox) -> None:
         """An evicted parked label: dead-lettered ``unknown_event``, unless its features came and released it."""
@@ -100,7 +186,7 @@ class Joins:
                                           self.windows)
         if rejected is None:
             return
-        self.health.refused(partition, parked.model, expired=False)
+        self.health.refused(partition, parked.model, "unknown")
         topic, source, offset = parked.origin
         await self.dead.send_record(rejected, out, topic=topic, partition=source, offset=offset,
                                     key=parked.model.encode(), value=parked.value, model=parked.model)

@@ -16,8 +16,8 @@ from typing import Any, Mapping
 import orjson
 
 from streamlearn.core.messages import (
-    BAD_FIELD, BAD_KEY, BAD_LABEL, EXPIRED_COMMAND, EXPIRED_EVENT, INTERNAL_ERROR, MISSING_FIELD, MODEL_ERROR,
-    NON_FINITE, NOT_JSON, NOT_OBJECT, OVERSIZED, SPEC_MISMATCH, UNAUTHENTICATED, UNKNOWN_COMMAND, UNKNOWN_EVENT,
+    BAD_FIELD, BAD_KEY, BAD_LABEL, EXPIRED_COMMAND, EXPIRED_EVENT, INTERNAL_ERROR, LATE_LABEL, MISSING_FIELD,
+    MODEL_ERROR, NON_FINITE, NOT_JSON, NOT_OBJECT, OVERSIZED, SPEC_MISMATCH, UNAUTHENTICATED, UNKNOWN_COMMAND, UNKNOWN_EVENT,
     UNKNOWN_MODEL, UNKNOWN_SPEC, Example, FeatureEvent, Label, Rejected)
 from streamlearn.core.join import Parked, Waiting
 from streamlearn.models.specs import UnknownSpec
@@ -32,7 +32,7 @@ __all__ = [
     "decode_command", "request_id_of", "signature_of", "sign", "COMMANDS", "SIGNATURE_HEADER",
     # why it is refused
     "Rejected", "BAD_FIELD", "BAD_KEY", "BAD_LABEL", "EXPIRED_COMMAND", "EXPIRED_EVENT", "INTERNAL_ERROR",
-    "MISSING_FIELD", "MODEL_ERROR", "NON_FINITE", "NOT_JSON", "NOT_OBJECT", "OVERSIZED", "SPEC_MISMATCH",
+    "LATE_LABEL", "MISSING_FIELD", "MODEL_ERROR", "NON_FINITE", "NOT_JSON", "NOT_OBJECT", "OVERSIZED", "SPEC_MISMATCH",
     "UNAUTHENTICATED", "UNKNOWN_COMMAND", "UNKNOWN_EVENT", "UNKNOWN_MODEL", "UNKNOWN_SPEC",
     # what goes out
     "encode_prediction", "encode_waiting", "decode_waiting", "waiting_written", "examples_of", "encode_parked", "decode_parked", "encode_example",
@@ -186,7 +186,8 @@ def encode_prediction(event: FeatureEvent, label: Any, proba: dict[Any, float] |
 # ---- the join state (changelog-backed tables): short keys, as their changelogs have always held them ----
 
 # The join state, kept by the million: short keys, the same in both entries. f: features, t: when written,
-# o: the label's origin, y: the label, lt: the label's ts, early: a parked label released by these features;
+# o: the label's origin, y: the label, lt: the label's ts, early: a parked label released by these features,
+# dflt: the label is a rule's default (o: the tick that gave it);
 # a parked label: id, m (model), v (the producer's message, base64). Entries written before 2026-12-07 had
 # "l" for the origin, and parked labels long keys: both are still read.
 
@@ -196,13 +197,15 @@ def encode_waiting(w: Waiting) -> bytes:
         entry.update(y=w.label, lt=w.label_ts)
         if w.released:
             entry["early"] = True
+        if w.defaulted:
+            entry["dflt"] = True
     return dumps_kept(entry)
 
 
 def decode_waiting(raw: bytes) -> Waiting:
     o = orjson.loads(raw)
     return Waiting(o["f"], o["t"], o["o"] if "o" in o else o.get("l"), o.get("y"), o.get("lt"),
-                   bool(o.get("early")))
+                   bool(o.get("early")), bool(o.get("dflt")))
 
 
 def waiting_written(raw: bytes) -> float:

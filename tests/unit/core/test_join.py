@@ -6,9 +6,11 @@ import random
 
 import pytest
 
-from streamlearn.core.join import (FEATURES_AGAIN, LABEL_WAITS, DuplicateLabel, Keep, Learn, Parked, Refuse, Skip,
-                                   Waiting, Windows, on_features, on_label, on_parked_evicted)
-from streamlearn.core.messages import EXPIRED_EVENT, UNKNOWN_EVENT, Example, FeatureEvent, Label
+from streamlearn.core.join import FEATURES_AGAIN, LABEL_WAITS, NOT_YET
+from streamlearn.core.join import LABELLED as LABELLED_ALREADY
+from streamlearn.core.join import (DuplicateLabel, Keep, Learn, Parked, Refuse, Skip, Waiting, Windows, on_features,
+                                   on_label, on_parked_evicted, on_wait_over)
+from streamlearn.core.messages import EXPIRED_EVENT, LATE_LABEL, UNKNOWN_EVENT, Example, FeatureEvent, Label
 
 W = Windows(features_ttl=100, label_ttl=50)
 NOW = 1000.0
@@ -127,3 +129,25 @@ def test_a_label_after_the_features_window_is_refused_and_a_parked_label_waits_i
                          ("label", "e2", True, SRC, 0.0), ("features", "e2", X, None, 49.0),
                          ("label", "e3", True, OTHER, 0.0), ("features", "e3", X, None, 51.0)])
     assert [ex.event_id for ex in learned] == ["e2"]
+
+
+TICK = ["streamlearn.labels", 3, 77]   # the tick that gives a default label: its place on the labels topic
+
+
+@pytest.mark.parametrize("waiting, outcome", [
+    (Waiting(X, NOW - 30), Learn(Example("e1", "m", X, False, NOW, TICK),
+                                 Waiting(X, NOW - 30, TICK, False, NOW, defaulted=True))),   # no label came
+    (Waiting(X, NOW - 29), Skip(NOT_YET)),                  # features came again since: it waits on
+    (LABELLED, Skip(LABELLED_ALREADY)),                     # the label came in time
+    (None, Skip(LABELLED_ALREADY)),                         # evicted
+], ids=["default", "not-yet", "labelled", "gone"])
+def test_a_wait_is_over(waiting, outcome):
+    assert on_wait_over("e1", "m", waiting, False, 30.0, TICK, NOW) == outcome
+
+
+def test_a_label_after_the_default_is_refused_as_late_and_its_replay_too():
+    defaulted = Waiting(X, NOW - 30, TICK, False, NOW, defaulted=True)
+    for origin in (SRC, SRC, TICK):
+        got = on_label(LABEL, origin, defaulted, None, b"v", W, NOW + 1)
+        assert isinstance(got, Refuse) and got.rejected.reason == LATE_LABEL and got.rejected.event_id == "e1"
+    assert on_features(EV, defaulted, None, W, NOW + 1) == Skip(FEATURES_AGAIN)   # features again: nothing

@@ -16,13 +16,16 @@ def test_coverage_delays_and_refusals_per_key():
         labels.predicted(3, "a")
     for delay in (1.0, 2.0, 3.0, 40.0):
         labels.labelled(3, "a", delay)
-    labels.refused(3, "a", expired=True)
-    labels.refused(3, "a", expired=False)
+    labels.refused(3, "a", "expired")
+    labels.refused(3, "a", "unknown")
+    labels.refused(3, "a", "late")
+    labels.defaulted(3, "a")
     labels.predicted(5, "b")
     now[0] += 7
     health = labels.get("a").describe(now[0])
     assert health == {"predicted": 10, "labelled": 4, "coverage": 0.4, "delay_p50_seconds": 3.0,
-                      "delay_p99_seconds": 40.0, "expired": 1, "unknown": 1, "since_last_label_seconds": 7.0,
+                      "delay_p99_seconds": 40.0, "expired": 1, "unknown": 1, "defaulted": 1, "late": 1,
+                      "since_last_label_seconds": 7.0,
                       "starving": False}
     assert labels.get("b").describe(now[0])["coverage"] == 0.0 and labels.get("c") is None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from types import SimpleNamespace
@@ -15,6 +16,7 @@ from streamlearn.app.http import CRASH_WINDOW_SECONDS, readiness
 from streamlearn.app.worker import create_worker
 from streamlearn.streams import codec
 from streamlearn.streams.codec import pack
+from streamlearn.streams.commands import label_health
 from streamlearn.streams.pending import join_key
 from streamlearn.streams.routing import partition_for
 from streamlearn.streams.transport import Fetched
@@ -24,11 +26,15 @@ from tests.unit.fakes import FakeStream, Producer, Recorder
 @pytest.fixture(params=["memory", "rocksdb"])
 async def worker(tmp_path, request):
     """A worker without a broker, on each table store; ``worker.sent``: what it sent, by topic."""
+    return await offline_worker(tmp_path, request.param)
+
+
+async def offline_worker(tmp_path, store: str, **settings):
     w = create_worker(Settings.from_env({}, data_dir=str(tmp_path), label_wait_seconds=60, dev=True,
-                                        table_store=request.param))
+                                        table_store=store, **settings))
     w.app.producer = w.sent = Producer(w.topics.names)
     # no rebalance either: every partition is this worker's
-    for table in w.app.tables.values() if request.param == "rocksdb" else ():
+    for table in w.app.tables.values() if store == "rocksdb" else ():
         tps = {TP(table.changelog_topic.get_topic_name(), p) for p in range(8)}
         await table.data.assign_partitions(table, tps)      # as Faust does on an assignment: opens the databases
     for state in (w.pending.data, w.early.data, w.checkpoints.table, w.store.index_table, w.store.blobs):
@@ -584,3 +590,88 @@ async def test_a_scan_of_the_join_state_reads_every_entry_once_and_survives_a_re
     state.store.revoke_partitions(worker.app.tables["pending"], {TP(state.changelog, gone)})  # closed
     rest = [key for chunk in chunks for key, _ in chunk if key not in staged]   # (staged: read from memory)
     assert {state.partition_of(k) for k in rest} == {state.partition_of(k) for k in stored} - {gone}
+
+
+async def soon(condition, seconds: float = 2.0) -> bool:
+    """Whether ``condition()`` holds within ``seconds`` (what a handler does after an await of its own)."""
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return True
+        await asyncio.sleep(0.01)
+    return condition()
+
+
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
+async def test_an_event_without_a_label_learns_the_default_once_and_a_label_after_it_is_late(tmp_path, store):
+    """``m*=false@30s``: at the first tick 30 s after its features, an unlabelled event of m learns ``false``;
+    the tick read again (a crash before its commit) gives nothing twice; a label after it is dead-lettered
+    ``late_label``; a labelled event and a key without a rule learn no default."""
+    worker = await offline_worker(tmp_path, store, default_label_rules="m*=false@30s")
+    p = partition_for("m", 8)
+    now = [1000.0]
+    worker.pending.clock = lambda: now[0]
+    async with worker.app.agents["predict"].test_context() as agent:
+        for key, eid in (("m", "e1"), ("m", "e2"), ("other", "o1")):
+            await agent.put(orjson.dumps({"event_id": eid, "features": {"a": 1.0}}), key=key.encode(),
+                            partition=partition_for(key, 8))
+    async with worker.app.agents["join"].test_context() as join:
+        await join.put(orjson.dumps({"event_id": "e2", "label": True}), key=b"m", partition=p, headers=origin(5))
+
+        async def tick(at: float):
+            return await join.put(b"", key=None, partition=p, timestamp=at, headers=[("streamlearn-tick", b"1")])
+
+        await tick(1029.0)                                      # not yet: 29 s
+        assert len(worker.sent.training.sent) == 1              # e2's own label only
+        changelog, training = worker.pending.data.changelog, worker.topics.names.training
+        held = worker.sent.hold(training)                       # the broker has not taken the example yet
+        first = await tick(1031.0)
+        e2, e1 = (one for ex in worker.sent.training.sent for one in orjson.loads(ex["value"]))
+        assert (e2["event_id"], e2["label"]) == ("e2", True)
+        assert (e1["event_id"], e1["label"], e1["features"]) == ("e1", False, {"a": 1.0})
+        assert e1["origin"] == [first.message.topic, p, first.message.offset]
+        # its entry is written once its example is delivered: the changelog never says defaulted of an
+        # example the learner may lack (a crash in between: the tick, read again, gives it again)
+        await asyncio.sleep(0.05)
+        assert worker.sent.order.count((changelog, b"m\x1fe1")) == 1     # its features' write only
+        worker.ownership.owned = frozenset({p})                           # meanwhile its label comes: late
+        async with worker.app.agents["route-feedback"].test_context() as feedback:
+            await feedback.put(orjson.dumps({"event_id": "e1", "label": True}), key=b"m", partition=p)
+        assert [d["reason"] for d in worker.sent.deadletter.values()] == ["late_label"]
+        held.release()
+        assert await soon(lambda: worker.pending.get(b"m\x1fe1").defaulted)
+        assert worker.sent.order.count((changelog, b"m\x1fe1")) == 2
+        await tick(1031.0)                                      # read again: e1 is not given its default twice
+        assert len(worker.sent.training.sent) == 2
+        await join.put(orjson.dumps({"event_id": "e1", "label": True}), key=b"m", partition=p, headers=origin(6))
+    assert [(d["reason"], d["event_id"]) for d in worker.sent.deadletter.values()] == [("late_label", "e1")] * 2
+    assert len(worker.sent.training.sent) == 2 and worker.pending.get(b"other\x1fo1").origin is None
+    assert counted(worker, "streamlearn_default_labels_total") == 1
+    assert counted(worker, "streamlearn_deadletters_total", reason="late_label") == 2
+    health = label_health("m", worker.health)["labels"]
+    assert (health["labelled"], health["defaulted"], health["late"]) == (1, 1, 2)
+
+
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
+async def test_after_a_rebalance_the_events_that_waited_before_it_are_found_and_get_their_default(tmp_path, store):
+    worker = await offline_worker(tmp_path, store, default_label_rules="m=false@30s")
+    p = partition_for("m", 8)
+    worker.pending.clock = lambda: 1000.0
+    async with worker.app.agents["predict"].test_context() as agent:
+        for eid in ("e1", "e2"):
+            await agent.put(orjson.dumps({"event_id": eid, "features": {"a": 1.0}}), key=b"m", partition=p)
+    async with worker.app.agents["join"].test_context() as join:
+        await join.put(orjson.dumps({"event_id": "e2", "label": True}), key=b"m", partition=p, headers=origin(5))
+    joins = worker.predict.joins
+    joins.defaults.scanned = False                              # e1 found again by a scan: queued twice
+    assert await joins.find_waiting(lambda: True) and joins.defaults.size() == 3   # (e2 until its turn)
+    joins.forget_partitions(set())                              # a rebalance: the queue is gone
+    assert joins.defaults.size() == 0
+    assert not await joins.find_waiting(lambda: False)          # no scan while streams are stopped
+    assert await joins.find_waiting(lambda: True) and joins.defaults.size() == 1   # e1 only: e2 has its label
+    joins.defaults.waiting(p, b"m\x1fe1", "m", 1000.0)          # and e1 queued twice again
+    async with worker.app.agents["join"].test_context() as join:
+        await join.put(b"", key=None, partition=p, timestamp=1031.0, headers=[("streamlearn-tick", b"1")])
+    assert await soon(lambda: worker.pending.get(b"m\x1fe1").defaulted)
+    examples = [one for ex in worker.sent.training.sent for one in orjson.loads(ex["value"])]
+    assert [(e["event_id"], e["label"]) for e in examples] == [("e2", True), ("e1", False)]   # e1 once
+    assert worker.sent.deadletter.sent == []

@@ -132,7 +132,8 @@ def test_an_integer_beyond_64_bits_is_a_number():
 
 
 def test_join_state_entries_round_trip_and_entries_of_the_previous_format_still_read():
-    waiting = [Waiting({"a": 1.0}, 5.0), Waiting({"a": 1.0}, 5.0, ["feedback", 3, 10], True, 7.0, released=True)]
+    waiting = [Waiting({"a": 1.0}, 5.0), Waiting({"a": 1.0}, 5.0, ["feedback", 3, 10], True, 7.0, released=True),
+               Waiting({"a": 1.0}, 5.0, ["streamlearn.labels", 3, 77], False, 35.0, defaulted=True)]
     for w in waiting:
         assert codec.decode_waiting(codec.encode_waiting(w)) == w
     parked = Parked("e1", "m", "yes", 7.0, ["feedback", 3, 10], b"\x00raw", 6.0)
