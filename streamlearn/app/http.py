@@ -67,7 +67,12 @@ def bind_views(w: Worker) -> None:
             return web.json(refused[1], status=refused[0])
         metrics.live_models.set(len(registry))
         metrics.pending_events.set(w.pending.size())
+        metrics.ready.set(1 if ready_now()["ready"] else 0)
         return web.bytes(metrics.exposition(), content_type="text/plain")
+
+    def ready_now() -> dict[str, Any]:
+        return readiness(sorted(w.ownership.owned), app.tables.recovery.completed.is_set(), bool(app.rebalancing),
+                         w.loop.crashes, time.time())
 
     @app.page("/health")
     async def health(web: Any, request: Request) -> Response:
@@ -77,8 +82,7 @@ def bind_views(w: Worker) -> None:
     @app.page("/ready")
     async def ready(web: Any, request: Request) -> Response:
         """Ready: partitions assigned, not rebalancing, tables recovered, no agent crashed lately."""
-        body = readiness(sorted(w.ownership.owned), app.tables.recovery.completed.is_set(), bool(app.rebalancing),
-                         w.loop.crashes, time.time())
+        body = ready_now()
         return web.json(body, status=200 if body["ready"] else 503)
 
     def local_models() -> list[dict[str, Any]]:

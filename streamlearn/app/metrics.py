@@ -121,6 +121,8 @@ class Metrics:
             "streamlearn_live_models", "Live models held by this worker.", registry=r)
         self.pending_events = Gauge(
             "streamlearn_pending_events", "Events waiting for their label on this worker.", registry=r)
+        self.ready = Gauge("streamlearn_ready", "1 while this worker is ready (GET /ready: partitions assigned, "
+                           "tables recovered, no rebalance, no agent crashed lately), else 0.", registry=r)
 
     # ---- the Counters protocol -----------------------------------------
     def consumed(self, topic: str) -> None:
@@ -142,6 +144,9 @@ class Metrics:
 
     def duplicate_label(self) -> None:
         self.duplicate_labels.inc()
+
+    def default_label(self) -> None:
+        self.default_labels.inc()
 
     def label_joined(self, delay: float) -> None:
         self.label_delay.observe(max(0.0, delay))

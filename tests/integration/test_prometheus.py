@@ -85,6 +85,12 @@ async def test_prometheus_sees_the_throughput_and_latency_we_sent(cluster, prome
             break
         time.sleep(1)
     assert scalar(prom, "count(up{job='streamlearn'} == 1)") == 2
+    assert scalar(prom, "count(streamlearn_ready == 1)") == 2          # both ready, as their /ready says
+    # labels joined per event answered (the shipped recording rule): every event here got its label
+    until = time.monotonic() + 30
+    while (coverage := scalar(prom, "streamlearn:label_coverage:ratio_rate5m")) is None or abs(coverage - 1) > 0.05:
+        assert time.monotonic() < until, coverage
+        time.sleep(1)
     # every worker samples its event loop's lag
     assert scalar(prom, "count(streamlearn_event_loop_lag_seconds_count > 0)") == 2
     assert scalar(prom, "sum(streamlearn_predictions_total)") == n
@@ -110,7 +116,7 @@ async def test_prometheus_sees_the_throughput_and_latency_we_sent(cluster, prome
     # the shipped alert rules: all loaded and evaluated without error, and the one whose cause is here fires
     with urllib.request.urlopen(f"{prom}/api/v1/rules", timeout=5) as r:
         rules = [rule for group in json.loads(r.read())["data"]["groups"] for rule in group["rules"]]
-    assert len(rules) >= 11 and all(rule["health"] == "ok" for rule in rules), rules
+    assert len(rules) >= 14 and all(rule["health"] == "ok" for rule in rules), rules
     deadline = started + 150
     down: list = []
     while time.monotonic() < deadline:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 
+import pytest
+from river.datasets import synth
+
 from streamlearn.core.drift import DriftBook, DriftSettings, FeatureDrift, distance
 
 
@@ -53,3 +56,26 @@ def test_the_book_keeps_a_watch_per_key_and_forgets_partitions_moved_away():
     assert [c for c in shifted if c] == [("drift", ["a"])] and not any(steady)
     book.keep_partitions({2})                # partition 1 moved away: its keys start over if they come back
     assert not any(book.observe(1, "k", x) for x in stream(500, seed=6, shift_at=0))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_on_a_river_stream_whose_inputs_change_at_3000_the_drift_is_named_within_200_events(seed):
+    """River's RandomRBF with other centroids from event 3,000 on (ConceptDriftStream): the inputs' shift is
+    alerted once, naming features that moved; the same stream without the drift point never alerts."""
+    def rbf(model: int, sample: int) -> synth.RandomRBF:
+        return synth.RandomRBF(seed_model=model, seed_sample=sample, n_features=4, n_centroids=5)
+
+    drifting = synth.ConceptDriftStream(stream=rbf(1, seed), drift_stream=rbf(7, seed + 1), position=3000,
+                                        width=50, seed=3)
+    for stream, alerted in ((drifting, True), (rbf(1, seed), False)):
+        watch, seen = FeatureDrift(DriftSettings()), []
+        for i, (x, _) in enumerate(stream.take(6000)):
+            changed = watch.observe({f"x{k}": v for k, v in x.items()})
+            if changed is not None:
+                seen.append((i, *changed))
+        if alerted:
+            [(at, kind, names), *_] = seen
+            assert kind == "drift" and 3000 <= at < 3200 and set(names) <= {"x0", "x1", "x2", "x3"} and names
+            assert [k for _, k, _ in seen].count("drift") == 1, seen
+        else:
+            assert seen == []
