@@ -227,7 +227,7 @@ def _faust_app(s: Settings, overrides: dict[str, Any]) -> faust.App:
         broker=s.broker,
         broker_credentials=s.kafka_auth.faust_credentials(),
         broker_consumer=consumer_url(s.broker),   # commits only what agents handled: streams/transport.py
-        store=f"{s.table_store}://",   # memory by default; RocksDB (a restart reads only the tail) is experimental
+        store=f"{s.table_store}://",   # RocksDB by default: a restart reads only each changelog's tail
         datadir=s.data_dir,
         autodiscover=False,
         topic_partitions=s.partitions,
