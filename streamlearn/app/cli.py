@@ -15,6 +15,7 @@
     streamlearn models show MODEL_KEY                  one model: spec, version, learned, metric, challengers, snapshots
     streamlearn models ACTION MODEL_KEY [VERSION]      versions|snapshot|restore|rollback|pin|unpin (status: as show)
     streamlearn models promote MODEL_KEY SPEC          make a challenger the champion (rollback undoes it)
+    streamlearn models backfill MODEL_KEY SPEC         a challenger of SPEC, taught the key's history at once
     (every models action: --json for the workers' answer as JSON)
 """
 
@@ -343,7 +344,7 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("action", choices=["list", "show", *COMMANDS], help="what to do (status: as show)")
     m.add_argument("model", nargs="?", help="the model key (every action but list)")
     m.add_argument("argument", nargs="?", metavar="VERSION|SPEC",
-                   help="the version (restore, pin, unpin), or the challenger's spec (promote)")
+                   help="the version (restore, pin, unpin), or the challenger's spec (promote, backfill)")
     m.add_argument("--reason", help="why (kept in the snapshot index and the audit trail)")
     m.add_argument("--by", default=f"cli:{getpass.getuser()}", help="who asks (audit trail)")
     m.add_argument("--timeout", type=float, help="seconds to wait for the result (STREAMLEARN_COMMAND_TIMEOUT_SECONDS)")

@@ -241,7 +241,7 @@ def bind_views(w: Worker) -> None:
         CommandView.__name__ = f"{command.title()}View"
         return CommandView
 
-    for command in ("snapshot", "restore", "rollback", "pin", "unpin", "promote"):
+    for command in ("snapshot", "restore", "rollback", "pin", "unpin", "promote", "backfill"):
         app.page(f"/models/{{key}}/{command}")(command_view(command))
 
 

@@ -98,7 +98,7 @@ class Settings:
     command_timeout_seconds: float = _setting(10.0, "How long the CLI and HTTP wait for a command's result; the owner does not execute it later.")
     signing_key: str = _setting("", "HMAC-SHA256 key signing checkpoints and snapshots (at least 16 characters); a worker refuses to start without one, outside development mode.", secret=True)
     command_secret: str = _setting("", "HMAC-SHA256 secret shared by workers and operators' tools: commands on the control topic must be signed with it (the CLI and HTTP sign for you).", secret=True)
-    api_token: str = _setting("", "Bearer token of the HTTP command endpoints (snapshot, restore, rollback, pin, unpin, promote); without one they are refused, outside development mode.", secret=True)
+    api_token: str = _setting("", "Bearer token of the HTTP command endpoints (snapshot, restore, rollback, pin, unpin, promote, backfill); without one they are refused, outside development mode.", secret=True)
     api_protect_reads: bool = _setting(False, "Also require the API token for the HTTP read endpoints (`/models...`) and `/metrics`; `/health` and `/ready` stay open.")
     session_timeout_seconds: float = _setting(6.0, "Kafka consumer session timeout: how soon a dead worker's partitions move (the broker's group.min.session.timeout.ms is 6 s by default).")
     heartbeat_interval_seconds: float = _setting(1.0, "Kafka consumer heartbeat interval.")

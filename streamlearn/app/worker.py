@@ -34,6 +34,7 @@ from streamlearn.streams.checkpoints import Checkpoints
 from streamlearn.streams.commit import BatchCommit
 from streamlearn.streams.deadletter import DeadLetters
 from streamlearn.streams.health import InputHealth
+from streamlearn.streams.history import Backfiller, History
 from streamlearn.streams.outbox import Outbox, WriteBehind
 from streamlearn.streams.pending import BoundedTable, TableState
 from streamlearn.streams.stores import TableManager, count_restored
@@ -192,8 +193,11 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     inputs = codec.Inputs(s.default_model_key, s.max_message_bytes, s.command_key, specs)
     labels_watched = LabelBook(LabelSettings(s.label_starvation_seconds, s.label_starvation_predictions), time.time)
     health = InputHealth(labels_watched, metrics, alerts, DriftBook(DriftSettings()) if s.drift_alerts else None)
+    history = History(s.bootstrap_servers, s.kafka_options, topics.names.training, topics.names.predictions,
+                      s.partitions)
     commands = Commands(versions, registry, checkpoints.restore, audit,
-                        Answers(topics.control_results, f"{s.web_host}:{s.web_port}", metrics), inputs, health)
+                        Answers(topics.control_results, f"{s.web_host}:{s.web_port}", metrics), inputs, health,
+                        Backfiller(history, specs, params))
     dead = DeadLetters(topics.deadletter, metrics)
     live = LiveModels(registry, lambda key: specs[s.spec_for(key)], specs, metrics)
     joins = Joins(inputs, pending, early, live, topics.training, dead, health,

@@ -18,10 +18,10 @@ old champion, now a challenger, has to win a new window to come back.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from .gate import PairedTest, error_of
-from .state import Challenger
+from .state import FAILED, Challenger, shadow_step
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,27 @@ class PromotionPolicy:
             del self.tests[name]
         return best
 
+    def seed(self, name: str, pairs: list[tuple[float, float]]) -> None:
+        """A backfilled challenger's window, filled from the last of its history's ``pairs`` (its error, the
+        champion's): the policy may act on its next example instead of a window later."""
+        test = self.tests[name] = PairedTest(self.settings.window)
+        for pair in pairs[-self.settings.window:]:
+            test.add(*pair)
+
     def z_of(self, name: str) -> float | None:
         test = self.tests.get(name)
         return None if test is None else test.z()
+
+
+def backfill(challenger: Challenger, history: Iterable[tuple[str, dict[str, Any], Any]], answers: Mapping[str, Any],
+             is_classifier: bool, pairs: list[tuple[float, float]]) -> None:
+    """Teach ``challenger`` its key's ``history`` (event id, features, label, in the order the champion learned
+    them), each example scored before it is learned, as in the champion's shadow; append to ``pairs`` the
+    (challenger's error, champion's error) of each example whose champion's answer (``answers``, by event id)
+    is known. It stops at an example the challenger fails on (its ``error`` says why)."""
+    for event_id, x, y in history:
+        y_pred = shadow_step(challenger, x, y)
+        if y_pred is FAILED:
+            return
+        if event_id in answers:
+            pairs.append((error_of(is_classifier, y, y_pred), error_of(is_classifier, y, answers[event_id])))

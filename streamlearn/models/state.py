@@ -218,20 +218,20 @@ def learn(live: LiveModel, x: dict[str, Any], y: Any, event_id: str | None = Non
     if live.challengers:
         shadow = {}
         for name, challenger in live.challengers.items():
-            pred = _shadow(challenger, x, y)
-            if pred is not _FAILED:
+            pred = shadow_step(challenger, x, y)
+            if pred is not FAILED:
                 shadow[name] = pred
     correct = (y_pred == y) if live.spec.is_classifier and y_pred is not None else None
     return Scored(y_pred, y, correct, shadow)
 
 
-_FAILED = object()
+FAILED = object()
 
 
-def _shadow(c: Challenger, x: dict[str, Any], y: Any) -> Any:
-    """A challenger's progressive validation step, like its champion's: its prediction, or _FAILED."""
+def shadow_step(c: Challenger, x: dict[str, Any], y: Any) -> Any:
+    """A challenger's progressive validation step, like its champion's: its prediction, or FAILED."""
     if c.error is not None:
-        return _FAILED
+        return FAILED
     try:
         y_pred = c.model.predict_one(x)
         if y_pred is not None:
@@ -241,7 +241,7 @@ def _shadow(c: Challenger, x: dict[str, Any], y: Any) -> Any:
         return y_pred
     except Exception as exc:  # noqa: BLE001 - a challenger must never fail its champion
         c.error = f"{type(exc).__name__}: {exc}"[:300]
-        return _FAILED
+        return FAILED
 
 
 def set_challengers(live: LiveModel, specs: list[Spec], params: dict[str, dict] | None = None) -> list[str]:

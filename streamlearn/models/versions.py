@@ -174,7 +174,7 @@ class VersionIndex:
 class Change:
     """A version change, for the audit trail: who or what asked, from which version to which, why."""
 
-    action: str    # snapshot | restore | rollback | auto_rollback | promote | auto_promote | warm_start | pin | unpin
+    action: str    # snapshot | restore | rollback | auto_rollback | promote | auto_promote | backfill | warm_start | pin | unpin
     model: str
     from_version: int | None
     to_version: int | None
@@ -361,11 +361,7 @@ class ModelVersions:
                                                action="auto_rollback")
                 return new, changes
         if shadow and self.settings.promotion is not None:
-            policy = self.promotions.get(live.key)
-            if policy is None:
-                policy = self.promotions[live.key] = PromotionPolicy(self.settings.promotion,
-                                                                     live.spec.is_classifier)
-            promote = policy.observe(y, y_pred, shadow, live.challengers)
+            promote = self.policy(live).observe(y, y_pred, shadow, live.challengers)
             if promote is not None:
                 new, _, changes = self.promote(live, promote.spec, by="promotion-policy", reason=promote.reason,
                                                action="auto_promote")
@@ -392,6 +388,14 @@ class ModelVersions:
                 except VersionError:
                     pass
         return gate
+
+    def policy(self, live: LiveModel) -> PromotionPolicy:
+        """The key's promotion policy (its windows live in memory, made on first use)."""
+        policy = self.promotions.get(live.key)
+        if policy is None:
+            policy = self.promotions[live.key] = PromotionPolicy(self.settings.promotion or PromotionSettings(),
+                                                                 live.spec.is_classifier)
+        return policy
 
     def forget_model(self, key: str) -> None:
         """Drop one model's in-memory state (it left memory): its gate restarts from the index's reference."""

@@ -22,6 +22,7 @@ from streamlearn.models.versions import Change, ModelVersions, VersionError, Ver
 from . import codec
 from .codec import EXPIRED_COMMAND, UNKNOWN_MODEL, Command, Rejected
 from .health import InputHealth
+from .history import Backfiller
 from .snapshots import Audit, VersionCounters
 
 log = logging.getLogger("streamlearn.commands")
@@ -49,7 +50,8 @@ class Commands:
     """Operator commands, executed by the learn agent of the model's partition."""
 
     def __init__(self, versions: ModelVersions, registry: ModelRegistry, restore: Callable[[str], LiveModel | None],
-                 audit: Audit, answers: Answers, inputs: codec.Inputs, health: InputHealth | None = None) -> None:
+                 audit: Audit, answers: Answers, inputs: codec.Inputs, health: InputHealth | None = None,
+                 backfiller: Backfiller | None = None) -> None:
         self.versions = versions
         self.registry = registry
         self.restore = restore
@@ -57,6 +59,7 @@ class Commands:
         self.answers = answers
         self.inputs = inputs    # the router verified the signature; checked again: trust no topic blindly
         self.health = health
+        self.backfiller = backfiller
 
     async def run(self, partition: int, msg) -> LiveModel | None:
         """Execute one command from the training topic; the live model when its version changed."""
@@ -79,7 +82,10 @@ class Commands:
             if live is None:
                 raise VersionError(UNKNOWN_MODEL, f"no model {cmd.model!r} (it has learned nothing yet)")
             live.offset = msg.offset
-            result, new, changes = self._execute(cmd, live)
+            if cmd.command == "backfill":
+                result, new, changes = await self._backfill(partition, cmd, live, msg.offset)
+            else:
+                result, new, changes = self._execute(cmd, live)
         except VersionError as exc:
             log.warning("command %s %s model=%s request_id=%s failed: %s", cmd.command, cmd.version or cmd.spec or "",
                         cmd.model, cmd.request_id, exc,
@@ -91,6 +97,23 @@ class Commands:
         self.audit.record(changes, cmd.request_id)
         await self.answers.send(cmd, cmd.request_id, ok=True, result=result)
         return (new or live) if changes else None
+
+    async def _backfill(self, partition: int, cmd: Command, live: LiveModel,
+                        offset: int) -> tuple[dict[str, Any], None, list[Change]]:
+        """A challenger of ``cmd.spec`` taught the key's history up to this command, then in the champion's
+        shadow like any other (replacing one of that spec). Its promotion window is filled from the history's
+        last examples whose champion's answer is known. Run again after a crash before the checkpoint that
+        follows it: the key then has no such challenger, or a complete one."""
+        if self.backfiller is None:
+            raise VersionError("unavailable", "this worker cannot read the training history")
+        challenger, pairs, n = await self.backfiller.challenger(partition, live, cmd.spec, offset)
+        name = challenger.spec.name
+        live.challengers[name] = challenger
+        self.versions.policy(live).seed(name, pairs)
+        change = Change("backfill", live.key, live.version, live.version, cmd.by,
+                        cmd.reason or f"challenger {name} taught the {n} examples of the key's history", spec=name)
+        return {"challenger": challenger.describe(), "history": n, "compared": len(pairs),
+                "champion_learned": live.learned, "promotion_z": self.versions.policy(live).z_of(name)}, None, [change]
 
     def _execute(self, cmd: Command, live: LiveModel) -> tuple[dict[str, Any], LiveModel | None, list[Change]]:
         v, by = self.versions, cmd.by

@@ -21,7 +21,7 @@ SIGNATURE_HEADER = "streamlearn-signature"
 
 # Operator commands: name -> the argument it needs (a version, a challenger's spec), or None
 COMMANDS = {"status": None, "versions": None, "snapshot": None, "restore": "version", "rollback": None,
-            "pin": "version", "unpin": "version", "promote": "spec"}
+            "pin": "version", "unpin": "version", "promote": "spec", "backfill": "spec"}
 
 
 @dataclass(slots=True)
@@ -35,7 +35,7 @@ class Command:
     reason: str = ""
     by: str = "operator"
     deadline: float | None = None   # epoch seconds: not executed after it (the caller gave up)
-    spec: str | None = None         # promote: the challenger to promote
+    spec: str | None = None         # promote: the challenger to promote; backfill: the spec of the new one
 
     def to_json(self) -> dict[str, Any]:
         return {"request_id": self.request_id, "command": self.command, "model": self.model,

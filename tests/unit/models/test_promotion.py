@@ -9,7 +9,7 @@ import pytest
 from river import datasets
 
 from streamlearn.models import SPECS, blobs, learn, new_model, predict, set_challengers
-from streamlearn.models.promotion import PromotionPolicy, PromotionSettings
+from streamlearn.models.promotion import PromotionPolicy, PromotionSettings, backfill
 from streamlearn.models.state import Challenger
 from streamlearn.models.versions import REPLACED, ModelVersions, VersionError, VersionSettings
 from streamlearn.models.blobs import Blobs
@@ -157,3 +157,51 @@ def test_a_retired_champion_stays_a_challenger_through_its_checkpoint_and_the_ru
     assert restored.challengers["logreg"].retired_version == 1
     # the rules name only the tree, now the champion: the retired logreg is kept all the same
     assert set_challengers(restored, [SPECS["hoeffding_tree"]]) == [] and list(restored.challengers) == ["logreg"]
+
+
+# ---- backfill: a challenger taught its key's history at once -------------------
+
+def test_a_backfilled_tree_equals_river_trained_on_the_history_and_may_be_promoted_on_the_next_example():
+    """A logreg champion learned 4,000 examples where trees win; a tree backfilled from them equals River's tree
+    trained in process on the same examples in the same order, its metric is progressive, and the promotion
+    policy, its window filled from the history's pairs, promotes it at the next example."""
+    data = tree_wins(4001)
+    versions, live = versions_with(), champion()
+    answers = {}
+    for i, (x, y) in enumerate(data[:4000]):
+        answers[f"e{i}"] = predict(live, x).label          # what the champion answered, then learned
+        learn(live, x, y)
+    history = [(f"e{i}", x, y) for i, (x, y) in enumerate(data[:4000])]
+    tree, pairs = Challenger(SPECS["hoeffding_tree"], SPECS["hoeffding_tree"].build()), []
+    backfill(tree, history[:1000], answers, True, pairs)
+    backfill(tree, history[1000:], answers, True, pairs)             # in steps, as the worker does
+    reference, correct, scored = SPECS["hoeffding_tree"].build(), 0, 0
+    for _, x, y in history:
+        y_pred = reference.predict_one(x)
+        if y_pred is not None:                # no prediction yet: not scored (as the live models are)
+            correct, scored = correct + (y_pred == y), scored + 1
+        reference.learn_one(x, y)
+    assert tree.learned == 4000 and tree.error is None and len(pairs) == 4000
+    assert tree.metric.get() == pytest.approx(correct / scored)
+    probes = [x for x, _ in data[:50]]
+    assert [tree.model.predict_proba_one(x) for x in probes] == [reference.predict_proba_one(x) for x in probes]
+    live.challengers["hoeffding_tree"] = tree
+    versions.policy(live).seed("hoeffding_tree", pairs)
+    x, y = data[4000]
+    scored = learn(live, x, y)
+    new, [change] = versions.learned(live, x, y, scored.y_pred, scored.shadow)
+    assert change.action == "auto_promote" and change.spec == "hoeffding_tree" and new.learned == 4001
+
+
+def test_backfill_stops_at_an_example_the_challenger_fails_on():
+    class Fussy:
+        def predict_one(self, x):
+            return None
+
+        def learn_one(self, x, y):
+            if x["a"] > 1:
+                raise ValueError("no")
+
+    c, pairs = Challenger(SPECS["gaussian_nb"], Fussy()), []
+    backfill(c, [("e0", {"a": 0}, True), ("e1", {"a": 2}, True), ("e2", {"a": 0}, True)], {"e0": True}, True, pairs)
+    assert c.learned == 1 and c.error == "ValueError: no" and pairs == [(1.0, 0.0)]

@@ -14,6 +14,7 @@ from faust.types import TP
 from streamlearn.app.settings import Settings
 from streamlearn.app.http import CRASH_WINDOW_SECONDS, readiness
 from streamlearn.app.worker import create_worker
+from streamlearn.models import get_spec
 from streamlearn.streams import codec
 from streamlearn.streams.codec import pack
 from streamlearn.streams.commands import label_health
@@ -675,3 +676,62 @@ async def test_after_a_rebalance_the_events_that_waited_before_it_are_found_and_
     examples = [one for ex in worker.sent.training.sent for one in orjson.loads(ex["value"])]
     assert [(e["event_id"], e["label"]) for e in examples] == [("e2", True), ("e1", False)]   # e1 once
     assert worker.sent.deadletter.sent == []
+
+
+async def test_a_backfill_command_adds_a_challenger_taught_the_keys_history_in_order(worker):
+    """``backfill m gaussian_nb``: run by the learner in order with the key's learning, it adds a challenger that
+    learned the key's history (as the training topic holds it: here handed over by a stand-in reader) and equals
+    River trained on it in process; a spec that is the champion's, and a key without history, are refused."""
+    results = Recorder("control-results")
+    worker.commands.answers.topic = results
+    p, secret = partition_for("m", 8), worker.settings.command_key
+    data = [(f"e{i}", {"a": float(i % 7), "b": float(i % 3)}, i % 3 == 0) for i in range(300)]
+    asked = []
+
+    class Kept:
+        async def examples(self, partition, key, before):
+            asked.append((partition, key, before))
+            return data if key == "m" else []
+
+        async def answers(self, key):
+            return {}
+
+    worker.commands.backfiller.history = Kept()
+    audited = []
+    worker.commands.audit.topic = SimpleNamespace(send_soon=lambda **kw: audited.append(orjson.loads(kw["value"])))
+
+    def command(request_id: str, spec: str, model: str = "m"):
+        value = orjson.dumps({"request_id": request_id, "command": "backfill", "model": model, "spec": spec,
+                              "deadline": time.time() + 60})
+        return value, [("streamlearn-command", b"1"), (codec.SIGNATURE_HEADER, codec.sign(value, secret))]
+
+    async with worker.app.agents["learn"].test_context() as learn:
+        for eid, x, y in data:
+            await learn.put(orjson.dumps({"event_id": eid, "model": "m", "features": x, "label": y}), key=b"m",
+                            partition=p)
+        for request_id, spec in (("r1", "gaussian_nb"), ("r2", "logreg")):
+            value, headers = command(request_id, spec)
+            await learn.put(value, key=b"m", partition=p, headers=headers)
+    async with worker.app.agents["learn"].test_context() as learn:          # a key of another partition
+        await learn.put(orjson.dumps({"event_id": "x", "model": "m2", "features": {"a": 1.0}, "label": True}),
+                        key=b"m2", partition=partition_for("m2", 8))
+        value, headers = command("r3", "gaussian_nb", "m2")
+        await learn.put(value, key=b"m2", partition=partition_for("m2", 8), headers=headers)
+    assert await soon(lambda: len(results.sent) == 3), results.values()
+    ok, champion, nothing = results.values()
+    assert (ok["ok"], ok["result"]["history"], ok["result"]["champion_learned"]) == (True, 300, 300)
+    assert (champion["ok"], champion["error"]) == (False, "already_champion")
+    assert (nothing["ok"], nothing["error"]) == (False, "no_history") and "gaussian_nb" not in \
+        worker.registry.find("m2").challengers
+    assert asked[0] == (p, "m", 300)                   # the history before the command's offset
+    [change] = audited
+    assert (change["action"], change["spec"], change["request_id"]) == ("backfill", "gaussian_nb", "r1")
+    live = worker.registry.find("m")
+    nb = live.challengers["gaussian_nb"]
+    reference = get_spec("gaussian_nb").build()
+    for _, x, y in data:
+        reference.learn_one(x, y)
+    assert nb.learned == 300 and nb.model.predict_proba_one({"a": 2.0, "b": 1.0}) == \
+        reference.predict_proba_one({"a": 2.0, "b": 1.0})
+    # the key's checkpoint has it at once (a crash before it runs the command again: no challenger, or a whole one)
+    assert worker.checkpoints.restore("m").challengers["gaussian_nb"].learned == 300
