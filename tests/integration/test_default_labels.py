@@ -76,6 +76,12 @@ async def diagnose(cluster, ids: list[str]) -> str:
         lines.append(f"{eid}: examples {[(p, o, ex.label, ex.origin) for p, o, ex in examples if ex.event_id == eid]}; "
                      f"dead letters {[d['reason'] for d in dead if d.get('event_id') == eid]}; join state "
                      f"{[(p, o, v and v[-90:]) for p, o, k, v in history if k and k.endswith(tail)]}")
+    ticks: dict[int, list] = {}
+    for m in await read_topic(cluster.bootstrap, t.labels):
+        if any(h == "streamlearn-tick" for h, _ in m.headers or ()):
+            ticks.setdefault(m.partition, []).append(m.timestamp / 1000)
+    lines.append("ticks per partition (count, last): "
+                 + str({p: (len(v), round(max(v), 1)) for p, v in sorted(ticks.items())}))
     for w in cluster.workers:
         lines.append(f"--- {w.name}: " + "\n".join(line for line in w.log.read_text(errors="replace").splitlines()
                                                   if "assigned partitions" in line or "ERROR" in line)[-3000:])
@@ -105,7 +111,17 @@ async def test_events_without_a_label_learn_the_default_exactly_once_across_a_si
         await publishing
         workers = [survivor, again, w2]
         await cluster.ready(workers, timeout=90)
-        await wait_learning(workers, n, timeout=120)  # every event: its label, or its default
+        try:
+            await wait_learning(workers, n, timeout=120)   # every event: its label, or its default
+        except AssertionError:
+            have = learned_everywhere(workers)
+            examples = {ex.event_id for m in await read_topic(cluster.bootstrap, cluster.topics.training)
+                        if m.value and not any(h == "streamlearn-command" for h, _ in m.headers or ())
+                        for ex in decode_examples(m.value)}
+            missing = sorted((e for e in sent.events if e not in examples), key=lambda e: int(e[1:]))
+            raise AssertionError(f"learned {have}; {len(missing)} events have no example (unlabelled: "
+                                 f"{sum(unlabelled(int(e[1:])) for e in missing)})\n"
+                                 + await diagnose(cluster, missing[:10])) from None
 
         # the late labels: their events learned the default long ago
         late_ids = {f"e{i}" for i in range(n) if late(i)}
