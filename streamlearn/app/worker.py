@@ -357,7 +357,13 @@ def _bind_timers(w: Worker) -> None:
         reread = getattr(w.app.consumer, "reread_skipped", None)
         if reread is not None:
             await reread()
-        await w.predict.joins.find_waiting(w.app.flow_control.is_active)   # after a rebalance, with default labels
+        await w.predict.joins.find_waiting(recovered)   # after a rebalance, with default labels
+
+    def recovered() -> bool:
+        """Streams run on tables that hold their changelogs: this generation's recovery is complete (Faust
+        resumes the flow while it reads the changelogs)."""
+        return (w.app.flow_control.is_active() and
+                getattr(w.app.tables.recovery, "recovered_generation", None) == w.app.consumer_generation_id)
 
     if s.model_idle_seconds:
         @w.app.timer(max(1.0, s.model_idle_seconds / 4))

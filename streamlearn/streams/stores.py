@@ -92,6 +92,7 @@ class Recovery(FaustRecovery):
     """
 
     _read: ChangelogRead | None = None
+    recovered_generation: int | None = None   # the consumer generation whose tables are all recovered
 
     def _readable(self, tp: TP) -> bool:
         table = self.tp_to_table.get(tp)
@@ -120,6 +121,8 @@ class Recovery(FaustRecovery):
             if self.signal_recovery_start.is_set():
                 raise RebalanceAgain()
         await super().on_recovery_completed(generation_id)
+        if self.app.consumer_generation_id == generation_id:
+            self.recovered_generation = generation_id
 
     def _unread(self, read: ChangelogRead) -> None:
         """Partitions marked read for Faust and still held: back to the offset applied."""

@@ -157,8 +157,8 @@ class Joins:
 
     async def find_waiting(self, active: Callable[[], bool]) -> bool:
         """After a rebalance: find the events that wait for a default label in the join state, a chunk at a
-        time while ``active()`` (streams run: recovery is over); begins again if a rebalance comes meanwhile.
-        True once complete."""
+        time while ``active()`` (this generation's tables are recovered: before, the store lacks what the
+        changelogs still hold); begins again if a rebalance comes meanwhile. True once complete."""
         defaults = self.defaults
         if defaults is None or defaults.scanned:
             return True
