@@ -68,6 +68,8 @@ def show(model: str, r: dict[str, Any]) -> str:
                  else f"{lab['delay_p50_seconds']:g}s p50, {lab['delay_p99_seconds']:g}s p99")
         lines.append(f"  labels: {lab['labelled']} of {lab['predicted']} predictions ({coverage}); delay {delay}; "
                      f"{lab['expired']} expired, {lab['unknown']} unknown"
+                     + (f"; {lab['defaulted']} defaulted, {lab['late']} late" if lab.get("defaulted") or lab.get("late")
+                        else "")
                      + ("; STARVING: none lately" if lab.get("starving") else ""))
     for a in r.get("alerts") or []:
         lines.append(f"  alert {when(a.get('at'))} UTC: {a['kind']}: {a['detail']}")

@@ -105,3 +105,7 @@ def test_models_show_tells_a_keys_label_health_and_recent_alerts():
     assert "  labels: 120 of 400 predictions (30%); delay 2.5s p50, 31s p99; 4 expired, 1 unknown; STARVING: none " \
            "lately" in lines
     assert "  alert 1970-01-01 00:01:00 UTC: label_starvation: no label for model 'k' in 600s" in lines
+    # with a default-label rule: the events that learned the default, and the labels that came after it
+    status["labels"].update(defaulted=30, late=2, starving=False)
+    assert "  labels: 120 of 400 predictions (30%); delay 2.5s p50, 31s p99; 4 expired, 1 unknown; 30 defaulted, " \
+           "2 late" in present.show("k", status).splitlines()
