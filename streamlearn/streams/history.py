@@ -22,8 +22,8 @@ from streamlearn.models.versions import VersionError
 from .codec import UNKNOWN_SPEC, decode_examples, loads
 from .routing import is_command, is_tick, partition_for
 
-FETCH_BYTES = 8 * 1024 * 1024
-STEP = 1_000   # history examples learned between yields to the event loop
+FETCH_BYTES = 512 * 1024   # one fetch is parsed in one go on the event loop: small ones keep the other agents going
+STEP = 200     # records read between yields to the event loop (a few ms each)
 
 
 class History:
@@ -82,10 +82,11 @@ class History:
             last = (await c.end_offsets([tp]))[tp]
             end = last if before is None else min(before, last)
             while await c.position(tp) < end:
-                for record in (await c.getmany(tp, timeout_ms=1000, max_records=10_000)).get(tp, []):
+                for record in (await c.getmany(tp, timeout_ms=1000, max_records=STEP)).get(tp, []):
                     if record.offset >= end:
                         return
                     take(record)
+                await asyncio.sleep(0)   # the other agents, between steps
         finally:
             await c.stop()
 
@@ -117,9 +118,9 @@ class Backfiller:
                                              f"from (none learned yet, or retention kept none)")
         answers = await self.history.answers(live.key)
         challenger, pairs = Challenger(spec, spec.build(self.params.get(spec.name))), []
-        for i in range(0, len(examples), STEP):
-            backfill(challenger, examples[i:i + STEP], answers, live.spec.is_classifier, pairs)
-            await asyncio.sleep(0)     # the other agents go on meanwhile (this one waits: learning is in order)
+        # taught in a thread of its own (the new model is nobody else's until attached): the event loop, and
+        # the other agents with it, go on meanwhile; this agent waits (learning is in order)
+        await asyncio.to_thread(backfill, challenger, examples, answers, live.spec.is_classifier, pairs)
         if challenger.error is not None:
             raise VersionError("challenger_failed", f"{spec.name!r} failed on model {live.key!r}'s history: "
                                                     f"{challenger.error}")
