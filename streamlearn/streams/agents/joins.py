@@ -162,6 +162,8 @@ class Joins:
         defaults = self.defaults
         if defaults is None or defaults.scanned:
             return True
+        if not active():   # checked before the scan takes the store's keys (the memory store's at its start)
+            return False
         generation, partitions = defaults.generation, self.pending.partitions
         found: list[tuple[int, bytes, str, float]] = []
         for chunk in scan(self.pending.data, INDEX_STEP):

@@ -14,6 +14,7 @@ from faust.types import TP
 from streamlearn.app.settings import Settings
 from streamlearn.app.http import CRASH_WINDOW_SECONDS, readiness
 from streamlearn.app.worker import create_worker
+from streamlearn.core.join import Waiting
 from streamlearn.models import get_spec
 from streamlearn.streams import codec
 from streamlearn.streams.codec import pack
@@ -667,7 +668,7 @@ async def test_after_a_rebalance_the_events_that_waited_before_it_are_found_and_
     assert await joins.find_waiting(lambda: True) and joins.defaults.size() == 3   # (e2 until its turn)
     joins.forget_partitions(set())                              # a rebalance: the queue is gone
     assert joins.defaults.size() == 0
-    assert not await joins.find_waiting(lambda: False)          # no scan while streams are stopped
+    assert not await joins.find_waiting(lambda: False)          # no scan while tables recover
     assert await joins.find_waiting(lambda: True) and joins.defaults.size() == 1   # e1 only: e2 has its label
     joins.defaults.waiting(p, b"m\x1fe1", "m", 1000.0)          # and e1 queued twice again
     async with worker.app.agents["join"].test_context() as join:
@@ -735,3 +736,17 @@ async def test_a_backfill_command_adds_a_challenger_taught_the_keys_history_in_o
         reference.predict_proba_one({"a": 2.0, "b": 1.0})
     # the key's checkpoint has it at once (a crash before it runs the command again: no challenger, or a whole one)
     assert worker.checkpoints.restore("m").challengers["gaussian_nb"].learned == 300
+
+
+async def test_the_scan_for_waiting_events_takes_the_store_only_once_its_recovery_ended(tmp_path):
+    """The memory store's scan takes its keys when it begins: a scan begun during the recovery (the store
+    still short of what its changelog holds) and called complete would leave those events without a default."""
+    worker = await offline_worker(tmp_path, "memory", default_label_rules="m=false@30s")
+    joins = worker.predict.joins
+    joins.forget_partitions(set())
+
+    def recovered() -> bool:   # the recovery puts the last entry of the changelog into the store, then ends
+        worker.pending.data.store[b"m\x1fe9"] = codec.encode_waiting(Waiting({"a": 1.0}, 1000.0))
+        return True
+
+    assert await joins.find_waiting(recovered) and joins.defaults.size() == 1
