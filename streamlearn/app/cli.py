@@ -16,6 +16,8 @@
     streamlearn models ACTION MODEL_KEY [VERSION]      versions|snapshot|restore|rollback|pin|unpin (status: as show)
     streamlearn models promote MODEL_KEY SPEC          make a challenger the champion (rollback undoes it)
     streamlearn models backfill MODEL_KEY SPEC         a challenger of SPEC, taught the key's history at once
+    streamlearn models canary SPEC --keys P --share S  promote SPEC on a share of the keys, widened while no worse
+    streamlearn models canary status                   the canaries: step, keys, verdicts
     (every models action: --json for the workers' answer as JSON)
 """
 
@@ -341,14 +343,16 @@ def parser() -> argparse.ArgumentParser:
 
     m = common(command("models", help="the cluster's models (list); a model's versions: status, versions, "
                                              "snapshot, restore, rollback, pin, unpin; promote a challenger"))
-    m.add_argument("action", choices=["list", "show", *COMMANDS], help="what to do (status: as show)")
-    m.add_argument("model", nargs="?", help="the model key (every action but list)")
+    m.add_argument("action", choices=["list", "show", *COMMANDS, "canary"], help="what to do (status: as show)")
+    m.add_argument("model", nargs="?", help="the model key (every action but list and canary: SPEC or status)")
     m.add_argument("argument", nargs="?", metavar="VERSION|SPEC",
                    help="the version (restore, pin, unpin), or the challenger's spec (promote, backfill)")
     m.add_argument("--reason", help="why (kept in the snapshot index and the audit trail)")
     m.add_argument("--by", default=f"cli:{getpass.getuser()}", help="who asks (audit trail)")
     m.add_argument("--timeout", type=float, help="seconds to wait for the result (STREAMLEARN_COMMAND_TIMEOUT_SECONDS)")
     m.add_argument("--url", help="list: the worker to ask (default: this host's STREAMLEARN_WEB_PORT)")
+    m.add_argument("--keys", help="canary: fnmatch pattern of the model keys (default: all)")
+    m.add_argument("--share", type=float, default=0.1, help="canary: the share of those keys it starts on")
     m.add_argument("--json", action="store_true", help="the workers' answer as JSON, for scripts")
     m.set_defaults(func=_models)
 

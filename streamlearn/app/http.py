@@ -55,6 +55,34 @@ def readiness(owned: list[int], recovered: bool, rebalancing: bool, crashes: dic
             "rebalancing": rebalancing, "crashed_agents": crashed}
 
 
+def local_models(w: Worker) -> list[dict[str, Any]]:
+    """The models of this worker: live ones, and checkpointed ones not loaded since the last rebalance."""
+    partitions = w.ownership.owned
+    me = str(w.app.conf.canonical_url).rstrip("/")
+    live = {m.key: {**m.describe(), "live": True, "worker": me} for _, m in w.registry}
+    for h in w.checkpoints.headers(lambda k: k not in live and w.ownership.owner(k) in partitions):
+        live[h.model] = {"model": h.model, "spec": h.spec, "version": h.version,
+                         "parent_version": h.parent_version, "learned": h.learned,
+                         "metric": {"value": h.metric}, "offset": h.offset, "live": False, "worker": me}
+    return list(live.values())
+
+
+async def cluster_models(w: Worker, headers: dict[str, str]) -> list[dict[str, Any]]:
+    """The models of every worker: this one's, and each peer's ``GET /models?local=1`` (a peer that does not
+    answer is left out, and logged)."""
+    found, me = local_models(w), str(w.app.conf.canonical_url).rstrip("/")
+    for url in w.app.router.external_topics_metadata():
+        peer = str(url).rstrip("/")
+        if peer == me:
+            continue
+        try:
+            async with w.app.http_client.get(f"{peer}/models?local=1", timeout=5, headers=headers) as response:
+                found += (await response.json())["models"]
+        except Exception as exc:  # noqa: BLE001 - a peer down must not hide the rest
+            log.warning("GET /models: worker %s did not answer: %s", peer, exc)
+    return found
+
+
 def bind_views(w: Worker) -> None:
     """Serve the HTTP API on the worker's Faust web server."""
     app, metrics, registry = w.app, w.metrics, w.registry
@@ -84,18 +112,6 @@ def bind_views(w: Worker) -> None:
         """Ready: partitions assigned, not rebalancing, tables recovered, no agent crashed lately."""
         body = ready_now()
         return web.json(body, status=200 if body["ready"] else 503)
-
-    def local_models() -> list[dict[str, Any]]:
-        """The models of this worker: live ones, and checkpointed ones not loaded since the last rebalance."""
-        partitions = w.ownership.owned
-        me = str(app.conf.canonical_url).rstrip("/")
-        live = {m.key: {**m.describe(), "live": True, "worker": me} for _, m in registry}
-        for h in w.checkpoints.headers(lambda k: k not in live and
-                                       w.ownership.owner(k) in partitions):
-            live[h.model] = {"model": h.model, "spec": h.spec, "version": h.version,
-                             "parent_version": h.parent_version, "learned": h.learned,
-                             "metric": {"value": h.metric}, "offset": h.offset, "live": False, "worker": me}
-        return list(live.values())
 
     def settled() -> bool:
         """Tables recovered and no rebalance running: only then may a request load a model."""
@@ -137,19 +153,8 @@ def bind_views(w: Worker) -> None:
     class ModelsView(GatedView):
         async def get(self, request: Request) -> Response:
             """Every model of the cluster (or of this worker only, with ``?local=1``)."""
-            found = local_models()
-            if request.query.get("local") not in ("1", "true"):
-                me = str(app.conf.canonical_url).rstrip("/")
-                for url in app.router.external_topics_metadata():
-                    peer = str(url).rstrip("/")
-                    if peer == me:
-                        continue
-                    try:
-                        async with app.http_client.get(f"{peer}/models?local=1", timeout=5,
-                                                       headers=gate.peer_headers()) as response:
-                            found += (await response.json())["models"]
-                    except Exception as exc:  # noqa: BLE001 - a peer down must not hide the rest
-                        log.warning("GET /models: worker %s did not answer: %s", peer, exc)
+            local = request.query.get("local") in ("1", "true")
+            found = local_models(w) if local else await cluster_models(w, gate.peer_headers())
             return self.json({"models": sorted(found, key=lambda d: d["model"])})
 
     @app.page("/models/{key}")

@@ -21,6 +21,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     if args.action == "list":
         return _list_models(args)
+    if args.action == "canary":
+        from .canary import cmd_canary
+        return cmd_canary(args, connected(args, args.timeout))
     if args.action == "show":
         args.action = "status"
     if args.model is None:

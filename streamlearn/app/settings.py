@@ -94,6 +94,9 @@ class Settings:
     promote_z_threshold: float = _setting(3.0, "Promotion: how significant (sign test z) the challenger's advantage must be.")
     promote_min_discordant: int = _setting(30, "Promotion: fewest examples the two models must disagree on before it may decide.")
     promote_min_examples: int = _setting(1000, "Promotion: fewest examples a challenger must have learned before it may be promoted.")
+    canary_steps: str = _setting("0.1,0.25,0.5,1", "Canary promotion: the shares of the matching keys it widens through (after the `--share` it starts at).")
+    canary_examples: int = _setting(200, "Canary promotion: examples each promoted key must have compared (promoted spec against the champion it replaced) before a step may widen; at most `PROMOTE_WINDOW`.")
+    canary_check_seconds: float = _setting(2.0, "Canary promotion: how often the canaries' controller (the owner of partition 0) judges and widens them.")
     warm_start_rules: str = _setting("", "New keys start from a template key's latest snapshot: `pattern=template_key,...`, fnmatch patterns, first match wins.")
     command_timeout_seconds: float = _setting(10.0, "How long the CLI and HTTP wait for a command's result; the owner does not execute it later.")
     signing_key: str = _setting("", "HMAC-SHA256 key signing checkpoints and snapshots (at least 16 characters); a worker refuses to start without one, outside development mode.", secret=True)
@@ -154,6 +157,9 @@ class Settings:
                 or self.promote_min_examples < 0):
             raise SettingsError("promote_window must be at least 10, promote_min_discordant and promote_z_threshold "
                                 "positive, promote_min_examples >= 0")
+        if not 1 <= self.canary_examples <= self.promote_window or self.canary_check_seconds <= 0:
+            raise SettingsError("canary_examples must be between 1 and promote_window, canary_check_seconds positive")
+        _ = self.canary_shares
         if not 0 < self.web_port < 65536:
             raise SettingsError(f"web_port must be a port number (1-65535), not {self.web_port}")
         if self.stop_timeout_seconds <= 0 or self.kafka_connect_timeout_seconds <= 0:
@@ -265,6 +271,17 @@ class Settings:
             if fnmatch.fnmatchcase(model_key, pattern):
                 return specs
         return []
+
+    @cached_property
+    def canary_shares(self) -> list[float]:
+        try:
+            shares = [float(p) for p in self.canary_steps.split(",") if p.strip()]
+        except ValueError:
+            shares = []
+        if not shares or any(not 0 < x <= 1 for x in shares):
+            raise SettingsError(f"canary_steps must be shares above 0 and at most 1, comma-separated, "
+                                f"not {self.canary_steps!r}")
+        return shares
 
     @cached_property
     def default_labels(self) -> list[DefaultRule]:

@@ -44,8 +44,10 @@ from streamlearn.streams.topics import Changelog, TopicNames, Topics, ensure_top
 from streamlearn.streams.commands import Answers, Commands
 from streamlearn.streams.snapshots import Alerts, Audit, TableStore, WarmStart, index_position, snapshot_metrics
 
+from . import canary
+from .auth import bearer_headers
 from .control import ControlClient
-from .http import bind_views
+from .http import bind_views, cluster_models
 from .metrics import LOOP_PROBE_SECONDS, Metrics, StateCollector
 from .settings import Settings
 
@@ -222,6 +224,7 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     _bind_timers(worker)
     _bind_metrics(worker)
     bind_views(worker)
+    canary.bind(worker, lambda: cluster_models(worker, bearer_headers(s.api_token)))
     return worker
 
 

@@ -91,6 +91,12 @@ class PromotionPolicy:
         test = self.tests.get(name)
         return None if test is None else test.z()
 
+    def window_of(self, name: str) -> dict[str, int] | None:
+        """Challenger ``name``'s window: examples compared, where it did better, where the champion did."""
+        test = self.tests.get(name)
+        return None if test is None else {"examples": len(test.pairs), "challenger_better": test.a_better,
+                                          "champion_better": test.b_better}
+
 
 def backfill(challenger: Challenger, history: Iterable[tuple[str, dict[str, Any], Any]], answers: Mapping[str, Any],
              is_classifier: bool, pairs: list[tuple[float, float]]) -> None:

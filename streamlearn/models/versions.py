@@ -360,9 +360,9 @@ class ModelVersions:
                 new, _, changes = self.restore(live, verdict.version, by="quality-gate", reason=verdict.reason,
                                                action="auto_rollback")
                 return new, changes
-        if shadow and self.settings.promotion is not None:
+        if shadow:   # the windows are kept without automatic promotion too: a canary judges by them
             promote = self.policy(live).observe(y, y_pred, shadow, live.challengers)
-            if promote is not None:
+            if promote is not None and self.settings.promotion is not None:
                 new, _, changes = self.promote(live, promote.spec, by="promotion-policy", reason=promote.reason,
                                                action="auto_promote")
                 return new, changes

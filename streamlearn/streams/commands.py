@@ -127,6 +127,12 @@ class Commands:
         if cmd.command in ("restore", "rollback"):
             if cmd.command == "restore":
                 new, replaced, changes = v.restore(live, cmd.version, by=by, reason=cmd.reason)
+            elif cmd.spec is not None:       # back to the replaced champion that learned on as challenger spec
+                new, replaced, changes = v.promote(live, cmd.spec, by=by, action="rollback",
+                                                   reason=cmd.reason or f"rollback to challenger {cmd.spec}")
+            elif cmd.version is not None:    # back to a given version
+                new, replaced, changes = v.restore(live, cmd.version, by=by, action="rollback",
+                                                   reason=cmd.reason or f"rollback to v{cmd.version}")
             else:
                 new, replaced, changes = v.rollback(live, by=by, reason=cmd.reason)
             return {"restored": new.parent_version, "replaced": replaced.to_json(),
@@ -145,7 +151,10 @@ def status(live: LiveModel, index: VersionIndex, versions: ModelVersions,
             "gate_reference": index.reference,
             "latest_snapshot": index.snapshots[-1].version if index.snapshots else None,
             # each challenger's sign-test z against the champion over the current window (> 0: it is better)
-            "promotion_z": {name: policy.z_of(name) for name in live.challengers} if policy else {}}
+            "promotion_z": {name: policy.z_of(name) for name in live.challengers} if policy else {},
+            # each challenger's window: examples compared, where it did better, where the champion did
+            "promotion_windows": {name: policy.window_of(name) for name in live.challengers
+                                  if policy.window_of(name) is not None} if policy else {}}
 
 
 def label_health(key: str, health: InputHealth | None) -> dict[str, Any]:

@@ -39,8 +39,11 @@ class TopicNames:
     events: str
     labels: str
     training: str
+    # one partition, compacted: the latest state of each canary (app/canary.py)
+    canaries: str
 
     INTERNAL = ("events", "labels", "training")
+    LOGS = ("canaries",)
 
     @classmethod
     def with_prefix(cls, prefix: str) -> "TopicNames":
@@ -56,6 +59,7 @@ class TopicNames:
             events=f"{prefix}internal.events",
             labels=f"{prefix}internal.labels",
             training=f"{prefix}internal.training",
+            canaries=f"{prefix}canaries",
         )
 
     def all(self) -> dict[str, str]:
@@ -63,6 +67,9 @@ class TopicNames:
 
     def internal(self) -> list[str]:
         return [getattr(self, n) for n in self.INTERNAL]
+
+    def logs(self) -> list[str]:
+        return [getattr(self, n) for n in self.LOGS]
 
 
 @dataclass
@@ -140,7 +147,7 @@ async def ensure_topics(bootstrap_servers: str, names: TopicNames, partitions: i
             await asyncio.sleep(1.0)
     try:
         counts = {n: partitions for n in names.all().values()}
-        counts.update({c.name: c.partitions for c in changelogs})
+        counts.update({c.name: c.partitions for c in [*changelogs, *(Changelog(n, 1) for n in names.logs())]})
         wanted = list(counts)
         existing = await _partition_counts(admin, wanted)
         for name in [*names.internal(), *(c.name for c in changelogs)]:
@@ -149,7 +156,7 @@ async def ensure_topics(bootstrap_servers: str, names: TopicNames, partitions: i
                     f"topic {name} has {existing[name]} partitions but settings say {counts[name]}; "
                     "internal topics and table changelogs must all have the configured partition count")
         missing = [n for n in wanted if n not in existing]
-        compacted = {c.name for c in changelogs}
+        compacted = {*(c.name for c in changelogs), *names.logs()}
         if missing:
             response = await admin.create_topics(
                 [NewTopic(n, counts[n], replication_factor,

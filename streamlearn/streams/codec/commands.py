@@ -57,7 +57,7 @@ def signature_of(headers) -> bytes | None:
     return None
 
 
-def _verify(raw: bytes | None, signature: bytes | None, secret: bytes) -> None:
+def verify(raw: bytes | None, signature: bytes | None, secret: bytes) -> None:
     if not signature:
         raise Rejected(UNAUTHENTICATED, f"the command is not signed (header {SIGNATURE_HEADER}: "
                                         f"sha256=HMAC-SHA256 of the message under the command secret)")
@@ -77,7 +77,7 @@ def decode_command(raw: bytes | None, key: bytes | None, *, max_bytes: int, secr
     if secret is not None:
         if raw is not None and len(raw) > max_bytes:
             raise Rejected(OVERSIZED, f"{len(raw)} bytes > limit of {max_bytes}")
-        _verify(raw, signature, secret)
+        verify(raw, signature, secret)
     obj = load_object(raw, max_bytes)
     rid = obj.get("request_id")
     if rid is None:

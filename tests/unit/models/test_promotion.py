@@ -149,6 +149,23 @@ def test_no_automatic_promotion_when_the_challenger_is_not_better_or_the_policy_
     assert changes == []
 
 
+def test_without_automatic_promotion_the_windows_are_kept_for_a_canary_and_a_rollback_by_spec_keeps_learning():
+    versions, live = versions_with(promotion=None), champion("hoeffding_tree")
+    live, _ = feed(versions, live, tree_wins(300))
+    live, _, _ = versions.promote(live, "hoeffding_tree", by="canary:c1")
+    live, changes = feed(versions, live, tree_wins(500)[300:])
+    assert changes == []                                   # nothing promoted back: the policy is off
+    window = versions.policy(live).window_of("logreg")     # the replaced champion against the promoted tree
+    assert window["examples"] == 200 and window["champion_better"] > window["challenger_better"]
+    logreg = SPECS["logreg"].build()
+    for x, y in tree_wins(500):
+        logreg.learn_one(x, y)
+    back, _, changes = versions.promote(live, "logreg", by="canary:c1", action="rollback")
+    assert (back.spec.name, back.learned, [c.action for c in changes]) == ("logreg", 500, ["rollback"])
+    probes = [x for x, _ in tree_wins(520)[500:]]           # it learned every example as a challenger
+    assert [back.model.predict_proba_one(x) for x in probes] == [logreg.predict_proba_one(x) for x in probes]
+
+
 def test_a_retired_champion_stays_a_challenger_through_its_checkpoint_and_the_rules():
     versions, live = versions_with(promotion=None), champion("hoeffding_tree")
     live, _ = feed(versions, live, tree_wins(300))
