@@ -20,6 +20,7 @@ from streamlearn.streams import codec
 from streamlearn.streams.commands import label_health, versions_of
 
 from .auth import ApiGate
+from .console import bind_console
 from .control import HTTP_STATUS
 
 if TYPE_CHECKING:
@@ -64,6 +65,13 @@ def local_models(w: Worker) -> list[dict[str, Any]]:
         live[h.model] = {"model": h.model, "spec": h.spec, "version": h.version,
                          "parent_version": h.parent_version, "learned": h.learned,
                          "metric": {"value": h.metric}, "offset": h.offset, "live": False, "worker": me}
+    for key, m in live.items():      # label coverage and recent alerts, where this worker watched them
+        labels = w.health.book.get(key)
+        if labels is not None and labels.predicted:
+            m["coverage"] = round(labels.labelled / labels.predicted, 4)
+        alerts = w.health.alerts.recent(key)
+        if alerts:
+            m["alerts"] = [a["kind"] for a in alerts]
     return list(live.values())
 
 
@@ -248,6 +256,8 @@ def bind_views(w: Worker) -> None:
 
     for command in ("snapshot", "restore", "rollback", "pin", "unpin", "promote", "backfill"):
         app.page(f"/models/{{key}}/{command}")(command_view(command))
+
+    bind_console(w, gate, lambda: cluster_models(w, gate.peer_headers()))
 
 
 def http_events(body: Any, key: str, max_bytes: int) -> list[tuple[codec.FeatureEvent, bool]]:
