@@ -6,8 +6,10 @@ back. The controller is whichever worker owns partition 0 of the internal
 topics: every ``CANARY_CHECK_SECONDS`` it reads the topic (a few records a
 canary: one partition, compacted), and
 for each running canary promotes the keys its step takes in (signed
-``promote`` commands, audited, by ``canary:<id>``), asks their owners for
-the paired test since each promotion (``status``), and acts on
+``promote`` commands, audited, by ``canary:<id>``), reads the paired test
+since each promotion from the cluster's model list (``GET /models`` with
+each key's promotion windows: one request per worker, whatever the number
+of keys), and acts on
 ``core.canary.judge``: widen, finish, or send every key back (a ``rollback``
 to the replaced champion, which went on learning as a challenger). Every
 change is written to the topic before the next action, so a new controller
@@ -59,7 +61,7 @@ class Controller:
         self.s = s
         self.log = canaries
         self.control = control
-        self.models = models          # the cluster's models (GET /models)
+        self.models = models          # the cluster's models, with their promotion windows (GET /models)
         self.audit = audit            # (canary, action, reason): a record on the audit topic
         self.in_charge = in_charge
         self.canaries: dict[str, Canary] | None = None   # None: not in charge (read again on taking over)
@@ -97,7 +99,8 @@ class Controller:
 
     async def _run(self, c: Canary) -> None:
         by = f"canary:{c.id}"
-        entering = c.entering(m["model"] for m in await self.models())
+        models = {m["model"]: m for m in await self.models()}
+        entering = c.entering(models)
         if entering:
             reason = f"canary {c.id} step {c.step + 1}/{len(c.steps)}: {c.share:.0%} of {c.pattern}"
             for key, r in (await self._calls("promote", entering, spec=c.spec, by=by, reason=reason)).items():
@@ -107,12 +110,13 @@ class Controller:
                 elif r["error"] not in RETRY:
                     c.skipped[key] = f"{r['error']}: {r['detail']}"
             await self._save(c)
+            models = {m["model"]: m for m in await self.models()}
         windows = {}
-        for key, r in (await self._calls("status", c.promoted())).items():
-            if r["ok"]:
-                res, replaced = r["result"], c.members[key].replaced_spec
-                window = res.get("promotion_windows", {}).get(replaced) or {}
-                windows[key] = Window(res["spec"], window.get("examples", 0), window.get("challenger_better", 0),
+        for key in c.promoted():
+            m = models.get(key)
+            if m is not None:      # the replaced champion's window against the promoted spec, on the key's owner
+                window = (m.get("promotion_windows") or {}).get(c.members[key].replaced_spec) or {}
+                windows[key] = Window(m["spec"], window.get("examples", 0), window.get("challenger_better", 0),
                                       window.get("champion_better", 0))
         verdict = judge(c, windows, min_examples=self.s.canary_examples, z_threshold=self.s.promote_z_threshold,
                         min_discordant=self.s.promote_min_discordant)
@@ -143,11 +147,10 @@ class Controller:
         """Every key the canary promoted goes back to the champion it replaced (which learned on meanwhile);
         a key whose champion is no longer the canary's spec is left as it is."""
         by, reason = f"canary:{c.id}", f"canary {c.id} rolled back: {c.detail}"
-        keys = c.promoted()
-        answers = await self._calls("status", keys)
-        back = [k for k in keys if answers[k]["ok"] and answers[k]["result"]["spec"] == c.spec]
+        keys, models = c.promoted(), {m["model"]: m for m in await self.models()}
+        back = [k for k in keys if k in models and models[k]["spec"] == c.spec]
         for k in keys:
-            if answers[k]["ok"] and k not in back:
+            if k in models and k not in back:
                 c.members[k].state = "went_back"
         for spec in {c.members[k].replaced_spec for k in back}:
             mine = [k for k in back if c.members[k].replaced_spec == spec]

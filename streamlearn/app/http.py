@@ -56,8 +56,11 @@ def readiness(owned: list[int], recovered: bool, rebalancing: bool, crashes: dic
             "rebalancing": rebalancing, "crashed_agents": crashed}
 
 
-def local_models(w: Worker) -> list[dict[str, Any]]:
-    """The models of this worker: live ones, and checkpointed ones not loaded since the last rebalance."""
+def local_models(w: Worker, windows: bool = False) -> list[dict[str, Any]]:
+    """The models of this worker: live ones, and checkpointed ones not loaded since the last rebalance.
+
+    ``windows``: each live model's promotion windows too (what a canary judges by, as ``status`` gives them).
+    """
     partitions = w.ownership.owned
     me = str(w.app.conf.canonical_url).rstrip("/")
     live = {m.key: {**m.describe(), "live": True, "worker": me} for _, m in w.registry}
@@ -72,19 +75,24 @@ def local_models(w: Worker) -> list[dict[str, Any]]:
         alerts = w.health.alerts.recent(key)
         if alerts:
             m["alerts"] = [a["kind"] for a in alerts]
+        policy = w.versions.promotions.get(key) if windows else None
+        if policy is not None:
+            m["promotion_windows"] = {c["spec"]: policy.window_of(c["spec"]) for c in m.get("challengers", ())
+                                      if policy.window_of(c["spec"]) is not None}
     return list(live.values())
 
 
-async def cluster_models(w: Worker, headers: dict[str, str]) -> list[dict[str, Any]]:
+async def cluster_models(w: Worker, headers: dict[str, str], windows: bool = False) -> list[dict[str, Any]]:
     """The models of every worker: this one's, and each peer's ``GET /models?local=1`` (a peer that does not
     answer is left out, and logged)."""
-    found, me = local_models(w), str(w.app.conf.canonical_url).rstrip("/")
+    found, me = local_models(w, windows), str(w.app.conf.canonical_url).rstrip("/")
     for url in w.app.router.external_topics_metadata():
         peer = str(url).rstrip("/")
         if peer == me:
             continue
         try:
-            async with w.app.http_client.get(f"{peer}/models?local=1", timeout=5, headers=headers) as response:
+            async with w.app.http_client.get(f"{peer}/models?local=1{'&windows=1' if windows else ''}", timeout=5,
+                                             headers=headers) as response:
                 found += (await response.json())["models"]
         except Exception as exc:  # noqa: BLE001 - a peer down must not hide the rest
             log.warning("GET /models: worker %s did not answer: %s", peer, exc)
@@ -161,8 +169,8 @@ def bind_views(w: Worker) -> None:
     class ModelsView(GatedView):
         async def get(self, request: Request) -> Response:
             """Every model of the cluster (or of this worker only, with ``?local=1``)."""
-            local = request.query.get("local") in ("1", "true")
-            found = local_models(w) if local else await cluster_models(w, gate.peer_headers())
+            local, windows = (request.query.get(q) in ("1", "true") for q in ("local", "windows"))
+            found = local_models(w, windows) if local else await cluster_models(w, gate.peer_headers(), windows)
             return self.json({"models": sorted(found, key=lambda d: d["model"])})
 
     @app.page("/models/{key}")

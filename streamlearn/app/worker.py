@@ -224,7 +224,7 @@ def create_worker(settings: Settings, **faust_overrides: Any) -> Worker:
     _bind_timers(worker)
     _bind_metrics(worker)
     bind_views(worker)
-    canary.bind(worker, lambda: cluster_models(worker, bearer_headers(s.api_token)))
+    canary.bind(worker, lambda: cluster_models(worker, bearer_headers(s.api_token), windows=True))
     return worker
 
 
