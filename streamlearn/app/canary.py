@@ -3,8 +3,8 @@
 ``streamlearn models canary SPEC --keys PATTERN --share 0.1`` writes a new
 canary on the canaries' topic; ``streamlearn models canary status`` reads it
 back. The controller is whichever worker owns partition 0 of the internal
-topics: every ``CANARY_CHECK_SECONDS`` it reads the topic (a few records a
-canary: one partition, compacted), and
+topics: every ``CANARY_CHECK_SECONDS`` it takes what the topic gained (read
+in full when it takes charge), and
 for each running canary promotes the keys its step takes in (signed
 ``promote`` commands, audited, by ``canary:<id>``), reads the paired test
 since each promotion from the cluster's model list (``GET /models`` with
@@ -68,9 +68,11 @@ class Controller:
 
     async def check(self) -> None:
         if not self.in_charge():
-            self.canaries = None
+            if self.canaries is not None:
+                self.canaries = None
+                await self.log.unfollow()
             return
-        found = await self.log.read()
+        found = await self.log.follow()
         if self.canaries is None:
             self.canaries = {}
         for cid, c in found.items():        # new canaries; and what another controller wrote meanwhile

@@ -7,6 +7,7 @@ wait for the owner's answer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -32,6 +33,8 @@ log = logging.getLogger("streamlearn")
 CRASH_WINDOW_SECONDS = 30.0
 
 
+LIST_CHUNK = 2000    # models listed between two yields to the event loop (GET /models)
+
 FORWARDED_HEADER = "X-Streamlearn-Forwarded"   # a predict request forwarded to the key's owner
 
 
@@ -56,36 +59,46 @@ def readiness(owned: list[int], recovered: bool, rebalancing: bool, crashes: dic
             "rebalancing": rebalancing, "crashed_agents": crashed}
 
 
-def local_models(w: Worker, windows: bool = False) -> list[dict[str, Any]]:
+async def local_models(w: Worker, windows: bool = False) -> list[dict[str, Any]]:
     """The models of this worker: live ones, and checkpointed ones not loaded since the last rebalance.
 
     ``windows``: each live model's promotion windows too (what a canary judges by, as ``status`` gives them).
+    It yields to the event loop every ``LIST_CHUNK`` models: 100,000 keys take most of a second.
     """
-    partitions = w.ownership.owned
+    partitions, health = w.ownership.owned, w.health
     me = str(w.app.conf.canonical_url).rstrip("/")
-    live = {m.key: {**m.describe(), "live": True, "worker": me} for _, m in w.registry}
-    for h in w.checkpoints.headers(lambda k: k not in live and w.ownership.owner(k) in partitions):
-        live[h.model] = {"model": h.model, "spec": h.spec, "version": h.version,
-                         "parent_version": h.parent_version, "learned": h.learned,
-                         "metric": {"value": h.metric}, "offset": h.offset, "live": False, "worker": me}
-    for key, m in live.items():      # label coverage and recent alerts, where this worker watched them
-        labels = w.health.book.get(key)
+    found: dict[str, dict[str, Any]] = {}
+
+    def add(key: str, m: dict[str, Any]) -> None:
+        labels = health.book.get(key)     # label coverage and recent alerts, where this worker watched them
         if labels is not None and labels.predicted:
             m["coverage"] = round(labels.labelled / labels.predicted, 4)
-        alerts = w.health.alerts.recent(key)
+        alerts = health.alerts.recent(key)
         if alerts:
             m["alerts"] = [a["kind"] for a in alerts]
         policy = w.versions.promotions.get(key) if windows else None
         if policy is not None:
             m["promotion_windows"] = {c["spec"]: policy.window_of(c["spec"]) for c in m.get("challengers", ())
                                       if policy.window_of(c["spec"]) is not None}
-    return list(live.values())
+        found[key] = m
+
+    for i, (_, m) in enumerate(list(w.registry)):
+        if i % LIST_CHUNK == 0:
+            await asyncio.sleep(0)
+        add(m.key, {**m.describe(), "live": True, "worker": me})
+    for i, h in enumerate(w.checkpoints.headers(lambda k: k not in found and w.ownership.owner(k) in partitions)):
+        if i % LIST_CHUNK == 0:
+            await asyncio.sleep(0)
+        add(h.model, {"model": h.model, "spec": h.spec, "version": h.version, "parent_version": h.parent_version,
+                      "learned": h.learned, "metric": {"value": h.metric}, "offset": h.offset, "live": False,
+                      "worker": me})
+    return list(found.values())
 
 
 async def cluster_models(w: Worker, headers: dict[str, str], windows: bool = False) -> list[dict[str, Any]]:
     """The models of every worker: this one's, and each peer's ``GET /models?local=1`` (a peer that does not
     answer is left out, and logged)."""
-    found, me = local_models(w, windows), str(w.app.conf.canonical_url).rstrip("/")
+    found, me = await local_models(w, windows), str(w.app.conf.canonical_url).rstrip("/")
     for url in w.app.router.external_topics_metadata():
         peer = str(url).rstrip("/")
         if peer == me:
@@ -170,7 +183,7 @@ def bind_views(w: Worker) -> None:
         async def get(self, request: Request) -> Response:
             """Every model of the cluster (or of this worker only, with ``?local=1``)."""
             local, windows = (request.query.get(q) in ("1", "true") for q in ("local", "windows"))
-            found = local_models(w, windows) if local else await cluster_models(w, gate.peer_headers(), windows)
+            found = await local_models(w, windows) if local else await cluster_models(w, gate.peer_headers(), windows)
             return self.json({"models": sorted(found, key=lambda d: d["model"])})
 
     @app.page("/models/{key}")

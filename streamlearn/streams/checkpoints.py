@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import pickle
 import time
-from typing import Mapping, MutableMapping, Protocol
+from typing import Iterator, Mapping, MutableMapping, Protocol
 
 from streamlearn.models import LiveModel
 from streamlearn.models.blobs import Blobs, CheckpointError, Header, identity
@@ -77,17 +77,16 @@ class Checkpoints:
         log.debug("restored model=%s version=%d learned=%d offset=%d", key, live.version, live.learned, live.offset)
         return live
 
-    def headers(self, keep) -> list[Header]:
-        """Headers of the checkpoints whose key ``keep(key)`` accepts (nothing unpickled)."""
-        out = []
+    def headers(self, keep) -> Iterator[Header]:
+        """Headers of the checkpoints whose key ``keep(key)`` accepts (nothing unpickled), one at a time (the
+        table as it was at the first)."""
         for raw_key, blob in list(self.table.items()):
             key = raw_key.decode()
             if keep(key):
                 try:
-                    out.append(self.blobs.header(blob))
+                    yield self.blobs.header(blob)
                 except CheckpointError:
                     continue
-        return out
 
     def clean(self, live: LiveModel, dirty: Mapping[str, LiveModel]) -> bool:
         """Whether a live model may leave memory, to come back from the table as it is: nothing changed
