@@ -102,17 +102,25 @@ class Controller:
     async def _run(self, c: Canary) -> None:
         by = f"canary:{c.id}"
         models = {m["model"]: m for m in await self.models()}
-        entering = c.entering(models)
-        if entering:
+        before = (len(c.members), len(c.skipped), tuple(c.promoting))
+        promote = c.sort_out(models)
+        if promote:
+            c.promoting += promote
+            await self._save(c)          # first: a successor knows these may have been promoted
             reason = f"canary {c.id} step {c.step + 1}/{len(c.steps)}: {c.share:.0%} of {c.pattern}"
-            for key, r in (await self._calls("promote", entering, spec=c.spec, by=by, reason=reason)).items():
+            answers = await self._calls("promote", promote, spec=c.spec, by=by, reason=reason)
+            c.promoting = [k for k in c.promoting if k not in answers]
+            for key, r in answers.items():
                 if r["ok"]:
                     replaced = r["result"]["replaced"]
                     c.members[key] = Member(c.step, replaced["version"], replaced["spec"])
-                elif r["error"] not in RETRY:
+                elif r["error"] in RETRY:
+                    c.promoting.append(key)      # it may still run: looked at again at the next check
+                else:
                     c.skipped[key] = f"{r['error']}: {r['detail']}"
-            await self._save(c)
             models = {m["model"]: m for m in await self.models()}
+        if before != (len(c.members), len(c.skipped), tuple(c.promoting)):
+            await self._save(c)
         windows = {}
         for key in c.promoted():
             m = models.get(key)

@@ -92,6 +92,7 @@ class Canary:
     detail: str = ""
     members: dict[str, Member] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)      # key -> why the spec was not promoted there
+    promoting: list[str] = field(default_factory=list)         # keys being promoted (saved before the commands)
     verdicts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -105,6 +106,37 @@ class Canary:
         """Keys of the cluster this step promotes that it has not tried yet."""
         return sorted(k for k in set(keys) if k not in self.members and k not in self.skipped
                       and fnmatch.fnmatchcase(k, self.pattern) and share_of(self.id, k) < self.share)
+
+    def sort_out(self, models: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """Of the keys this step takes in (``models``: the cluster's list by key), those to promote now.
+
+        Keys whose champion is already the spec, or that have no challenger of it, are skipped (no command).
+        A key left in ``promoting`` (by a controller that stopped mid-step, or a promotion unanswered in time)
+        whose champion is now the spec was promoted: it becomes a member, its replaced champion the retired
+        challenger; one whose champion is not is tried again; one missing from ``models`` stays undecided."""
+        unseen = []
+        for key in self.promoting:
+            m = models.get(key)
+            if m is None:
+                unseen.append(key)      # its owner did not answer: still undecided
+            elif m.get("spec") == self.spec:
+                retired = [c for c in m.get("challengers") or () if c.get("retired_version") is not None]
+                if retired:
+                    last = max(retired, key=lambda c: c["retired_version"])
+                    self.members[key] = Member(self.step, last["retired_version"], last["spec"])
+        self.promoting = unseen
+        promote = []
+        for key in self.entering(models):
+            if key in unseen:
+                continue
+            m = models[key]
+            if m.get("spec") == self.spec:
+                self.skipped[key] = f"already_champion: {self.spec} was its champion before the canary"
+            elif self.spec not in {c.get("spec") for c in m.get("challengers") or ()}:
+                self.skipped[key] = f"no_such_challenger: {key} has no challenger {self.spec}"
+            else:
+                promote.append(key)
+        return promote
 
     def record(self, verdict: Verdict, at: float) -> None:
         self.verdicts.append({"step": self.step, "share": self.share, "action": verdict.action,
@@ -125,6 +157,9 @@ class Canary:
 def judge(canary: Canary, windows: Mapping[str, Window | None], *, min_examples: int, z_threshold: float,
           min_discordant: int) -> Verdict:
     """The verdict on the current step from its promoted keys' ``windows`` (None: its owner did not answer)."""
+    if canary.promoting:
+        return Verdict("wait", f"the promotion of {_keys(len(canary.promoting))} is not answered yet",
+                       waiting=tuple(canary.promoting))
     keys = canary.promoted()
     went_back = [k for k in keys if (w := windows.get(k)) is not None and w.champion != canary.spec]
     if went_back:

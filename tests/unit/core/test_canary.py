@@ -79,3 +79,29 @@ def test_a_step_without_keys_passes_and_the_state_survives_json():
     c.skipped["b"] = "no_such_challenger: ..."
     c.record(judge(c, {"a": Window("tree", 100, 1, 9)}, **RULES), at=5.0)
     assert Canary.from_json(c.to_json()) == c
+
+
+def listing(spec: str, challengers=(), retired=None) -> dict:
+    return {"spec": spec, "challengers": [{"spec": c, "retired_version": retired if c == "logreg" else None}
+                                          for c in challengers]}
+
+
+def test_keys_without_the_challenger_or_already_on_the_spec_are_skipped_without_a_command():
+    c = canary(steps=[1.0])
+    models = {"k-1": listing("logreg", ["tree"]), "k-2": listing("tree", ["logreg"], retired=3),
+              "k-3": listing("logreg", []), "other": listing("logreg", ["tree"])}
+    assert c.sort_out(models) == ["k-1"]
+    assert c.skipped["k-2"].startswith("already_champion") and c.skipped["k-3"].startswith("no_such_challenger")
+
+
+def test_a_promotion_left_unanswered_is_adopted_once_the_key_shows_the_spec_and_waited_for_until_then():
+    c = canary(steps=[1.0])
+    c.promoting = ["k-1", "k-2", "k-3"]          # saved before the commands, then the controller stopped
+    assert judge(c, {}, **RULES).action == "wait"
+    models = {"k-1": listing("tree", ["logreg"], retired=4),     # it ran: the replaced champion retired as v4
+              "k-2": listing("logreg", ["tree"])}               # it did not: tried again; k-3's owner is silent
+    assert c.sort_out(models) == ["k-2"]
+    assert c.members == {"k-1": Member(0, 4, "logreg")} and c.promoting == ["k-3"] and not c.skipped
+    assert judge(c, {"k-1": Window("tree", 500, 0, 50)}, **RULES).action == "wait"    # k-3 undecided
+    c.promoting = []
+    assert judge(c, {"k-1": Window("tree", 500, 0, 50)}, **RULES).action == "done"
