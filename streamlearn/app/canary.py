@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("streamlearn.canary")
 
 PARALLEL = 32                 # commands in flight at once (a step of 100,000 keys is 100,000 commands)
-RETRY = (TIMEOUT, "expired", "recovering")   # the owner did not answer in time: asked again at the next check
+RETRY = (TIMEOUT, "expired")   # the owner did not answer in time: asked again at the next check
 
 
 def log_of(s: Settings) -> CanaryLog:

@@ -23,6 +23,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.web import Request, Response, View
 
+from streamlearn.streams import codec
 from streamlearn.streams.routing import partition_for
 
 from . import pages
@@ -36,8 +37,7 @@ log = logging.getLogger("streamlearn.console")
 
 LIST_SECONDS = 5.0       # the keys table's copy of the cluster's model list is at most this old
 TAIL = 2000              # records read from the end of a key's partition of the audit and deadletter topics
-ACTIONS = {"rollback": None, "snapshot": None, "restore": "version", "pin": "version", "unpin": "version",
-           "promote": "spec"}
+ACTIONS = {a: codec.COMMANDS[a] for a in ("rollback", "snapshot", "restore", "pin", "unpin", "promote")}  # -> arg
 
 
 def htmx_js() -> bytes:
@@ -74,7 +74,8 @@ async def tail_of(w: Worker, topic: str, key: str) -> list[tuple[bytes | None, A
         end = (await consumer.end_offsets([tp]))[tp]
         begin = (await consumer.beginning_offsets([tp]))[tp]
         consumer.seek(tp, max(begin, end - TAIL))
-        while await consumer.position(tp) < end:
+        deadline = time.monotonic() + 10.0     # a slow broker: the page shows what came by then
+        while await consumer.position(tp) < end and time.monotonic() < deadline:
             for msgs in (await consumer.getmany(tp, timeout_ms=1000)).values():
                 for m in msgs:
                     try:

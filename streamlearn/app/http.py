@@ -78,8 +78,7 @@ async def local_models(w: Worker, windows: bool = False) -> list[dict[str, Any]]
             m["alerts"] = [a["kind"] for a in alerts]
         policy = w.versions.promotions.get(key) if windows else None
         if policy is not None:
-            m["promotion_windows"] = {c["spec"]: policy.window_of(c["spec"]) for c in m.get("challengers", ())
-                                      if policy.window_of(c["spec"]) is not None}
+            m["promotion_windows"] = policy.windows(c["spec"] for c in m.get("challengers", ()))
         found[key] = m
 
     for i, (_, m) in enumerate(list(w.registry)):

@@ -91,11 +91,11 @@ class PromotionPolicy:
         test = self.tests.get(name)
         return None if test is None else test.z()
 
-    def window_of(self, name: str) -> dict[str, int] | None:
-        """Challenger ``name``'s window: examples compared, where it did better, where the champion did."""
-        test = self.tests.get(name)
-        return None if test is None else {"examples": len(test.pairs), "challenger_better": test.a_better,
-                                          "champion_better": test.b_better}
+    def windows(self, names: Iterable[str]) -> dict[str, dict[str, int]]:
+        """The windows of the challengers ``names`` that have one: examples compared, where the challenger did
+        better, where the champion did."""
+        return {name: {"examples": len(t.pairs), "challenger_better": t.a_better, "champion_better": t.b_better}
+                for name in names if (t := self.tests.get(name)) is not None}
 
 
 def backfill(challenger: Challenger, history: Iterable[tuple[str, dict[str, Any], Any]], answers: Mapping[str, Any],

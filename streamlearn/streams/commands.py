@@ -153,8 +153,7 @@ def status(live: LiveModel, index: VersionIndex, versions: ModelVersions,
             # each challenger's sign-test z against the champion over the current window (> 0: it is better)
             "promotion_z": {name: policy.z_of(name) for name in live.challengers} if policy else {},
             # each challenger's window: examples compared, where it did better, where the champion did
-            "promotion_windows": {name: policy.window_of(name) for name in live.challengers
-                                  if policy.window_of(name) is not None} if policy else {}}
+            "promotion_windows": policy.windows(live.challengers) if policy else {}}
 
 
 def label_health(key: str, health: InputHealth | None) -> dict[str, Any]:

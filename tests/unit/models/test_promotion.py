@@ -155,7 +155,7 @@ def test_without_automatic_promotion_the_windows_are_kept_for_a_canary_and_a_rol
     live, _, _ = versions.promote(live, "hoeffding_tree", by="canary:c1")
     live, changes = feed(versions, live, tree_wins(500)[300:])
     assert changes == []                                   # nothing promoted back: the policy is off
-    window = versions.policy(live).window_of("logreg")     # the replaced champion against the promoted tree
+    window = versions.policy(live).windows(["logreg", "knn"])["logreg"]   # the replaced champion against the tree
     assert window["examples"] == 200 and window["champion_better"] > window["challenger_better"]
     logreg = SPECS["logreg"].build()
     for x, y in tree_wins(500):
