@@ -99,9 +99,19 @@ class Controller:
 
         return dict(await asyncio.gather(*(one(k) for k in keys)))
 
+    async def _listed(self, c: Canary) -> dict[str, dict[str, Any]]:
+        """The cluster's models by key; a key this step deals with that its owner lists from its checkpoint
+        only (no challengers shown: not loaded since a restart or a rebalance) as its ``status`` shows it."""
+        models = {m["model"]: m for m in await self.models()}
+        unknown = [k for k in {*c.promoting, *c.entering(models)} if k in models and "challengers" not in models[k]]
+        for key, r in (await self._calls("status", unknown)).items():
+            if r["ok"]:
+                models[key] = {**r["result"], "model": key}
+        return models
+
     async def _run(self, c: Canary) -> None:
         by = f"canary:{c.id}"
-        models = {m["model"]: m for m in await self.models()}
+        models = await self._listed(c)
         before = (len(c.members), len(c.skipped), tuple(c.promoting))
         promote = c.sort_out(models)
         if promote:

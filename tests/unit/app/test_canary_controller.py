@@ -16,14 +16,20 @@ class Cluster:
                        for k in keys}
         self.commands: list[tuple[str, str, str | None]] = []
         self.silent: set[str] = set()          # keys whose promotion runs but whose answer never comes
+        self.unloaded: set[str] = set()        # keys their owner has not loaded since it started
         self.version = 10
 
     async def listing(self) -> list[dict]:
-        return [dict(m) for m in self.models.values()]
+        """As ``GET /models`` lists them: keys in ``unloaded`` from their checkpoint only (no challengers)."""
+        return [{"model": k, "spec": m["spec"], "live": False} if k in self.unloaded else dict(m)
+                for k, m in self.models.items()]
 
     async def call(self, command: str, key: str, *, spec=None, version=None, by="", reason="", timeout=None):
         self.commands.append((command, key, spec))
         m = self.models[key]
+        self.unloaded.discard(key)             # a command loads the key's model
+        if command == "status":
+            return {"ok": True, "error": None, "detail": "", "result": dict(m)}
         if spec == m["spec"]:
             return {"ok": False, "error": "already_champion", "detail": "", "result": None}
         old, self.version = m["spec"], self.version + 1
@@ -85,3 +91,13 @@ async def test_an_unanswered_promotion_is_adopted_and_every_key_goes_back_when_t
     assert {m["spec"] for m in cluster.models.values()} == {"logreg"}
     assert sorted(x[1] for x in cluster.commands if x[0] == "rollback") == ["k-1", "k-2", "k-3"]
     assert {x[2] for x in cluster.commands if x[0] == "rollback"} == {"logreg"}
+
+
+async def test_a_key_listed_from_its_checkpoint_only_is_asked_for_its_status_then_promoted():
+    cluster, audit = Cluster(["k-1", "k-2"]), []
+    cluster.unloaded.add("k-2")                 # after a restart: listed with no challengers
+    log = Log(Canary("c1", "tree", "k-*", [1.0]))
+    await controller(cluster, log, audit).check()
+    c = log.saved["c1"]
+    assert sorted(c.members) == ["k-1", "k-2"] and not c.skipped
+    assert [x for x in cluster.commands if x[1] == "k-2"] == [("status", "k-2", None), ("promote", "k-2", "tree")]
