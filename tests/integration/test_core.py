@@ -113,8 +113,10 @@ async def test_status_command_and_json_logs(cluster):
 
 @pytest.mark.parametrize("busy", [False, True], ids=["idle", "after-traffic"])
 async def test_a_worker_stops_on_sigterm_within_its_stop_timeout(cluster, busy):
-    """SIGTERM ends the worker cleanly within 2 s, exit code 0: Faust's own stop completes, the worker leaves its
-    group, and the stop timeout (8 s here), only a bound for a stop that hangs, is never reached."""
+    """SIGTERM ends the worker cleanly, exit code 0: Faust's own stop completes (it closes its event loop), the
+    worker leaves its group, and the stop timeout (8 s here), only a bound for a stop that hangs, is never reached.
+    How long the stop takes is printed, not asserted: about 1.2 s on a quiet machine (mode waits up to 1 s for tasks
+    still pending before it cancels them), up to 3 s in a loaded suite."""
     w = cluster.start_worker(stop_timeout_seconds=8)
     cluster.wait_ready()
     if busy:
@@ -129,7 +131,8 @@ async def test_a_worker_stops_on_sigterm_within_its_stop_timeout(cluster, busy):
     assert w.proc.returncode == 0, w.log_tail()
     print(f"stopped in {took:.2f} s")
     log = w.log.read_text(errors="replace")
-    # a clean stop: Faust's own stop completed (0.15 s on a quiet machine), not cut short by the stop
-    # timeout's bound, which would say so in the log
-    assert took < 2 and "did not stop" not in log, f"stopped in {took:.1f}s\n{log[-2000:]}"
+    # a clean stop: Faust's own stop completed, not cut short by the stop timeout's bound, which would say so in
+    # the log and exit before the event loop is closed
+    assert "Closing event loop" in log and "did not stop" not in log and took < 8, \
+        f"stopped in {took:.1f}s\n{log[-2000:]}"
     assert "Traceback" not in log and "LeaveGroup request succeeded" in log
