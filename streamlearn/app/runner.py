@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -44,6 +45,25 @@ async def prepare(worker: Worker) -> None:
     n = worker.topics.names
     await ensure_committed(s.bootstrap_servers, s.app_id,
                            [n.features, n.feedback, n.control, n.events, n.labels, n.training], kafka=s.kafka_options)
+
+
+def settle_heap() -> int:
+    """Collect garbage, then move every object still alive into the collector's permanent generation
+    (``gc.freeze``); returns how many objects it holds.
+
+    Python's full (generation 2) collection walks every tracked object: in a
+    worker that is the modules, Faust, River, the app and the state it
+    restored, and each took 70 to 90 ms, every 5 to 10 s at 1,000 events/s,
+    with the event loop held: the events arriving meanwhile (about 1% of
+    them) waited, and a start ran ten of them in 3 s. Frozen objects are
+    skipped by every collection after; they are still freed by reference
+    counting when dropped, so only cyclic garbage among them would stay
+    (River's models make none). Called twice per worker: before it starts,
+    and once its first recovery is complete.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 class _Runner(faust.Worker):
@@ -105,6 +125,7 @@ def run(worker: Worker) -> None:
     # WARNING and above (to spin on every record): every debug call of Faust
     # and aiokafka then builds a LogRecord, ~8% of a worker's CPU. No spinner.
     runner.spinner = None
+    settle_heap()
     try:
         runner.execute_from_commandline()
     except SystemExit as done:

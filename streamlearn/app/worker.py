@@ -49,6 +49,7 @@ from .auth import bearer_headers
 from .control import ControlClient
 from .http import bind_views, cluster_models
 from .metrics import LOOP_PROBE_SECONDS, Metrics, StateCollector
+from .runner import settle_heap
 from .settings import Settings
 
 log = logging.getLogger("streamlearn")
@@ -385,6 +386,13 @@ def _bind_timers(w: Worker) -> None:
         resumes the flow while it reads the changelogs)."""
         return (w.app.flow_control.is_active() and
                 getattr(w.app.tables.recovery, "recovered_generation", None) == w.app.consumer_generation_id)
+
+    @w.app.task
+    async def settle_heap_when_recovered() -> None:
+        """Once the first recovery is complete, what it restored joins the frozen heap (``settle_heap``)."""
+        while not recovered():
+            await asyncio.sleep(0.5)
+        log.info("%d objects frozen: full garbage collections skip them", settle_heap())
 
     if s.model_idle_seconds:
         @w.app.timer(max(1.0, s.model_idle_seconds / 4))

@@ -136,3 +136,5 @@ async def test_a_worker_stops_on_sigterm_within_its_stop_timeout(cluster, busy):
     assert "Closing event loop" in log and "did not stop" not in log and took < 8, \
         f"stopped in {took:.1f}s\n{log[-2000:]}"
     assert "Traceback" not in log and "LeaveGroup request succeeded" in log
+    if busy:   # it served: its first recovery was complete, and what it restored joined the frozen heap
+        assert "objects frozen: full garbage collections skip them" in log
