@@ -43,7 +43,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from .benchreport import Table, waterfall
+from .benchreport import Table, freshness, waterfall
 from .local import get_buckets, start_worker, stop_workers, wait_metric, wait_split, worst_within
 from .settings import Settings
 
@@ -69,6 +69,7 @@ class Result:
     stall_ms: float | None = None            # the workers' longest event-loop stall in the run was at most this
     producers: str = "keyed"                 # keyed by model (the router's shortcut) or unkeyed (the hop)
     waterfall: dict | None = None            # where a traced event's time went (``waterfall``)
+    freshness: dict | None = None            # how soon a label counted (``freshness``)
 
 
 def _features(i: int) -> dict:
@@ -195,19 +196,29 @@ async def baseline(bootstrap: str, n: int, rate: float, partitions: int,
 
 
 def _job_messages(prefix: str, n: int, keys: int = 20, tag: str = "", *, keyed: bool = True,
-                  trace_every: int = 0) -> list:
+                  trace_every: int = 0, labels_sent: dict[str, list[float]] | None = None) -> list:
     """The pipeline's job: n feature events over ``keys`` model keys (round-robin), each followed by
     its label; event ids are ``tag`` + the event's number. ``keyed``: published with the model key as
     the Kafka key, else without a key (the model named in the body); ``trace_every``: every so many
-    events ask the workers for latency stamps (0: none)."""
-    return list(itertools.islice(job_stream(prefix, keys, tag, keyed=keyed, trace_every=trace_every), 2 * n))
+    events ask the workers for latency stamps (0: none); ``labels_sent``: filled, per model key, with
+    each label's produce time (its ``ts``), in order, as it is sent."""
+    return list(itertools.islice(job_stream(prefix, keys, tag, keyed=keyed, trace_every=trace_every,
+                                            labels_sent=labels_sent), 2 * n))
 
 
-def job_stream(prefix: str, keys: int = 20, tag: str = "", *, keyed: bool = True, trace_every: int = 0):
+def job_stream(prefix: str, keys: int = 20, tag: str = "", *, keyed: bool = True, trace_every: int = 0,
+               labels_sent: dict[str, list[float]] | None = None):
     """``_job_messages`` without an end, built as it is sent (a soak sends millions)."""
     from streamlearn.streams.routing import TRACE_HEADER
 
     traced = [(TRACE_HEADER, b"")]
+
+    def label(i: int, model: str, named: dict) -> bytes:
+        ts = time.time()
+        if labels_sent is not None:
+            labels_sent.setdefault(model, []).append(ts)
+        return orjson.dumps({"event_id": f"{tag}{i}", **named, "label": _features(i)["amount"] > 50, "ts": ts})
+
     for i in itertools.count():
         model = f"m{i % keys}"
         key = model.encode() if keyed else None
@@ -215,8 +226,7 @@ def job_stream(prefix: str, keys: int = 20, tag: str = "", *, keyed: bool = True
         headers = traced if trace_every and i % trace_every == 0 else None
         yield (f"{prefix}features", key, (lambda i=i, named=named: orjson.dumps(
             {"event_id": f"{tag}{i}", **named, "features": _features(i), "ts": time.time()})), headers)
-        yield (f"{prefix}feedback", key, (lambda i=i, named=named: orjson.dumps(
-            {"event_id": f"{tag}{i}", **named, "label": _features(i)["amount"] > 50})))
+        yield (f"{prefix}feedback", key, (lambda i=i, model=model, named=named: label(i, model, named)))
 
 
 async def _warm_up(sender: AIOKafkaProducer, out: AIOKafkaConsumer, messages: list) -> None:
@@ -294,7 +304,8 @@ async def pipeline(settings: Settings, spec: str, workers: int, n: int, rate: fl
         # which must not spill into the timed part
         await asyncio.to_thread(wait_metric, ports, "streamlearn_examples_learned_total", warm)
         await asyncio.sleep(settings.checkpoint_every_seconds + 1)
-        msgs = _job_messages(prefix, n, keys, keyed=keyed, trace_every=TRACE_EVERY)
+        labels_sent: dict[str, list[float]] = {}
+        msgs = _job_messages(prefix, n, keys, keyed=keyed, trace_every=TRACE_EVERY, labels_sent=labels_sent)
         pids = [p.pid for p in procs]
         cpu0 = _cpu_seconds(pids)
         lag0 = [get_buckets(p, "streamlearn_event_loop_lag_seconds") for p in ports]
@@ -310,6 +321,7 @@ async def pipeline(settings: Settings, spec: str, workers: int, n: int, rate: fl
         r = _stats("pipeline", spec, workers, rate, n, first, received, cpu)
         r.keys, r.rss_mb = keys, rss
         r.producers, r.waterfall = "keyed" if keyed else "unkeyed", waterfall(received)
+        r.freshness = freshness(received, labels_sent)
         known = [s for s in stalls if s is not None]
         r.stall_ms = max(known) * 1000 if known else None
         return r

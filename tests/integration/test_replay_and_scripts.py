@@ -170,6 +170,12 @@ def test_bench_command_measures_baselines_and_pipeline(cluster):
     for step in unkeyed["waterfall"][routed]["steps"]:
         assert 0 <= step["p50_ms"] <= step["p99_ms"]
     assert "traced events" in r.stderr
+    # freshness: each label from its produce time until a prediction shows it learned (those no later
+    # prediction shows are not measured: at this size some runs may measure none)
+    measured = [res["freshness"] for res in (keyed, unkeyed, half_keyed, half_unkeyed) if res["freshness"]]
+    assert measured and "produced > learned" in r.stderr
+    for f in measured:
+        assert 0 < f["labels"] <= 200 and 0 <= f["p50_ms"] <= f["p99_ms"]
 
 
 def test_bench_http_asks_a_worker_and_a_hand_written_server_for_predictions(cluster):

@@ -128,3 +128,32 @@ def test_the_bench_waterfall_splits_each_traced_prediction_by_path_and_step():
     assert parse_rates("0,1000,half") == [0.0, 1000.0, "half"] and resolve_rate("half", 4001.0) == 2000
     with pytest.raises(SystemExit):
         parse_rates("1000,half")        # half of no flat-out run
+
+
+def test_the_bench_freshness_counts_each_label_from_its_produce_time_until_a_prediction_shows_it_learned():
+    import io
+
+    import numpy as np
+
+    from streamlearn.app.bench import Result
+    from streamlearn.app.benchreport import Table, freshness
+
+    def prediction(model: str, predicted_at: float, learned: int):
+        return predicted_at + 0.003, orjson.dumps({"event_id": "e", "model": model, "learned": learned,
+                                                   "predicted_at": predicted_at, "ts": predicted_at - 0.01}), []
+
+    # key a had learned 5 in the warm-up; its labels, produced at 10.00, 10.02, 10.04, count at the first
+    # prediction past 5 + n: 10.03 (6), 10.05 (still 6: the second not yet), 10.07 (8: both)
+    received = [prediction("a", 10.01, 5), prediction("a", 10.03, 6), prediction("a", 10.05, 6),
+                prediction("a", 10.07, 8),
+                prediction("b", 10.00, 3), prediction("b", 10.50, 4)]      # key b: a label that took 490 ms
+    sent = {"a": [10.00, 10.02, 10.04], "b": [10.01, 10.60], "c": [10.0]}   # b's second, c's: never shown
+    f = freshness(received, sent)
+    assert f["labels"] == 4
+    waits = sorted([30.0, 50.0, 30.0, 490.0])
+    assert f["p50_ms"] == pytest.approx(float(np.percentile(waits, 50)))
+    assert f["p99_ms"] == pytest.approx(float(np.percentile(waits, 99))) and f["p99_ms"] > 400
+    assert freshness(received[:1], {"a": [10.0]}) is None                  # nothing learned yet: not measured
+    out = io.StringIO()
+    Table(out).row(Result("pipeline", "logreg", 1, 1000, 12, 1000.0, 1, 2, 3, 0.1, freshness=f))
+    assert "freshness, 4 labels: produced > learned 40.0/" in out.getvalue()
