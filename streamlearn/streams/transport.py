@@ -25,6 +25,9 @@ on Faust's bookkeeping:
   whose ``records`` are the fetched Kafka records, in offset order; acking it
   acks every offset it holds. Table changelogs (read by Faust's recovery)
   keep Faust's per-message path.
+- What Faust pauses, aiokafka stops fetching, and what it resumes, aiokafka
+  fetches again (``fetch_only_unpaused``): Faust's own pause only left the
+  partitions out of what it asks for.
 - A recovery watchdog, ``unstick_recovery`` (every ``RECOVERY_CHECK_SECONDS``):
   an active changelog partition with records left, no event for
   ``RECOVERY_STALL_SECONDS`` and nothing queued for recovery is logged,
@@ -44,6 +47,7 @@ import weakref
 from time import monotonic, time
 from typing import Any
 
+from aiokafka import TopicPartition
 from faust.transport.consumer import notify
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.tuples import ConsumerMessage, Message, ack_lock
@@ -93,6 +97,26 @@ class Consumer(faust_aiokafka.Consumer):
 
     def _new_consumer_thread(self) -> "ConsumerThread":
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def pause_partitions(self, tps: Any) -> None:
+        super().pause_partitions(tps)
+        self._fetch_as_faust_reads()
+
+    def resume_partitions(self, tps: Any) -> None:
+        super().resume_partitions(tps)
+        self._fetch_as_faust_reads()
+
+    def _fetch_as_faust_reads(self) -> None:
+        """aiokafka pauses what Faust paused (see ``fetch_only_unpaused``); after Faust's own bookkeeping,
+        on the consumer thread's loop, before any fetch asked after it."""
+        thread = self._thread
+        loop = getattr(thread, "thread_loop", None) if thread is not None else None
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(fetch_only_unpaused, thread, frozenset(self._paused_partitions))
+        except RuntimeError:   # the thread's loop closed meanwhile: the consumer is stopping
+            pass
 
     def handled(self, message: Any) -> None:
         """An agent handled ``message``: its ack may be committed."""
@@ -272,6 +296,28 @@ class Consumer(faust_aiokafka.Consumer):
         if count is not None:
             count(len(stuck))
         return len(stuck)
+
+
+def fetch_only_unpaused(thread: Any, paused: frozenset) -> None:
+    """Pause in aiokafka the assigned partitions Faust paused, resume the others (on the consumer thread).
+
+    Faust's pause only leaves a partition out of what it asks aiokafka for;
+    aiokafka went on fetching it (the active tables' changelogs after their
+    recovery: the worker's own join-state writes). Records fetched and never
+    asked for hold every fetch to that broker for aiokafka's
+    ``prefetch_backoff`` (100 ms), then stay buffered: each changelog
+    partition did that once after every start and rebalance, the start-up
+    stall of docs/benchmarks.md.
+    """
+    try:
+        consumer = thread._ensure_consumer()   # Faust keeps no public accessor
+    except Exception:  # noqa: BLE001 - not started, or stopped: nothing to pause
+        return
+    assigned = consumer.assignment()
+    want = {TopicPartition(tp.topic, tp.partition) for tp in paused} & assigned
+    now = consumer.paused()
+    consumer.pause(*(want - now))
+    consumer.resume(*((now & assigned) - want))
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):

@@ -134,3 +134,48 @@ async def test_a_commit_whose_partitions_all_left_commits_nothing_and_keeps_the_
     monkeypatch.setattr(thread, "assignment", lambda: {TP("t", 4)})
     assert await thread._commit({TP("t", 4): 10, TP("t", 5): 3})
     assert [{(tp.topic, tp.partition): o.offset for tp, o in c.items()} for c in commits] == [{("t", 4): 10}]
+
+
+class _KafkaConsumer:
+    """aiokafka's consumer as far as pausing goes: a partition's pause is kept only while it is assigned."""
+
+    def __init__(self, assigned: set) -> None:
+        from aiokafka.consumer.subscription_state import SubscriptionState
+
+        self.subscription = SubscriptionState()
+        self.subscription.assign_from_user(assigned)
+
+    def assignment(self) -> set:
+        return self.subscription.assigned_partitions()
+
+    def paused(self) -> set:
+        return self.subscription.paused_partitions()
+
+    def pause(self, *tps) -> None:
+        for tp in tps:
+            self.subscription.pause(tp)
+
+    def resume(self, *tps) -> None:
+        for tp in tps:
+            self.subscription.resume(tp)
+
+
+async def test_what_faust_pauses_aiokafka_stops_fetching_and_what_faust_resumes_it_fetches_again():
+    from aiokafka import TopicPartition
+
+    changelog, stream = [TP("app-pending-changelog", p) for p in (0, 1)], TP("app.features", 0)
+    kafka = _KafkaConsumer({TopicPartition(tp.topic, tp.partition) for tp in [*changelog, stream]})
+    c = worker_consumer()
+    c._thread = SimpleNamespace(thread_loop=asyncio.get_running_loop(), _ensure_consumer=lambda: kafka)
+    c.pause_partitions({*changelog, stream, TP("gone", 0)})    # as Faust on an assignment: everything
+    await asyncio.sleep(0)                                     # on the consumer thread's loop
+    assert kafka.paused() == {TopicPartition(tp.topic, tp.partition) for tp in [*changelog, stream]}
+    c.resume_partitions({*changelog, stream})                  # recovery reads the changelogs
+    c.pause_partitions(changelog)                              # and leaves them; the stream goes on
+    await asyncio.sleep(0)
+    assert kafka.paused() == {TopicPartition(tp.topic, tp.partition) for tp in changelog}
+    assert c._paused_partitions == {*changelog, TP("gone", 0)}  # Faust's own bookkeeping, as it was
+    c._thread = SimpleNamespace(thread_loop=None)              # a consumer not started: nothing scheduled
+    c.resume_partitions(changelog)
+    await asyncio.sleep(0)
+    assert kafka.paused() == {TopicPartition(tp.topic, tp.partition) for tp in changelog}
