@@ -51,15 +51,12 @@ def settle_heap() -> int:
     """Collect garbage, then move every object still alive into the collector's permanent generation
     (``gc.freeze``); returns how many objects it holds.
 
-    Python's full (generation 2) collection walks every tracked object: in a
-    worker that is the modules, Faust, River, the app and the state it
-    restored, and each took 70 to 90 ms, every 5 to 10 s at 1,000 events/s,
-    with the event loop held: the events arriving meanwhile (about 1% of
-    them) waited, and a start ran ten of them in 3 s. Frozen objects are
-    skipped by every collection after; they are still freed by reference
-    counting when dropped, so only cyclic garbage among them would stay
-    (River's models make none). Called twice per worker: before it starts,
-    and once its first recovery is complete.
+    Full collections skip frozen objects from then on, so they no longer walk
+    the modules, the app and the state it restored with the event loop held.
+    Frozen objects are still freed by reference counting when dropped; only
+    cyclic garbage among them would stay (River's models make none). Called
+    before the worker starts and once its first recovery is complete. Why and
+    what it measured: docs/benchmarks.md.
     """
     gc.collect()
     gc.freeze()

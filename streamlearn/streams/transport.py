@@ -301,13 +301,11 @@ class Consumer(faust_aiokafka.Consumer):
 def fetch_only_unpaused(thread: Any, paused: frozenset) -> None:
     """Pause in aiokafka the assigned partitions Faust paused, resume the others (on the consumer thread).
 
-    Faust's pause only leaves a partition out of what it asks aiokafka for;
-    aiokafka went on fetching it (the active tables' changelogs after their
-    recovery: the worker's own join-state writes). Records fetched and never
-    asked for hold every fetch to that broker for aiokafka's
-    ``prefetch_backoff`` (100 ms), then stay buffered: each changelog
-    partition did that once after every start and rebalance, the start-up
-    stall of docs/benchmarks.md.
+    Faust's pause only leaves a partition out of what it asks aiokafka for.
+    Without this, aiokafka goes on fetching it (the active tables' changelogs
+    after their recovery), and records fetched and never asked for hold back
+    every fetch to that broker for aiokafka's ``prefetch_backoff``. Why:
+    docs/architecture.md, "The consumer transport".
     """
     try:
         consumer = thread._ensure_consumer()   # Faust keeps no public accessor
